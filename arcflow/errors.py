@@ -1,0 +1,105 @@
+"""Every exception arcflow raises on purpose, in one hierarchy::
+
+    ArcflowError
+    ├── ConfigError               an option or config value is invalid (exit code 2)
+    │   └── ExecutorSpecError     --executor names nothing usable
+    ├── ScenarioFileError         the scenario file is malformed (file, line, reason; exit 2)
+    ├── ResumeError               --resume found a changed scenario or an unknown run (exit 2)
+    ├── DatabaseUnavailable       the database cannot be reached at start (exit 2)
+    ├── RuntimeClosed             submit() after the runtime began to drain
+    ├── ScenarioRejected          submit() of a scenario id already seen in this run
+    ├── RestartIntensityExceeded  an actor crashed more than R times in T seconds
+    └── WriteError                a batch could not be written (carries the classification)
+        ├── TransientWriteError   the database or the network failed; retrying may help
+        └── DataWriteError        a record is invalid for the database; bisect and dead-letter
+
+Executors never raise into the runtime: whatever a scenario raises becomes an
+outcome with status ``error``.  Exceptions outside this tree that escape an
+actor are bugs; the supervisor restarts the actor and, past the restart
+intensity, raises :class:`RestartIntensityExceeded` naming the last one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ArcflowError(Exception):
+    """Base class of every error arcflow raises on purpose."""
+
+
+class ConfigError(ArcflowError):
+    """An option, environment variable or config-file value is invalid.
+
+    The message names the option and says what would be valid.
+    """
+
+
+class ExecutorSpecError(ConfigError):
+    """The executor specification cannot be turned into an executor."""
+
+
+class ScenarioFileError(ArcflowError):
+    """A scenario file cannot be read: names the file, the line and the reason."""
+
+    def __init__(self, path: Path | str, line: int | None, reason: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+class ResumeError(ArcflowError):
+    """A resumed run cannot go on (unknown run id, or changed scenarios without --force)."""
+
+
+class DatabaseUnavailable(ArcflowError):
+    """The database could not be reached when the runtime started."""
+
+
+class RuntimeClosed(ArcflowError):
+    """The runtime no longer accepts scenarios or outcomes (it is draining or closed)."""
+
+
+class ScenarioRejected(ArcflowError):
+    """A submitted scenario was refused (for example, its id was already submitted)."""
+
+
+class RestartIntensityExceeded(ArcflowError):
+    """An actor crashed more often than its restart intensity allows.
+
+    ``actor`` is the actor's name; ``__cause__`` is its last exception.
+    """
+
+    def __init__(self, actor: str, restarts: int, period: float, last: BaseException) -> None:
+        self.actor = actor
+        self.restarts = restarts
+        self.period = period
+        self.last = last
+        super().__init__(
+            f"actor {actor!r} crashed {restarts} times within {period:g}s "
+            f"(restart intensity exceeded); last error: {type(last).__name__}: {last}"
+        )
+
+
+class WriteError(ArcflowError):
+    """A batch write failed; ``kind`` is ``transient``, ``data`` or ``bug``."""
+
+    kind = "bug"
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+
+class TransientWriteError(WriteError):
+    """The database or the connection failed in a way that retrying may fix."""
+
+    kind = "transient"
+
+
+class DataWriteError(WriteError):
+    """At least one record of the batch is invalid for the database."""
+
+    kind = "data"

@@ -1,0 +1,141 @@
+"""The executor protocol: given a scenario and its context, produce a result.
+
+Write your own by subclassing :class:`Executor` and implementing :meth:`run`.
+The producer that calls it owns timing, timeouts, attempts and cancellation:
+
+* ``run`` may be cancelled at any await (timeout, second Ctrl-C).  It must
+  release what it holds in a ``finally`` (kill the process, terminate the
+  sandbox), using ``trio.move_on_after(T, shield=True)`` for awaits there.
+* An exception raised by ``run`` becomes an outcome with status ``error``;
+  it never crashes the runtime.  Return ``ExecutionResult(status=ERROR, ...)``
+  yourself for errors you can describe better.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from ..errors import ExecutorSpecError
+from ..models import ExecutionResult, Scenario, Status
+
+
+@attrs.frozen
+class ExecutionContext:
+    """What an executor knows about the attempt it runs."""
+
+    #: The run this attempt belongs to.
+    run_id: str
+    #: 1 for the first attempt of a scenario, 2 for its first retry, ...
+    attempt: int
+    #: Name of the producer running it (``producer-7``).
+    worker: str
+    #: Seconds the attempt may take, or None for no limit.  The producer
+    #: enforces it by cancelling ``run``; executors may also pass it on (for
+    #: example as a sandbox timeout).
+    timeout_s: float | None = None
+
+
+class Executor(abc.ABC):
+    """Runs one scenario at a time per call; one instance serves every producer."""
+
+    #: Short name stored in each outcome's ``executor.kind``.
+    kind: ClassVar[str] = "custom"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Check configuration and open shared resources before any scenario runs.
+
+        Raise :class:`arcflow.ConfigError` with a clear message to refuse to start.
+        """
+
+    @abc.abstractmethod
+    async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
+        """Run ``scenario`` once and report how it went."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources; called once after the last scenario."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-safe description for the run's config snapshot (no secrets)."""
+        return {"kind": self.kind}
+
+
+def result_from_mapping(value: Any, *, executor: Mapping[str, Any] | None = None) -> ExecutionResult:
+    """Turn what a user function (or a process's stdout) returned into a result.
+
+    Accepted: ``None`` (passed), or a mapping with any of ``status``
+    (``passed`` or ``failed``), ``score`` (a number), ``output`` (JSON).
+    Anything else is reported as status ``error`` with a message saying why.
+    """
+    details = dict(executor or {})
+    if value is None:
+        return ExecutionResult(status=Status.PASSED, executor=details)
+    if not isinstance(value, Mapping):
+        return ExecutionResult(
+            status=Status.ERROR,
+            error_type="InvalidResult",
+            error_message=(
+                f"expected None or a mapping with status/score/output, got {type(value).__name__}"
+            ),
+            executor=details,
+        )
+    unknown = set(value) - {"status", "score", "output"}
+    if unknown:
+        return ExecutionResult(
+            status=Status.ERROR,
+            error_type="InvalidResult",
+            error_message=f"unknown result keys {sorted(unknown)}; allowed: status, score, output",
+            executor=details,
+        )
+    raw_status = value.get("status", "passed")
+    if raw_status not in ("passed", "failed"):
+        return ExecutionResult(
+            status=Status.ERROR,
+            error_type="InvalidResult",
+            error_message=f"result status must be 'passed' or 'failed', got {raw_status!r}",
+            executor=details,
+        )
+    score = value.get("score")
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            return ExecutionResult(
+                status=Status.ERROR,
+                error_type="InvalidResult",
+                error_message=f"result score must be a finite number, got {score!r}",
+                executor=details,
+            )
+        score = float(score)
+    return ExecutionResult(
+        status=Status(raw_status), score=score, output=value.get("output"), executor=details
+    )
+
+
+def parse_executor(spec: str | Executor) -> Executor:
+    """Build an executor from ``python:MOD:FUNC``, ``process:CMD ARGS`` or ``modal:CMD ARGS``."""
+    if isinstance(spec, Executor):
+        return spec
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ExecutorSpecError(
+            f"invalid executor {spec!r}: expected 'python:MODULE:FUNCTION', "
+            "'process:COMMAND ARGS' or 'modal:COMMAND ARGS'"
+        )
+    kind, _, rest = spec.partition(":")
+    if kind == "python":
+        from .python import PythonExecutor
+
+        return PythonExecutor.from_spec(rest)
+    if kind == "process":
+        from .process import ProcessExecutor
+
+        return ProcessExecutor.from_spec(rest)
+    if kind == "modal":
+        from .modal import ModalExecutor
+
+        return ModalExecutor.from_spec(rest)
+    raise ExecutorSpecError(
+        f"unknown executor kind {kind!r} in {spec!r}: use python:, process: or modal:"
+    )

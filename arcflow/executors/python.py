@@ -1,0 +1,88 @@
+"""``python:MODULE:FUNCTION`` — an importable callable run in process.
+
+Async callables are awaited in the producer's task; sync ones run in a worker
+thread (abandoned, not killed, when the attempt times out or is cancelled:
+Python cannot kill a thread, so a sync function past its timeout keeps its
+thread until it returns, but its result is discarded).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..errors import ExecutorSpecError
+from ..models import ExecutionResult, Scenario, Status
+from .base import ExecutionContext, Executor, result_from_mapping
+
+
+class PythonExecutor(Executor):
+    """Calls ``function(scenario)``; the return value maps to a result."""
+
+    kind = "python"
+
+    def __init__(self, function: Callable[[Scenario], Any], name: str | None = None) -> None:
+        self.function = function
+        self.name = name or getattr(function, "__qualname__", repr(function))
+        target = function.func if isinstance(function, functools.partial) else function
+        self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        )
+
+    @classmethod
+    def from_spec(cls, spec: str) -> PythonExecutor:
+        """Import ``MODULE:FUNCTION`` (the working directory is importable)."""
+        module_name, sep, attr = spec.partition(":")
+        if not sep or not module_name or not attr:
+            raise ExecutorSpecError(
+                f"invalid python executor 'python:{spec}': expected python:MODULE:FUNCTION, "
+                "for example python:examples.quickstart:score"
+            )
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ExecutorSpecError(
+                f"cannot import module {module_name!r} for executor 'python:{spec}': "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        target: Any = module
+        for part in attr.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise ExecutorSpecError(
+                    f"module {module_name!r} has no attribute {attr!r} (executor 'python:{spec}')"
+                ) from None
+        if not callable(target):
+            raise ExecutorSpecError(f"'python:{spec}' names {type(target).__name__}, not a callable")
+        return cls(target, name=spec)
+
+    async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
+        details = {"kind": self.kind, "function": self.name}
+        try:
+            if self.is_async:
+                value = await self.function(scenario)
+            else:
+                value = await trio.to_thread.run_sync(
+                    self.function, scenario, abandon_on_cancel=True
+                )
+        except Exception as exc:
+            return ExecutionResult(
+                status=Status.ERROR,
+                error_type=type(exc).__name__,
+                error_message=str(exc) or repr(exc),
+                executor=details,
+            )
+        return result_from_mapping(value, executor=details)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "function": self.name}
