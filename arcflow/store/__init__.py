@@ -1,0 +1,17 @@
+"""The store: PostgreSQL schema, connection, error classification and the embedded server."""
+
+from .classify import classify, classify_sqlstate
+from .dsn import EMBEDDED, redact_dsn, resolve_dsn
+from .embedded import start_embedded
+from .postgres import Store, encode_outcome
+
+__all__ = [
+    "EMBEDDED",
+    "Store",
+    "classify",
+    "classify_sqlstate",
+    "encode_outcome",
+    "redact_dsn",
+    "resolve_dsn",
+    "start_embedded",
+]

@@ -1,0 +1,352 @@
+"""The PostgreSQL store: asyncpg, driven from trio through trio-asyncio.
+
+Every public method is a trio coroutine that crosses into asyncio once
+(``aio_as_trio``), so the bridge costs one hop per batch, not per record.
+Failures are raised as :class:`TransientWriteError` or :class:`DataWriteError`
+after :func:`classify`; anything else (a bug) propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from ..errors import DataWriteError, TransientWriteError, WriteError
+from ..models import Outcome
+from .classify import classify, sqlstate_of
+from .dsn import redact_dsn
+from .schema import (
+    BOOTSTRAP,
+    CREATE_STAGING,
+    LATEST_VERSION,
+    MERGE_STAGED,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    OUTCOME_COLUMNS,
+    STAGING_TABLE,
+)
+
+log = logging.getLogger("arcflow.store")
+
+T = TypeVar("T")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
+    """One COPY row for ``outcome``; raises DataWriteError if its JSON cannot be encoded."""
+    try:
+        output = None if outcome.output is None else _dumps(outcome.output)
+        executor = _dumps(dict(outcome.executor))
+    except (TypeError, ValueError) as exc:
+        raise DataWriteError(
+            f"outcome {outcome.scenario_id!r} attempt {outcome.attempt}: "
+            f"output is not JSON-serialisable: {exc}"
+        ) from exc
+    return (
+        outcome.run_id,
+        outcome.scenario_id,
+        outcome.attempt,
+        outcome.status.value,
+        outcome.final,
+        outcome.score,
+        output,
+        outcome.error_type,
+        outcome.error_message,
+        outcome.started_at,
+        outcome.finished_at,
+        outcome.duration_ms,
+        executor,
+        outcome.worker,
+        outcome.scenario_hash,
+        list(outcome.tags),
+        batch_id,
+    )
+
+
+class Store:
+    """One asyncpg connection to the arcflow schema, reconnected after failures.
+
+    Not safe for concurrent use: each actor that writes owns its own Store.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        *,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self._conn: asyncpg.Connection | None = None
+
+    @property
+    def redacted_dsn(self) -> str:
+        """The DSN with its password replaced by ``***`` (safe to log)."""
+        return redact_dsn(self.dsn)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run an asyncio coroutine function; classify and re-raise its failure.
+
+        On a transient failure or a cancellation the connection is dropped, so
+        the next call reconnects instead of reusing a connection in an unknown state.
+        """
+        try:
+            return await trio_asyncio.aio_as_trio(fn)(*args)
+        except trio.Cancelled:
+            self._discard()
+            raise
+        except WriteError:
+            raise
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == "transient":
+                self._discard()
+                raise TransientWriteError(
+                    f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)
+                ) from exc
+            if kind == "data":
+                raise DataWriteError(f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)) from exc
+            raise
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._aio(self._connect_aio)
+        return self._conn
+
+    async def _connect_aio(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(
+            self.dsn,
+            timeout=self.connect_timeout,
+            command_timeout=self.statement_timeout,
+            server_settings={"application_name": "arcflow"},
+        )
+        try:
+            await conn.execute(CREATE_STAGING)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def connect(self) -> None:
+        """Open the connection now (raises TransientWriteError when unreachable)."""
+        await self._connection()
+
+    async def aclose(self) -> None:
+        """Close the connection, waiting at most a few seconds (shielded)."""
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        with trio.move_on_after(5, shield=True) as scope:
+            try:
+                await trio_asyncio.aio_as_trio(conn.close)(timeout=4)
+            except Exception:
+                conn.terminate()
+        if scope.cancelled_caught:
+            conn.terminate()
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Call ``fn(connection, *args)`` in asyncio, with classification and reconnects."""
+        conn = await self._connection()
+        return await self._aio(fn, conn, *args)
+
+    # -- schema -------------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Create or upgrade the arcflow schema; returns the version now in force."""
+        return await self.run(_migrate_aio)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def write_outcomes(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        batch_id: str,
+        run_id: str,
+        reason: str,
+        source: str = "live",
+    ) -> int:
+        """Write ``outcomes`` in one transaction (COPY + one INSERT ... SELECT).
+
+        Keys already stored are skipped.  Returns how many rows were new.
+        """
+        records = [encode_outcome(o, batch_id) for o in outcomes]
+        return await self.run(_write_aio, records, batch_id, run_id, reason, len(records), source)
+
+    async def write_dead_letters(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Insert dead-letter rows (one transaction); a key already there is skipped."""
+        values = [
+            (
+                r["run_id"],
+                r["scenario_id"],
+                r["attempt"],
+                r["batch_id"],
+                r["payload"],
+                r["sqlstate"],
+                r["message"],
+                r["attempts"],
+            )
+            for r in rows
+        ]
+        await self.run(_dead_letters_aio, values)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        run_id: str,
+        *,
+        suite: str | None,
+        suite_hash: str | None,
+        executor: Mapping[str, Any],
+        config: Mapping[str, Any],
+        scenarios: int | None,
+    ) -> None:
+        """Record a run as running (a resumed run is marked running again)."""
+        await self.run(
+            _execute_aio,
+            """
+            INSERT INTO arcflow.runs (run_id, suite, suite_hash, executor, config, scenarios, status)
+            VALUES ($1, $2, $3, $4, $5, $6, 'running')
+            ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL,
+                config = EXCLUDED.config, executor = EXCLUDED.executor,
+                scenarios = COALESCE(EXCLUDED.scenarios, arcflow.runs.scenarios)
+            """,
+            run_id,
+            suite,
+            suite_hash,
+            _dumps(dict(executor)),
+            _dumps(dict(config)),
+            scenarios,
+        )
+
+    async def finish_run(self, run_id: str, *, status: str, summary: Mapping[str, Any]) -> None:
+        """Mark a run finished with its status and summary."""
+        await self.run(
+            _execute_aio,
+            "UPDATE arcflow.runs SET status = $2, finished_at = now(), summary = $3 WHERE run_id = $1",
+            run_id,
+            status,
+            _dumps(dict(summary)),
+        )
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row as a dict, or None."""
+        row = await self.run(_fetchrow_aio, "SELECT * FROM arcflow.runs WHERE run_id = $1", run_id)
+        return dict(row) if row is not None else None
+
+    async def latest_attempts(self, run_id: str) -> dict[str, tuple[int, str, bool, str | None]]:
+        """For each scenario of the run: (last attempt, its status, final flag, scenario hash)."""
+        rows = await self.run(
+            _fetch_aio,
+            """
+            SELECT DISTINCT ON (scenario_id) scenario_id, attempt, status, final, scenario_hash
+            FROM arcflow.outcomes WHERE run_id = $1
+            ORDER BY scenario_id, attempt DESC
+            """,
+            run_id,
+        )
+        return {r["scenario_id"]: (r["attempt"], r["status"], r["final"], r["scenario_hash"]) for r in rows}
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """Run a read query (reports, tests)."""
+        return await self.run(_fetch_aio, query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        """Run a query returning one value."""
+        return await self.run(_fetchval_aio, query, *args)
+
+
+# -- the asyncio side: each function is one bridge crossing ------------------------------------
+
+
+async def _migrate_aio(conn: asyncpg.Connection) -> int:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(BOOTSTRAP)
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM arcflow.schema_version")
+        if current > LATEST_VERSION:
+            raise RuntimeError(
+                f"database schema arcflow is at version {current}, newer than this arcflow "
+                f"({LATEST_VERSION}); upgrade arcflow"
+            )
+        for version in range(current + 1, LATEST_VERSION + 1):
+            await conn.execute(MIGRATIONS[version - 1])
+            await conn.execute("INSERT INTO arcflow.schema_version (version) VALUES ($1)", version)
+            log.info("applied arcflow schema migration %d", version)
+    # The staging table may have been created before the schema existed; it does not depend on it.
+    await conn.execute(CREATE_STAGING)
+    return LATEST_VERSION
+
+
+async def _write_aio(
+    conn: asyncpg.Connection,
+    records: list[tuple[Any, ...]],
+    batch_id: str,
+    run_id: str,
+    reason: str,
+    size: int,
+    source: str,
+) -> int:
+    async with conn.transaction():
+        await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=OUTCOME_COLUMNS)
+        inserted: int = await conn.fetchval(MERGE_STAGED, batch_id, run_id, reason, size, source)
+    return inserted
+
+
+async def _dead_letters_aio(conn: asyncpg.Connection, values: list[tuple[Any, ...]]) -> None:
+    async with conn.transaction():
+        await conn.executemany(
+            """
+            INSERT INTO arcflow.dead_letters
+                (run_id, scenario_id, attempt, batch_id, payload, sqlstate, message, attempts)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (run_id, scenario_id, attempt) DO NOTHING
+            """,
+            values,
+        )
+
+
+async def _execute_aio(conn: asyncpg.Connection, query: str, *args: Any) -> str:
+    result: str = await conn.execute(query, *args)
+    return result
+
+
+async def _fetch_aio(conn: asyncpg.Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+    return rows
+
+
+async def _fetchrow_aio(conn: asyncpg.Connection, query: str, *args: Any) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+    return row
+
+
+async def _fetchval_aio(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
+    return await conn.fetchval(query, *args)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, as stored in timestamptz columns."""
+    from datetime import UTC
+
+    return datetime.now(UTC)

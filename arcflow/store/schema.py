@@ -1,0 +1,143 @@
+"""The ``arcflow`` schema in PostgreSQL and its migrations.
+
+Migrations are a list of SQL scripts; ``arcflow.schema_version`` records the
+highest one applied.  They run in one transaction under an advisory lock, so
+two runtimes starting at once do not race.
+"""
+
+from __future__ import annotations
+
+SCHEMA = "arcflow"
+
+#: Columns of ``arcflow.outcomes`` that a batch writes, in COPY order.
+OUTCOME_COLUMNS = (
+    "run_id",
+    "scenario_id",
+    "attempt",
+    "status",
+    "final",
+    "score",
+    "output",
+    "error_type",
+    "error_message",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "executor",
+    "worker",
+    "scenario_hash",
+    "tags",
+    "batch_id",
+)
+
+MIGRATIONS: list[str] = [
+    # 1: runs, outcomes, dead letters, batches
+    """
+    CREATE TABLE arcflow.runs (
+        run_id       text PRIMARY KEY,
+        suite        text,
+        suite_hash   text,
+        executor     jsonb NOT NULL DEFAULT '{}',
+        config       jsonb NOT NULL DEFAULT '{}',
+        status       text NOT NULL DEFAULT 'running',
+        started_at   timestamptz NOT NULL DEFAULT now(),
+        finished_at  timestamptz,
+        scenarios    integer,
+        summary      jsonb
+    );
+
+    CREATE TABLE arcflow.outcomes (
+        run_id         text NOT NULL,
+        scenario_id    text NOT NULL,
+        attempt        integer NOT NULL CHECK (attempt >= 1),
+        status         text NOT NULL
+                       CHECK (status IN ('passed', 'failed', 'error', 'timeout', 'cancelled')),
+        final          boolean NOT NULL,
+        score          double precision,
+        output         jsonb,
+        error_type     text,
+        error_message  text,
+        started_at     timestamptz NOT NULL,
+        finished_at    timestamptz NOT NULL,
+        duration_ms    double precision NOT NULL,
+        executor       jsonb NOT NULL DEFAULT '{}',
+        worker         text,
+        scenario_hash  text,
+        tags           text[] NOT NULL DEFAULT '{}',
+        batch_id       text NOT NULL,
+        recorded_at    timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, scenario_id, attempt)
+    );
+    CREATE INDEX outcomes_run_recorded ON arcflow.outcomes (run_id, recorded_at);
+
+    CREATE TABLE arcflow.batches (
+        batch_id     text PRIMARY KEY,
+        run_id       text NOT NULL,
+        reason       text NOT NULL,
+        size         integer NOT NULL,
+        inserted     integer NOT NULL,
+        source       text NOT NULL DEFAULT 'live',
+        written_at   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX batches_run ON arcflow.batches (run_id, written_at);
+
+    CREATE TABLE arcflow.dead_letters (
+        id           bigserial PRIMARY KEY,
+        run_id       text NOT NULL,
+        scenario_id  text NOT NULL,
+        attempt      integer NOT NULL,
+        batch_id     text NOT NULL,
+        payload      text NOT NULL,
+        sqlstate     text,
+        message      text NOT NULL,
+        attempts     integer NOT NULL,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (run_id, scenario_id, attempt)
+    );
+    """,
+]
+
+BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS arcflow;
+CREATE TABLE IF NOT EXISTS arcflow.schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+#: Advisory lock key that serialises migrations (any constant bigint).
+MIGRATION_LOCK = 0x41524346  # "ARCF"
+
+LATEST_VERSION = len(MIGRATIONS)
+
+STAGING_TABLE = "arcflow_staging"
+
+#: Per-connection temp table the COPY goes into; emptied at each commit.
+CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    run_id text, scenario_id text, attempt integer, status text, final boolean,
+    score double precision, output jsonb, error_type text, error_message text,
+    started_at timestamptz, finished_at timestamptz, duration_ms double precision,
+    executor jsonb, worker text, scenario_hash text, tags text[], batch_id text
+) ON COMMIT DELETE ROWS
+"""
+
+_cols = ", ".join(OUTCOME_COLUMNS)
+
+#: Move the staged rows into outcomes, skipping stored keys, and log the batch:
+#: one statement, returning how many rows were new.
+MERGE_STAGED = f"""
+WITH inserted AS (
+    INSERT INTO arcflow.outcomes ({_cols})
+    SELECT {_cols} FROM {STAGING_TABLE}
+    ON CONFLICT (run_id, scenario_id, attempt) DO NOTHING
+    RETURNING 1
+), counted AS (
+    SELECT count(*)::int AS n FROM inserted
+), logged AS (
+    INSERT INTO arcflow.batches (batch_id, run_id, reason, size, inserted, source)
+    SELECT $1, $2, $3, $4, n, $5 FROM counted
+    ON CONFLICT (batch_id) DO UPDATE SET inserted = arcflow.batches.inserted + EXCLUDED.inserted
+)
+SELECT n FROM counted
+"""
