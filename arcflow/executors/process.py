@@ -1,0 +1,368 @@
+"""``process:COMMAND ARGS`` — one subprocess per scenario, JSON in, JSON out.
+
+For each scenario the command is started (no shell), the scenario's JSON
+(:meth:`Scenario.to_json`) is written to its stdin, which is then closed, and
+its stdout must hold one JSON value: ``null`` or an object with any of
+``status`` (``passed``/``failed``), ``score`` and ``output``, exactly as a
+``python:`` function returns.  Logs belong on stderr: its last few KiB are
+kept for error messages.
+
+Outcome mapping (also used by the ``modal:`` executor):
+
+* exit code not 0: ``error``, ``ProcessExitError``, with the stderr tail;
+* stdout over ``stdout_limit``: ``error``, ``StdoutTooLarge``;
+* stdout empty: ``error``, ``EmptyOutput``;
+* stdout not JSON: ``error``, ``InvalidJSON``, with its first 200 characters;
+* otherwise :func:`~arcflow.executors.base.result_from_mapping`.
+
+The child runs in its own session (process group), so a Ctrl-C at the
+terminal reaches the runtime, which decides what to do, not the scenario.
+When ``run`` is cancelled (timeout, shutdown), the whole group gets SIGTERM,
+then SIGKILL after ``kill_grace_s``, and the child is reaped before ``run``
+returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import trio
+
+from ..errors import ExecutorSpecError
+from ..models import ExecutionResult, Scenario, Status
+from .base import ExecutionContext, Executor, result_from_mapping
+
+#: Bytes of stdout kept by default; more is an error (the result must fit).
+DEFAULT_STDOUT_LIMIT = 1024 * 1024
+#: Bytes of the end of stderr kept by default, for error messages.
+DEFAULT_STDERR_LIMIT = 4 * 1024
+#: Seconds between SIGTERM and SIGKILL when a run is cancelled.
+DEFAULT_KILL_GRACE_S = 2.0
+#: Seconds to wait for the kernel to report a SIGKILLed child as exited.
+_REAP_TIMEOUT_S = 5.0
+_READ_CHUNK = 64 * 1024
+_PREVIEW_CHARS = 200
+
+
+class OutputCapture:
+    """One output stream, read to the end but kept within ``limit`` bytes.
+
+    ``keep="head"`` keeps the first ``limit`` bytes (stdout: the result);
+    ``keep="tail"`` keeps the last ``limit`` bytes (stderr: the error is at
+    the end).  Bytes beyond the limit are counted and dropped, and
+    ``truncated`` says so, so a chatty child never blocks on a full pipe.
+    """
+
+    def __init__(self, limit: int, *, keep: Literal["head", "tail"]) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self.limit = limit
+        self.keep = keep
+        self.total = 0
+        self._data = bytearray()
+
+    @property
+    def truncated(self) -> bool:
+        """Whether bytes were dropped."""
+        return self.total > len(self._data)
+
+    def feed(self, chunk: bytes | str) -> None:
+        """Account for ``chunk`` and keep what fits (text is counted as UTF-8)."""
+        if isinstance(chunk, str):
+            chunk = chunk.encode("utf-8", "surrogateescape")
+        self.total += len(chunk)
+        if self.keep == "head":
+            room = self.limit - len(self._data)
+            if room > 0:
+                self._data += chunk[:room]
+        else:
+            self._data += chunk
+            excess = len(self._data) - self.limit
+            if excess > 0:
+                del self._data[:excess]
+
+    @property
+    def data(self) -> bytes:
+        """The bytes kept."""
+        return bytes(self._data)
+
+    def text(self) -> str:
+        """The bytes kept, decoded as UTF-8 (invalid bytes replaced)."""
+        return self._data.decode("utf-8", "replace")
+
+    def describe_tail(self) -> str:
+        """The kept text, stripped, marked as a tail when bytes were dropped."""
+        text = self.text().strip()
+        if self.truncated and self.keep == "tail":
+            return f"[... {self.total - len(self._data)} earlier bytes dropped]\n{text}"
+        return text
+
+
+async def read_stream(stream: trio.abc.ReceiveStream, capture: OutputCapture) -> None:
+    """Read ``stream`` to EOF into ``capture``."""
+    while chunk := await stream.receive_some(_READ_CHUNK):
+        capture.feed(chunk)
+
+
+def describe_exit(exit_code: int) -> str:
+    """``exited with code 3`` or ``was killed by signal SIGKILL``."""
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"was killed by {name}"
+    return f"exited with code {exit_code}"
+
+
+def _with_stderr(message: str, stderr: OutputCapture) -> str:
+    tail = stderr.describe_tail()
+    return f"{message}; stderr:\n{tail}" if tail else f"{message}; stderr was empty"
+
+
+def _error(
+    error_type: str, message: str, details: Mapping[str, Any], status: Status = Status.ERROR
+) -> ExecutionResult:
+    return ExecutionResult(
+        status=status, error_type=error_type, error_message=message, executor=dict(details)
+    )
+
+
+def result_from_output(
+    *,
+    exit_code: int,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+    details: Mapping[str, Any],
+    subject: str = "process",
+) -> ExecutionResult:
+    """Map how a command ended (exit code, stdout, stderr) to a result.
+
+    ``subject`` names the thing in messages (``process``, ``sandbox command``).
+    """
+    details = {
+        **details,
+        "stdout_bytes": stdout.total,
+        "stdout_truncated": stdout.truncated,
+        "stderr_truncated": stderr.truncated,
+    }
+    if exit_code != 0:
+        return _error(
+            "ProcessExitError",
+            _with_stderr(f"{subject} {describe_exit(exit_code)}", stderr),
+            details,
+        )
+    if stdout.truncated:
+        return _error(
+            "StdoutTooLarge",
+            f"{subject} wrote {stdout.total} bytes on stdout, more than the limit of "
+            f"{stdout.limit} bytes (stdout_limit): write only the JSON result on stdout "
+            "and logs on stderr, or raise stdout_limit",
+            details,
+        )
+    text = stdout.text()
+    if not text.strip():
+        return _error(
+            "EmptyOutput",
+            _with_stderr(f"{subject} wrote nothing on stdout; expected a JSON result", stderr),
+            details,
+        )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        preview = text[:_PREVIEW_CHARS] + ("..." if len(text) > _PREVIEW_CHARS else "")
+        return _error(
+            "InvalidJSON",
+            _with_stderr(f"{subject} stdout is not valid JSON ({exc}): {preview!r}", stderr),
+            details,
+        )
+    return result_from_mapping(value, executor=details)
+
+
+def resolve_command(command: Sequence[str], *, spec: str | None = None) -> list[str]:
+    """Check that ``command[0]`` names an executable, on PATH or by path.
+
+    Raises :class:`ExecutorSpecError` naming the command otherwise.
+    """
+    argv = [os.fspath(part) for part in command]
+    where = f" (executor 'process:{spec}')" if spec is not None else ""
+    if not argv or not argv[0]:
+        raise ExecutorSpecError(
+            f"empty process command{where}: expected process:COMMAND ARGS, "
+            "for example process:python score.py"
+        )
+    program = argv[0]
+    if os.sep in program or (os.altsep and os.altsep in program):
+        if not os.path.isfile(program):
+            raise ExecutorSpecError(f"command {program!r} not found{where}: no such file")
+        if not os.access(program, os.X_OK):
+            raise ExecutorSpecError(
+                f"command {program!r} is not executable{where}: chmod +x it, "
+                "or name its interpreter first (process:python script.py)"
+            )
+    elif shutil.which(program) is None:
+        raise ExecutorSpecError(
+            f"command {program!r} not found on PATH{where}: install it, give its full path, "
+            "or fix PATH"
+        )
+    return argv
+
+
+class ProcessExecutor(Executor):
+    """Runs ``command`` once per scenario; see the module docstring for the contract."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdout_limit: int = DEFAULT_STDOUT_LIMIT,
+        stderr_limit: int = DEFAULT_STDERR_LIMIT,
+        kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+        _spec: str | None = None,
+    ) -> None:
+        if stdout_limit <= 0 or stderr_limit <= 0:
+            raise ExecutorSpecError(
+                f"stdout_limit and stderr_limit must be positive byte counts, "
+                f"got {stdout_limit} and {stderr_limit}"
+            )
+        if not kill_grace_s >= 0:
+            raise ExecutorSpecError(f"kill_grace_s must be >= 0 seconds, got {kill_grace_s!r}")
+        if cwd is not None and not os.path.isdir(cwd):
+            raise ExecutorSpecError(f"cwd {os.fspath(cwd)!r} is not a directory")
+        self.command: tuple[str, ...] = tuple(resolve_command(command, spec=_spec))
+        self.env: dict[str, str] = dict(env or {})
+        self.cwd = os.fspath(cwd) if cwd is not None else None
+        self.stdout_limit = stdout_limit
+        self.stderr_limit = stderr_limit
+        self.kill_grace_s = float(kill_grace_s)
+
+    @classmethod
+    def from_spec(cls, rest: str, **options: Any) -> ProcessExecutor:
+        """Parse ``COMMAND ARGS`` with shell quoting rules (no shell runs it).
+
+        ``options`` are the constructor's keyword arguments.
+        """
+        try:
+            argv = shlex.split(rest)
+        except ValueError as exc:
+            raise ExecutorSpecError(f"cannot parse executor 'process:{rest}': {exc}") from None
+        return cls(argv, _spec=rest, **options)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "command": list(self.command),
+            "cwd": self.cwd,
+            "env_keys": sorted(self.env),
+            "stdout_limit": self.stdout_limit,
+            "stderr_limit": self.stderr_limit,
+        }
+
+    async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
+        details: dict[str, Any] = {
+            "kind": self.kind,
+            "command": list(self.command),
+            "pid": None,
+            "exit_code": None,
+        }
+        payload = json.dumps(scenario.to_json()).encode()
+        try:
+            process = await trio.lowlevel.open_process(
+                list(self.command),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **self.env} if self.env else None,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return _error(
+                "ProcessStartError",
+                f"cannot start {shlex.join(self.command)}: {type(exc).__name__}: {exc}",
+                details,
+            )
+        details["pid"] = process.pid
+        stdout = OutputCapture(self.stdout_limit, keep="head")
+        stderr = OutputCapture(self.stderr_limit, keep="tail")
+        finished = False
+        try:
+            await self._communicate(process, payload, stdout, stderr)
+            details["exit_code"] = await process.wait()
+            finished = True
+        finally:
+            await self._dispose(process, finished=finished)
+        return result_from_output(
+            exit_code=details["exit_code"], stdout=stdout, stderr=stderr, details=details
+        )
+
+    async def _communicate(
+        self,
+        process: trio.Process,
+        payload: bytes,
+        stdout: OutputCapture,
+        stderr: OutputCapture,
+    ) -> None:
+        """Feed stdin and drain stdout and stderr concurrently, until both reach EOF."""
+        assert process.stdin is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send_input, process.stdin, payload)
+            nursery.start_soon(read_stream, process.stdout, stdout)
+            nursery.start_soon(read_stream, process.stderr, stderr)
+
+    async def _dispose(self, process: trio.Process, *, finished: bool) -> None:
+        """Make sure the child and its process group are gone, and close the pipes.
+
+        Unless the child ran to completion: SIGTERM to the group, wait up to
+        ``kill_grace_s``, then SIGKILL to the group and reap.  Shielded, so it
+        runs to the end even while the run is being cancelled.
+        """
+        with trio.CancelScope(shield=True):
+            if not finished:
+                _signal_group(process, signal.SIGTERM)
+                with trio.move_on_after(self.kill_grace_s):
+                    await process.wait()
+                _signal_group(process, signal.SIGKILL)
+                with trio.move_on_after(_REAP_TIMEOUT_S):
+                    await process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+
+
+async def _send_input(stdin: trio.abc.SendStream, payload: bytes) -> None:
+    """Write the scenario and close stdin.
+
+    A child that exits (or closes stdin) without reading it all is not an
+    error here: its exit code and stdout tell what happened.
+    """
+    try:
+        await stdin.send_all(payload)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stdin)
+
+
+def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
+    """Send ``sig`` to the child's process group (its session), or to the child alone."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, sig)
+        elif process.returncode is None:
+            process.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
