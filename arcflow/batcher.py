@@ -25,6 +25,7 @@ async def run_batcher(
     flush_interval: float,
     counters: Counters | None = None,
     make_batch_id: Callable[[], str] = new_batch_id,
+    pending: list[Outcome] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Group outcomes into batches and send them to the writer.
@@ -36,6 +37,10 @@ async def run_batcher(
     To keep the per-record cost low, it takes everything already queued with
     ``receive_nowait()`` and only awaits when the channel is empty.
 
+    ``pending`` (optional) is the list the partial batch is kept in; an outcome
+    leaves it only once its batch was handed to the writer, so the owner can
+    rescue it if the batcher is cancelled mid-send.
+
     ``batch_size`` may be a callable, read at the start of each batch, so an
     adaptive controller can change it between batches.
 
@@ -46,20 +51,20 @@ async def run_batcher(
     size_of: Callable[[], int] = batch_size if callable(batch_size) else (lambda: batch_size)  # type: ignore[assignment,return-value]
     with batches:
         task_status.started()
-        pending: list[Outcome] = []
+        pending = pending if pending is not None else []
         opened_at = 0.0
         deadline = math.inf
         limit = size_of()
         closed = False
 
         async def flush(reason: FlushReason) -> None:
-            nonlocal pending, deadline
+            nonlocal deadline
             batch = Batch(make_batch_id(), tuple(pending), reason, opened_at)
-            pending = []
+            await batches.send(batch)
+            pending.clear()
             deadline = math.inf
             counters.pending_in_batcher = 0
             counters.by_flush_reason[reason.value] += 1
-            await batches.send(batch)
 
         while not closed:
             if not pending:

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """How a scenario ended.
 
     ``failed`` means the scenario ran and did not pass; ``error`` means the
@@ -34,7 +34,7 @@ class Status(str, enum.Enum):
 RETRYABLE_STATUSES = frozenset({Status.ERROR, Status.TIMEOUT})
 
 
-class FlushReason(str, enum.Enum):
+class FlushReason(enum.StrEnum):
     """Why the batcher handed a batch to the writer."""
 
     SIZE = "size"

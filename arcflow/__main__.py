@@ -1,0 +1,5 @@
+"""``python -m arcflow``."""
+
+from .cli import main
+
+raise SystemExit(main())

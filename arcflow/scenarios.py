@@ -1,0 +1,142 @@
+"""Reading scenario files (JSONL), with errors that name the file, the line and the fix.
+
+A file is checked whole before anything runs (:func:`validate_file`), then
+streamed again by the source actor, so memory does not grow with its length:
+the duplicate check keeps 8 bytes per id, not the ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import ScenarioFileError
+from .models import Scenario
+
+_KEYS = {"id", "input", "tags", "metadata", "timeout_s"}
+
+
+@attrs.frozen
+class SuiteInfo:
+    """What :func:`validate_file` learned about a scenario file."""
+
+    path: Path
+    #: Number of scenarios (non-blank lines).
+    count: int
+    #: sha256 of the file's bytes.
+    sha256: str
+
+
+def parse_scenario(data: Any, path: Path | str, line: int) -> Scenario:
+    """Build a Scenario from one decoded JSON line, or raise ScenarioFileError."""
+    if not isinstance(data, dict):
+        raise ScenarioFileError(path, line, f"expected a JSON object, got {type(data).__name__}")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise ScenarioFileError(
+            path, line, f"unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}"
+        )
+    if "id" not in data:
+        raise ScenarioFileError(path, line, 'missing "id": every scenario needs a unique id')
+    sid = data["id"]
+    if isinstance(sid, int) and not isinstance(sid, bool):
+        sid = str(sid)
+    if not isinstance(sid, str) or not sid:
+        raise ScenarioFileError(path, line, f'"id" must be a non-empty string, got {sid!r}')
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ScenarioFileError(path, line, '"tags" must be a list of strings')
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ScenarioFileError(path, line, '"metadata" must be a JSON object')
+    timeout = data.get("timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not timeout > 0
+        or not math.isfinite(timeout)
+    ):
+        raise ScenarioFileError(path, line, f'"timeout_s" must be a number > 0, got {timeout!r}')
+    return Scenario(
+        id=sid,
+        input=data.get("input", {}),
+        tags=tags,
+        metadata=metadata,
+        timeout_s=float(timeout) if timeout is not None else None,
+    )
+
+
+def iter_file(path: Path | str) -> Iterator[tuple[int, Scenario]]:
+    """Yield (line number, scenario) for each non-blank line; raise on the first bad one."""
+    path = Path(path)
+    try:
+        f = path.open("r", encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioFileError(path, None, "no such file") from None
+    except OSError as exc:
+        raise ScenarioFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    with f:
+        lineno = 0
+        try:
+            for lineno, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ScenarioFileError(
+                        path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}"
+                    ) from None
+                yield lineno, parse_scenario(data, path, lineno)
+        except UnicodeDecodeError as exc:
+            raise ScenarioFileError(path, lineno + 1, f"not UTF-8 text: {exc.reason}") from None
+
+
+def _id_key(sid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=8).digest(), "little")
+
+
+def validate_file(path: Path | str) -> SuiteInfo:
+    """Check every line and that ids are unique; returns the count and file hash.
+
+    Duplicate detection keeps an 8-byte hash per id; on a hash match the file
+    is re-read to report both lines exactly.
+    """
+    path = Path(path)
+    keys = array("Q")
+    count = 0
+    for _lineno, scenario in iter_file(path):
+        keys.append(_id_key(scenario.id))
+        count += 1
+    if count == 0:
+        raise ScenarioFileError(path, None, "no scenarios: the file is empty")
+    ordered = sorted(keys)
+    del keys
+    suspects = {a for a, b in itertools.pairwise(ordered) if a == b}
+    del ordered
+    if suspects:
+        first_seen: dict[str, int] = {}
+        for lineno, scenario in iter_file(path):
+            if _id_key(scenario.id) not in suspects:
+                continue
+            if scenario.id in first_seen:
+                raise ScenarioFileError(
+                    path,
+                    lineno,
+                    f"duplicate scenario id {scenario.id!r} (first on line "
+                    f"{first_seen[scenario.id]}); ids must be unique in a suite",
+                )
+            first_seen[scenario.id] = lineno
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return SuiteInfo(path=path, count=count, sha256=digest.hexdigest())

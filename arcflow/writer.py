@@ -1,0 +1,317 @@
+"""The writer actor: batches in, rows in PostgreSQL out, whatever the database does.
+
+The failure ladder, per batch:
+
+1. The breaker is open: the batch goes to the spill journal (fsync'd).
+2. Otherwise, one transaction: COPY into a staging table, one
+   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.  Keys already stored are
+   skipped, so a retry after an ambiguous failure never duplicates a row.
+3. A transient failure (see :mod:`arcflow.store.classify`) is retried with
+   exponential backoff and full jitter, bounded by attempts and elapsed time;
+   each one counts toward the breaker.  Exhausted, or breaker open: spill.
+4. A data error bisects the batch until each poison record stands alone; the
+   good halves are written, each poison record goes to ``arcflow.dead_letters``
+   with its SQLSTATE and message.  A data error proves the database is
+   reachable, so it counts as a success for the breaker, never a failure.
+5. After a successful write, and on a timer while the journal holds batches,
+   the journal is replayed through the same path and then cleared.  While the
+   journal is at its size cap the writer does not pull new batches, so
+   backpressure reaches the producers and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from .breaker import BreakerState, CircuitBreaker
+from .config import RetryPolicy
+from .errors import DataWriteError, TransientWriteError
+from .journal import SpillJournal
+from .models import Batch, FlushReason, Outcome
+from .stats import Counters
+from .store import Store
+
+log = logging.getLogger("arcflow.writer")
+
+
+@attrs.define
+class WriterState:
+    """State that outlives one writer incarnation (owned by the runtime, not the actor)."""
+
+    #: The batch being handled; a restarted writer handles it first, so it is not lost.
+    in_flight: Batch | None = None
+    #: Set at shutdown: the journal cap no longer stops the writer from pulling.
+    draining: bool = False
+
+
+class Writer:
+    """Writes batches with retries, bisection, dead letters, a breaker and a spill journal.
+
+    Retries: transient failures of a whole batch (backoff and jitter).
+    Escalates: bugs (anything not classified transient or data) and journal I/O
+    errors, by raising; the supervisor restarts it with ``WriterState`` intact.
+    Closes: nothing; the supervisor owns the batch channel's receive end.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        journal: SpillJournal,
+        breaker: CircuitBreaker,
+        *,
+        run_id: str,
+        retry: RetryPolicy | None = None,
+        counters: Counters | None = None,
+        rng: random.Random | None = None,
+        on_batch_written: Callable[[Batch, int, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.breaker = breaker
+        self.run_id = run_id
+        self.retry = retry or RetryPolicy()
+        self.counters = counters if counters is not None else Counters()
+        self.rng = rng or random.Random()
+        self.on_batch_written = on_batch_written
+
+    # -- the actor ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        batches: trio.MemoryReceiveChannel[Batch],
+        state: WriterState,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Handle batches until ``batches`` is closed and drained, then replay the journal once."""
+        task_status.started()
+        if state.in_flight is not None:
+            log.warning("writer restarted: handling in-flight batch %s first", state.in_flight.id)
+            await self.handle(state.in_flight)
+            state.in_flight = None
+        while True:
+            if self.journal.pending_batches and self.journal.full and not state.draining:
+                # At the cap: stop pulling; probe until the journal drains.
+                if not await self.replay():
+                    await trio.sleep_until(self._next_probe_time())
+                continue
+            if self.journal.pending_batches:
+                batch = None
+                with trio.move_on_at(self._next_probe_time()):
+                    try:
+                        batch = await batches.receive()
+                    except trio.EndOfChannel:
+                        break
+                if batch is None:
+                    await self.replay()
+                    continue
+            else:
+                try:
+                    batch = await batches.receive()
+                except trio.EndOfChannel:
+                    break
+            state.in_flight = batch
+            await self.handle(batch)
+            state.in_flight = None
+
+    def _next_probe_time(self) -> float:
+        if self.breaker.state is BreakerState.OPEN:
+            return self.breaker.reopen_at
+        return trio.current_time() + self.breaker.config.cooldown
+
+    async def handle(self, batch: Batch) -> None:
+        """Write ``batch`` or, if the database cannot take it now, spill it."""
+        if self.breaker.allow():
+            try:
+                await self._write_isolating(batch.outcomes, batch.id, batch.reason.value, "live", 1)
+            except TransientWriteError as exc:
+                log.warning(
+                    "run %s batch %s: giving up writing for now (%s); spilling %d outcomes",
+                    self.run_id,
+                    batch.id,
+                    exc,
+                    len(batch),
+                )
+            else:
+                self.counters.batches_written += 1
+                if self.journal.pending_batches:
+                    await self.replay()
+                return
+        await self.spill(batch)
+
+    async def spill(self, batch: Batch) -> None:
+        """Append ``batch`` to the journal (durable when this returns)."""
+        await self.journal.append(batch)
+        self.counters.spilled_batches += 1
+        self.counters.spilled_outcomes += len(batch)
+        log.info(
+            "run %s batch %s: spilled %d outcomes to %s (%d bytes)",
+            self.run_id,
+            batch.id,
+            len(batch),
+            self.journal.path,
+            self.journal.size,
+        )
+
+    async def replay(self) -> bool:
+        """Write every journal batch to PostgreSQL, then clear the journal.
+
+        Returns False (journal kept) if the breaker refuses or a write fails
+        transiently; replaying again later is safe since writes are idempotent.
+        """
+        if not self.journal.pending_batches:
+            return True
+        if not self.breaker.allow():
+            return False
+        count = 0
+        try:
+            async for batch in self.journal.batches():
+                await self._write_isolating(batch.outcomes, batch.id, batch.reason.value, "replay", 1)
+                count += len(batch)
+        except TransientWriteError as exc:
+            log.warning("run %s: journal replay interrupted (%s); will retry", self.run_id, exc)
+            return False
+        finally:
+            self.breaker.release_probe()
+        await self.journal.clear()
+        self.counters.replayed_outcomes += count
+        log.info("run %s: replayed %d outcomes from the journal; journal cleared", self.run_id, count)
+        return True
+
+    # -- the ladder -------------------------------------------------------------------------------
+
+    async def _write_isolating(
+        self, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str, depth: int
+    ) -> None:
+        """Write ``outcomes``; on a data error bisect until poison records stand alone."""
+        try:
+            await self._write_with_retry(outcomes, batch_id, reason, source)
+            return
+        except DataWriteError as exc:
+            self.breaker.record_success()
+            if len(outcomes) == 1:
+                await self._dead_letter(outcomes[0], batch_id, exc, depth)
+                return
+            log.info(
+                "run %s batch %s: data error (%s); bisecting %d outcomes",
+                self.run_id,
+                batch_id,
+                exc.sqlstate or "client",
+                len(outcomes),
+            )
+        mid = len(outcomes) // 2
+        await self._write_isolating(outcomes[:mid], f"{batch_id}.0", reason, source, depth + 1)
+        await self._write_isolating(outcomes[mid:], f"{batch_id}.1", reason, source, depth + 1)
+
+    async def _write_with_retry(
+        self, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str
+    ) -> None:
+        """One transaction, retried on transient failures; raises when the budget is spent."""
+        started = trio.current_time()
+        retry = 0
+        while True:
+            t0 = trio.current_time()
+            try:
+                inserted = await self.store.write_outcomes(
+                    outcomes, batch_id=batch_id, run_id=self.run_id, reason=reason, source=source
+                )
+            except TransientWriteError as exc:
+                self.breaker.record_failure(str(exc))
+                retry += 1
+                elapsed = trio.current_time() - started
+                if (
+                    retry > self.retry.max_retries
+                    or elapsed >= self.retry.max_elapsed
+                    or self.breaker.state is not BreakerState.CLOSED
+                ):
+                    raise
+                delay = self.rng.uniform(0, self.retry.delay_cap(retry))
+                delay = min(delay, max(0.0, self.retry.max_elapsed - elapsed))
+                self.counters.retries += 1
+                log.warning(
+                    "run %s batch %s: transient failure %s (%s); retry %d/%d in %.2fs",
+                    self.run_id,
+                    batch_id,
+                    exc.sqlstate or "-",
+                    exc,
+                    retry,
+                    self.retry.max_retries,
+                    delay,
+                )
+                await trio.sleep(delay)
+                continue
+            except BaseException:
+                self.breaker.release_probe()
+                raise
+            latency = trio.current_time() - t0
+            self.breaker.record_success()
+            c = self.counters
+            c.write_transactions += 1
+            c.written += inserted
+            c.already_written += len(outcomes) - inserted
+            c.last_write_latency = latency
+            if self.on_batch_written is not None:
+                self.on_batch_written(
+                    Batch(batch_id, tuple(outcomes), _reason(reason)), inserted, latency
+                )
+            return
+
+    async def _dead_letter(
+        self, outcome: Outcome, batch_id: str, exc: DataWriteError, attempts: int
+    ) -> None:
+        payload = json.dumps(outcome.to_json(), default=repr)
+        row: dict[str, Any] = {
+            "run_id": outcome.run_id,
+            "scenario_id": outcome.scenario_id,
+            "attempt": outcome.attempt,
+            "batch_id": batch_id,
+            "payload": payload,
+            "sqlstate": exc.sqlstate,
+            "message": _printable(str(exc)),
+            "attempts": attempts,
+        }
+        started = trio.current_time()
+        retry = 0
+        while True:
+            try:
+                await self.store.write_dead_letters([row])
+                break
+            except TransientWriteError as exc2:
+                self.breaker.record_failure(str(exc2))
+                retry += 1
+                if retry > self.retry.max_retries or self.breaker.state is not BreakerState.CLOSED:
+                    raise
+                await trio.sleep(self.rng.uniform(0, self.retry.delay_cap(retry)))
+                if trio.current_time() - started > self.retry.max_elapsed:
+                    raise
+        self.counters.dead_lettered += 1
+        log.error(
+            "run %s batch %s: outcome %s attempt %d dead-lettered (%s: %s)",
+            self.run_id,
+            batch_id,
+            outcome.scenario_id,
+            outcome.attempt,
+            exc.sqlstate or "client",
+            _printable(str(exc))[:200],
+        )
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\\u0000")
+
+
+def _reason(value: str) -> FlushReason:
+    try:
+        return FlushReason(value)
+    except ValueError:  # pragma: no cover - reasons come from FlushReason
+        return FlushReason.SHUTDOWN
+
+
+__all__ = ["Writer", "WriterState"]
