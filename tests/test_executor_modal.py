@@ -157,9 +157,7 @@ class FakeModalCloud:
 
 
 def executor_with(cloud: FakeModalCloud, **config: Any) -> ModalExecutor:
-    return ModalExecutor(
-        ["python", "/app/score.py"], ModalConfig(**config), sandbox_factory=cloud
-    )
+    return ModalExecutor(["python", "/app/score.py"], ModalConfig(**config), sandbox_factory=cloud)
 
 
 async def run_mode(executor: ModalExecutor, mode: str, sid: str = "a") -> ExecutionResult:
@@ -261,9 +259,10 @@ async def test_sandbox_result_maps_like_the_process_executor(autojump_clock: Any
     assert passed.executor["exit_code"] == 0
     assert passed.executor["creation_attempts"] == 1
     assert passed.executor["command"] == ["python", "/app/score.py"]
-    assert json.loads(cloud.sandboxes[0].stdin_data or b"") == Scenario(
-        id="s1", input={"mode": "pass"}
-    ).to_json()
+    assert (
+        json.loads(cloud.sandboxes[0].stdin_data or b"")
+        == Scenario(id="s1", input={"mode": "pass"}).to_json()
+    )
     failed = await run_mode(executor, "fail")
     assert (failed.status, failed.score) == (Status.FAILED, 0.1)
 
@@ -455,7 +454,8 @@ class _AsyncioStdin:
         asyncio.get_running_loop()  # raises unless on the asyncio side
         await asyncio.sleep(0)
         self._sandbox.received = self._buffer
-        self._sandbox.eof = self._eof
+        if self._eof:
+            self._sandbox.input_closed.set()
 
 
 class _AsyncioStream:
@@ -475,7 +475,7 @@ class _AsyncioModalSandbox:
 
     def __init__(self, object_id: str, timeout_error: type[BaseException] | None) -> None:
         self.object_id = object_id
-        self.eof = False
+        self.input_closed = asyncio.Event()
         self.received = b""
         self.returncode: int | None = None
         self.terminated = False
@@ -488,8 +488,7 @@ class _AsyncioModalSandbox:
 
     async def finished(self) -> tuple[int, str, str]:
         """(asyncio) Wait for stdin to close, then for the command to end (forever if it hangs)."""
-        while not self.eof:
-            await asyncio.sleep(0.001)
+        await self.input_closed.wait()
         result = behaviour(json.loads(self.received))
         if result is None:
             await asyncio.Event().wait()
@@ -660,3 +659,23 @@ async def test_start_outside_trio_asyncio_loop_is_explained(
     monkeypatch.setitem(sys.modules, "modal", fake_modal_module())
     with pytest.raises(RuntimeError, match="trio-asyncio loop"):
         await ModalExecutor(["true"]).start()
+
+
+async def test_stdin_failure_does_not_hide_the_commands_result(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that exits without reading stdin is judged by its output; errors mention stdin."""
+    original = FakeSandbox.send_input
+
+    async def failing_send(self: FakeSandbox, data: bytes) -> None:
+        await original(self, data)
+        raise RuntimeError("stdin already closed")
+
+    monkeypatch.setattr(FakeSandbox, "send_input", failing_send)
+    executor = executor_with(FakeModalCloud())
+    assert (await run_mode(executor, "pass")).status is Status.PASSED
+    crashed = await run_mode(executor, "crash")
+    assert crashed.error_type == "ProcessExitError"
+    assert "writing the scenario to stdin failed: RuntimeError: stdin already closed" in (
+        crashed.error_message or ""
+    )

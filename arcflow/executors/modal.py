@@ -134,17 +134,20 @@ class SandboxRequest:
 SandboxFactory = Callable[[SandboxRequest], Awaitable[SandboxHandle]]
 
 
+def _is_positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _positive(kind: type | tuple[type, ...] = (int, float), *, optional: bool = False) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if optional and value is None:
             return
-        ok = (
-            isinstance(value, kind)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        )
-        if not ok:
+        if not (isinstance(value, kind) and _is_positive_number(value)):
             names = kind.__name__ if isinstance(kind, type) else "number"
             raise ConfigError(
                 f"ModalConfig.{attribute.name} must be a positive {names}"
@@ -364,15 +367,14 @@ class ModalExecutor(Executor):
         payload = json.dumps(scenario.to_json()).encode()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(sandbox.send_input, payload)
+                nursery.start_soon(state.send_input, payload)
                 nursery.start_soon(_read_chunks, sandbox.stdout(), stdout)
                 nursery.start_soon(_read_chunks, sandbox.stderr(), stderr)
                 nursery.start_soon(state.wait_for_exit)
         except Exception as exc:
-            leaf = _single_leaf(exc)
+            error_type, message = _describe_error(exc)
             return state.error(
-                type(leaf).__name__,
-                f"lost contact with sandbox {sandbox.object_id}: {leaf}",
+                error_type, f"lost contact with sandbox {sandbox.object_id}: {message}"
             )
         if state.lifetime_exceeded:
             return state.error(
@@ -382,13 +384,17 @@ class ModalExecutor(Executor):
                 status=Status.TIMEOUT,
             )
         assert state.exit_code is not None
-        return result_from_output(
+        result = result_from_output(
             exit_code=state.exit_code,
             stdout=stdout,
             stderr=stderr,
             details=state.details,
             subject="sandbox command",
         )
+        if state.input_error is not None and result.status is Status.ERROR:
+            note = f" (writing the scenario to stdin failed: {state.input_error})"
+            result = attrs.evolve(result, error_message=f"{result.error_message}{note}")
+        return result
 
     def _sandbox_timeout_hint(self) -> str:
         if self.config.timeout_s is not None:
@@ -428,6 +434,20 @@ class _SandboxRun:
     exit_code: int | None = None
     exited: bool = False
     lifetime_exceeded: bool = False
+    input_error: str | None = None
+
+    async def send_input(self, payload: bytes) -> None:
+        """Send the scenario; a failure is noted, not raised.
+
+        A command that exits without reading stdin is judged by its exit code
+        and stdout, as with the process executor.
+        """
+        assert self.sandbox is not None
+        try:
+            await self.sandbox.send_input(payload)
+        except Exception as exc:
+            self.input_error = f"{type(exc).__name__}: {exc}"
+            logger.debug("sandbox %s: %s", self.sandbox.object_id, self.input_error)
 
     async def wait_for_exit(self) -> None:
         """Wait for the sandbox to finish and record how."""
@@ -456,11 +476,20 @@ async def _read_chunks(chunks: AsyncIterator[bytes | str], capture: OutputCaptur
         capture.feed(chunk)
 
 
-def _single_leaf(exc: BaseException) -> BaseException:
-    """The only exception inside nested groups, or the group itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _describe_error(exc: BaseException) -> tuple[str, str]:
+    """(type name, message) of the first real error inside nursery exception groups."""
+    leaves = _leaves(exc)
+    first = leaves[0]
+    message = str(first) or repr(first)
+    if len(leaves) > 1:
+        message += f" (and {len(leaves) - 1} more error(s))"
+    return type(first).__name__, message
 
 
 # --------------------------------------------------------------------------
@@ -556,9 +585,7 @@ class ModalBackend:
                     f"Modal rejected the credentials from {source}: {exc}. "
                     f"{MISSING_CREDENTIALS_HELP}"
                 ) from exc
-            logger.info(
-                "modal: app %r ready, credentials from %s", self.config.app_name, source
-            )
+            logger.info("modal: app %r ready, credentials from %s", self.config.app_name, source)
 
     async def _prepare(self) -> None:
         modal_ = self._modal

@@ -73,7 +73,7 @@ class OutputCapture:
         """Whether bytes were dropped."""
         return self.total > len(self._data)
 
-    def feed(self, chunk: bytes | str) -> None:
+    def feed(self, chunk: bytes | bytearray | str) -> None:
         """Account for ``chunk`` and keep what fits (text is counted as UTF-8)."""
         if isinstance(chunk, str):
             chunk = chunk.encode("utf-8", "surrogateescape")

@@ -1,0 +1,92 @@
+"""Shared fixtures: a real PostgreSQL for the whole session, and helpers to read it back.
+
+The database is a throwaway server started from the embedded package's
+binaries (``arcflow.testing.TemporaryPostgres``), or ``ARCFLOW_TEST_DB`` if
+set.  Under ``CI=true`` a database that cannot be started fails the tests;
+elsewhere those tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+import trio_asyncio
+
+from arcflow.testing import TemporaryPostgres
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TemporaryPostgres | None]:
+    """The session's PostgreSQL server (None when ARCFLOW_TEST_DB points elsewhere)."""
+    if os.environ.get("ARCFLOW_TEST_DB"):
+        yield None
+        return
+    try:
+        server = TemporaryPostgres()
+        server.start()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        if IN_CI:
+            pytest.fail(f"CI=true and no PostgreSQL could be started: {exc}")
+        pytest.skip(f"no PostgreSQL available: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def dsn(pg_server: TemporaryPostgres | None) -> str:
+    """DSN of the session's real PostgreSQL."""
+    if pg_server is None:
+        return os.environ["ARCFLOW_TEST_DB"]
+    return pg_server.dsn
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A run id unique to the test."""
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+async def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query against the database from a trio test (own loop and connection)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            return rows
+        finally:
+            await conn.close()
+
+    if trio_asyncio.current_loop.get() is not None:
+        return await trio_asyncio.aio_as_trio(go)()
+    async with trio_asyncio.open_loop():
+        return await trio_asyncio.aio_as_trio(go)()
+
+
+@pytest.fixture
+def db_query(dsn: str) -> Any:
+    """``await db_query(sql, *args)`` -> rows, against the session database."""
+
+    async def run(sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await query(dsn, sql, *args)
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up a developer's ARCFLOW_DB by accident."""
+    monkeypatch.delenv("ARCFLOW_DB", raising=False)
+
+
+__all__ = ["IN_CI", "query", "trio"]
