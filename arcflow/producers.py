@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
@@ -78,8 +79,10 @@ class Producer:
         config: RuntimeConfig,
         control: ShutdownControl,
         counters: Counters,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.name = name
+        self.on_outcome = on_outcome
         self.executor = executor
         self.run_id = run_id
         self.config = config
@@ -134,6 +137,8 @@ class Producer:
                     outcome = attrs.evolve(outcome, final=False)
                 await outcomes.send(outcome)
                 self.counters.by_status[outcome.status.value] += 1
+                if self.on_outcome is not None:
+                    self.on_outcome(outcome)
                 state.attempt = attempt + 1
                 if not retry:
                     self.counters.completed += 1

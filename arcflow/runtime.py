@@ -82,6 +82,10 @@ class Runtime:
             print(rt.statistics())
         # leaving the block drains: every outcome is written (or spilled to the journal)
 
+    Hooks (plain callables, called in the runtime's trio thread; keep them quick):
+    ``on_outcome(outcome)`` after each attempt's outcome is handed to the batcher,
+    ``on_batch_written(batch, rows_inserted, latency_s)`` after each committed write.
+
     ``db`` is a PostgreSQL DSN; None means ``ARCFLOW_DB``, then the ``PG*``
     variables, then the embedded server under ``data_dir``.  Options are the
     fields of :class:`RuntimeConfig` (``concurrency``, ``batch_size``,
@@ -99,6 +103,7 @@ class Runtime:
         scenario_count: int | None = None,
         config: RuntimeConfig | None = None,
         on_batch_written: Callable[[Batch, int, float], None] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
         first_attempts: Mapping[str, int] | None = None,
         resume: bool = False,
         **options: Any,
@@ -112,6 +117,7 @@ class Runtime:
         self._db = db
         self._dsn: str | None = None
         self._on_batch_written = on_batch_written
+        self._on_outcome = on_outcome
         self.resume = resume
         self.counters = Counters(batch_size=self.config.batch_size)
         self.control = ShutdownControl(first_attempt=dict(first_attempts or {}))
@@ -352,6 +358,7 @@ class Runtime:
             config=self.config,
             control=self.control,
             counters=self.counters,
+            on_outcome=self._on_outcome,
         )
         state = ProducerState()
         with work, outcomes:
