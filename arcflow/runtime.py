@@ -193,6 +193,10 @@ class Runtime:
     async def _lifecycle(self) -> AsyncIterator[None]:
         cfg = self.config
         async with contextlib.AsyncExitStack() as stack:
+            # Imported here, not at module level: importing trio_asyncio patches asyncio's
+            # policy, and `import arcflow` must leave the host program's asyncio alone.
+            import trio_asyncio
+
             if trio_asyncio.current_loop.get() is None:
                 await stack.enter_async_context(trio_asyncio.open_loop())
             store = await self._open_store(stack)

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 import trio
-import trio_asyncio
 
 from ..errors import DataWriteError, TransientWriteError, WriteError
 from ..models import Outcome
@@ -104,6 +103,8 @@ class Store:
         On a transient failure or a cancellation the connection is dropped, so
         the next call reconnects instead of reusing a connection in an unknown state.
         """
+        import trio_asyncio  # lazily: importing it patches asyncio (see runtime.py)
+
         try:
             return await trio_asyncio.aio_as_trio(fn)(*args)
         except trio.Cancelled:
@@ -155,6 +156,8 @@ class Store:
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return
+        import trio_asyncio
+
         with trio.move_on_after(5, shield=True) as scope:
             try:
                 await trio_asyncio.aio_as_trio(conn.close)(timeout=4)
