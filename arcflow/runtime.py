@@ -26,7 +26,6 @@ from typing import Any
 import attrs
 import trio
 import trio.lowlevel
-import trio_asyncio
 
 from .batcher import run_batcher
 from .breaker import BreakerState, CircuitBreaker
