@@ -167,7 +167,17 @@ class Runtime:
         try:
             await stack.enter_async_context(self._lifecycle())
         except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            try:
+                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                leaf = _single_arcflow_error(group)
+                if leaf is not None:
+                    raise leaf from None
+                raise
+            if isinstance(exc, BaseExceptionGroup):
+                leaf = _single_arcflow_error(exc)
+                if leaf is not None:
+                    raise leaf from None
             raise
         self._stack = stack
         return self
@@ -334,16 +344,18 @@ class Runtime:
         *,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        with batches:
-            task_status.started()
-            await supervise(
-                "writer",
-                writer.run,
-                batches,
-                self.writer_state,
-                config=self.config.supervisor,
-                counters=self.counters,
-            )
+        task_status.started()
+        await supervise(
+            "writer",
+            writer.run,
+            batches,
+            self.writer_state,
+            config=self.config.supervisor,
+            counters=self.counters,
+        )
+        # Closed only on a normal return: after a failure the batches still queued
+        # here must stay readable for _rescue (closing a receive end drops them).
+        batches.close()
 
     async def _supervised_producer(
         self,
