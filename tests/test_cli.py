@@ -1,0 +1,143 @@
+"""`python -m arcflow run`: happy path with --json, and every bad input with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arcflow.cli import main
+from arcflow.testing import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "quickstart.jsonl"
+SCORE = "python:examples.quickstart:score"
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "arcflow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_happy_path_json(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+    """--json prints one JSON summary and nothing else on stdout; rows match it; exit 0."""
+    import trio
+
+    proc = await trio.to_thread.run_sync(
+        lambda: run_cli(
+            "run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, "--run-id", run_id,
+            "--batch-size", "40", "--concurrency", "16", "--json", "--data-dir", str(tmp_path),
+        )
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    for key in ("run_id", "scenarios", "written", "dead_lettered", "batches", "by_status", "by_flush_reason"):
+        assert key in summary
+    assert summary["run_id"] == run_id
+    assert summary["scenarios"] == summary["written"] == 300
+    assert summary["batches"] == 8 and summary["by_flush_reason"] == {"size": 7, "shutdown": 1}
+    rows = await db_query(
+        "SELECT status, count(*) AS c FROM arcflow.outcomes WHERE run_id = $1 GROUP BY status", run_id
+    )
+    assert {r["status"]: r["c"] for r in rows} == summary["by_status"]
+
+
+def test_version_and_help() -> None:
+    """--version and --help work and exit 0."""
+    assert "arcflow" in run_cli("--version").stdout
+    out = run_cli("run", "--help")
+    assert out.returncode == 0 and "--batch-size" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        (['{"id": "a"}', '{"id": "b"', '{"id": "c"}'], ":2: invalid JSON"),
+        (['{"id": "a"}', '{"input": {}}'], ':2: missing "id"'),
+        (['{"id": "a"}', '{"id": "b"}', '{"id": "a"}'], ":3: duplicate scenario id 'a' (first on line 1)"),
+        (['{"id": "a", "tags": "x"}'], ':1: "tags" must be a list'),
+        (['{"id": "a", "color": 1}'], ":1: unknown keys ['color']"),
+        ([], "no scenarios"),
+    ],
+)
+def test_bad_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[str], needle: str) -> None:
+    """A malformed scenario file exits 2 naming the file and line, before any database work."""
+    path = write_lines(tmp_path / "s.jsonl", lines)
+    code = main(["run", str(path), "--executor", SCORE, "--db", "postgresql://nobody@127.0.0.1:1/x"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(path) in err and needle in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scenario file that does not exist exits 2 with its path."""
+    code = main(["run", str(tmp_path / "nope.jsonl"), "--executor", SCORE])
+    assert code == 2
+    assert "nope.jsonl: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("executor", "needle"),
+    [
+        ("ruby:foo", "unknown executor kind 'ruby'"),
+        ("python:no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+        ("python:examples.quickstart:nope", "has no attribute 'nope'"),
+        ("python:examples.quickstart", "expected python:MODULE:FUNCTION"),
+        ("noexecutor", "invalid executor"),
+    ],
+)
+def test_bad_executor(capsys: pytest.CaptureFixture[str], executor: str, needle: str) -> None:
+    """An unknown executor or unimportable function exits 2 with a clear message."""
+    code = main(["run", str(EXAMPLE), "--executor", executor])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (["--batch-size", "0"], "--batch-size=0"),
+        (["--batch-size", "100001"], "--batch-size=100001"),
+        (["--flush-interval", "0"], "--flush-interval=0"),
+        (["--concurrency", "-3"], "--concurrency=-3"),
+        (["--force"], "--force and --retry-errors only make sense with --resume"),
+    ],
+)
+def test_bad_option(capsys: pytest.CaptureFixture[str], option: list[str], needle: str) -> None:
+    """An invalid option value exits 2 naming the option."""
+    code = main(["run", str(EXAMPLE), "--executor", SCORE, *option])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_non_numeric_option_is_usage_error() -> None:
+    """A non-numeric value is rejected by the parser with exit 2."""
+    proc = run_cli("run", str(EXAMPLE), "--executor", SCORE, "--batch-size", "many")
+    assert proc.returncode == 2 and "--batch-size" in proc.stderr
+
+
+def test_unreachable_database_redacts_password(tmp_path: Path) -> None:
+    """An unreachable database exits 2 before any scenario runs, and the password never shows."""
+    dsn = f"postgresql://alice:hunter2-secret@127.0.0.1:{free_port()}/db"
+    proc = run_cli("run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, "--data-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "cannot reach the database" in proc.stderr
+    assert "hunter2-secret" not in proc.stderr + proc.stdout
+    assert "alice:***@127.0.0.1" in proc.stderr
