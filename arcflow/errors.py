@@ -7,6 +7,7 @@
     ├── ResumeError               --resume found a changed scenario or an unknown run (exit 2)
     ├── DatabaseUnavailable       the database cannot be reached at start (exit 2)
     ├── RuntimeClosed             submit() after the runtime began to drain
+    ├── PipelineFull              submit_nowait()/record_nowait() while the pipeline is full
     ├── ScenarioRejected          submit() of a scenario id already seen in this run
     ├── RestartIntensityExceeded  an actor crashed more than R times in T seconds
     └── WriteError                a batch could not be written (carries the classification)
@@ -22,6 +23,8 @@ intensity, raises :class:`RestartIntensityExceeded` naming the last one.
 from __future__ import annotations
 
 from pathlib import Path
+
+import trio
 
 
 class ArcflowError(Exception):
@@ -60,6 +63,15 @@ class DatabaseUnavailable(ArcflowError):
 
 class RuntimeClosed(ArcflowError):
     """The runtime no longer accepts scenarios or outcomes (it is draining or closed)."""
+
+
+class PipelineFull(ArcflowError, trio.WouldBlock):
+    """A ``submit_nowait()`` / ``record_nowait()`` was refused: the pipeline is full.
+
+    This is backpressure, not a failure: wait (``await submit()``) or shed the
+    load.  It is also a :class:`trio.WouldBlock`, so ``except trio.WouldBlock``
+    keeps working for trio hosts.
+    """
 
 
 class ScenarioRejected(ArcflowError):
