@@ -223,6 +223,7 @@ class Runtime:
                 retry=cfg.retry,
                 counters=self.counters,
                 on_batch_written=self._on_batch_written,
+                final_replay_timeout=cfg.shutdown_timeout,
             )
             if self.journal.pending_batches:
                 log.info(

@@ -71,8 +71,10 @@ class Writer:
         counters: Counters | None = None,
         rng: random.Random | None = None,
         on_batch_written: Callable[[Batch, int, float], None] | None = None,
+        final_replay_timeout: float = 30.0,
     ) -> None:
         self.store = store
+        self.final_replay_timeout = final_replay_timeout
         self.journal = journal
         self.breaker = breaker
         self.run_id = run_id
@@ -90,7 +92,7 @@ class Writer:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Handle batches until ``batches`` is closed and drained, then replay the journal once."""
+        """Handle batches until ``batches`` is closed and drained, then empty the journal if it can."""
         task_status.started()
         if state.in_flight is not None:
             log.warning("writer restarted: handling in-flight batch %s first", state.in_flight.id)
@@ -120,6 +122,31 @@ class Writer:
             state.in_flight = batch
             await self.handle(batch)
             state.in_flight = None
+        await self._final_replay()
+
+    async def _final_replay(self) -> None:
+        """Input is closed: keep probing until the journal is empty or the time is up.
+
+        What is still in the journal afterwards stays there (durable) for ``--resume``.
+        """
+        if not self.journal.pending_batches:
+            return
+        log.warning(
+            "run %s: input closed with %d batches in the journal; replaying for up to %gs",
+            self.run_id,
+            self.journal.pending_batches,
+            self.final_replay_timeout,
+        )
+        with trio.move_on_after(self.final_replay_timeout):
+            while not await self.replay():
+                await trio.sleep_until(self._next_probe_time())
+        if self.journal.pending_batches:
+            log.error(
+                "run %s: database still unavailable; %d batches kept in %s for --resume",
+                self.run_id,
+                self.journal.pending_batches,
+                self.journal.path,
+            )
 
     def _next_probe_time(self) -> float:
         if self.breaker.state is BreakerState.OPEN:

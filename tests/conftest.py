@@ -69,8 +69,16 @@ async def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
     if trio_asyncio.current_loop.get() is not None:
         return await trio_asyncio.aio_as_trio(go)()
-    async with trio_asyncio.open_loop():
-        return await trio_asyncio.aio_as_trio(go)()
+    try:
+        async with trio_asyncio.open_loop():
+            return await trio_asyncio.aio_as_trio(go)()
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            inner = group.exceptions[0]
+            if not isinstance(inner, BaseExceptionGroup):
+                raise inner from None
+            group = inner
+        raise
 
 
 @pytest.fixture

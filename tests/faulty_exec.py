@@ -1,0 +1,23 @@
+"""Executor functions used by the fault-injection tests (importable as python:faulty_exec:NAME)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+
+from arcflow.models import Scenario
+
+
+async def slow(scenario: Scenario) -> dict[str, Any]:
+    """Sleeps input.sleep seconds (default 0.02) then passes."""
+    await trio.sleep(float(scenario.input.get("sleep", os.environ.get("FAULTY_SLEEP", 0.02))))
+    return {"status": "passed", "score": 1.0, "output": {"id": scenario.id}}
+
+
+async def nul_output(scenario: Scenario) -> dict[str, Any]:
+    """Returns an output with a NUL character (PostgreSQL rejects it) when input.poison is set."""
+    if scenario.input.get("poison"):
+        return {"status": "passed", "output": {"text": "bad\x00byte"}}
+    return {"status": "passed", "output": {"text": "fine"}}
