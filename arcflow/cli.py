@@ -1,5 +1,11 @@
 """``python -m arcflow``: the command line.
 
+Commands: ``run`` (run a scenario file), ``runs`` (list runs), ``report RUN_ID``
+(one run's report) and ``config`` (the effective configuration).  Every
+option can also come from ``ARCFLOW_*`` environment variables or a config
+file (``arcflow.toml``, or ``[tool.arcflow]`` in ``pyproject.toml``); see
+:mod:`arcflow.settings`.
+
 Exit codes: 0 every outcome written (or dead-lettered); 1 the run failed
 (an actor crashed past its restart intensity); 2 bad input, bad options or an
 unreachable database, before any scenario ran; 3 some outcomes are still in the
@@ -10,6 +16,7 @@ signal (running scenarios were cancelled).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import signal
@@ -21,7 +28,7 @@ from typing import Any, TextIO
 import trio
 
 from ._version import __version__
-from .config import BreakerConfig, RetryPolicy, RuntimeConfig
+from .adaptive import AdaptiveBatchSize
 from .errors import (
     ArcflowError,
     ConfigError,
@@ -32,12 +39,15 @@ from .errors import (
     ScenarioFileError,
 )
 from .executors.base import parse_executor
-from .models import RETRYABLE_STATUSES, Scenario, Status
+from .logs import configure_logging, log_context
+from .models import RETRYABLE_STATUSES, Batch, Outcome, Scenario, Status
 from .runtime import Runtime
 from .scenarios import iter_file, validate_file
+from .settings import OPTIONS, OptionSpec, Settings, format_settings, load_settings
 from .store.dsn import redact_text
 
 log = logging.getLogger("arcflow.cli")
+batch_log = logging.getLogger("arcflow.batches")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,11 +55,56 @@ EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 
+#: Options that only reading commands (runs, report) use.
+READ_KEYS = ("db", "data_dir", "log_level", "log_format")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # exit 2 with the usual message
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"arcflow: error: {message}\n")
+
+
+def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("", "none") else convert(text)
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _add_option(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
+    """One settings option as a flag; absent flags stay out of the namespace (lower layers win)."""
+    if spec.default is None:
+        help_text = f"{spec.help} ({spec.env})"
+    else:
+        help_text = f"{spec.help} (default {spec.default}; {spec.env})"
+    kwargs: dict[str, Any] = {"dest": spec.key, "default": argparse.SUPPRESS, "help": help_text}
+    if spec.kind == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif spec.kind == "choice":
+        kwargs["choices"] = spec.choices
+        kwargs["type"] = str.upper if spec.key == "log_level" else str.lower
+    else:
+        kwargs["type"] = {
+            "int": int,
+            "float": float,
+            "optional_int": _optional(int),
+            "optional_float": _optional(float),
+            "path": Path,
+        }.get(spec.kind, str)
+        kwargs["metavar"] = spec.metavar or "N"
+    parser.add_argument(spec.flag, **kwargs)
+
+
+def _add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
+    group = parser.add_argument_group(
+        "configuration", "also ARCFLOW_* variables or arcflow.toml; precedence: flags > environment > file > defaults"
+    )
+    group.add_argument("--config", type=Path, metavar="FILE", help="config file (default: ./arcflow.toml, then "
+                       "[tool.arcflow] in ./pyproject.toml; $ARCFLOW_CONFIG)")
+    for key in keys:
+        _add_option(group, OPTIONS[key])  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,56 +122,46 @@ def build_parser() -> argparse.ArgumentParser:
         "PostgreSQL in batches (one transaction per batch).",
     )
     run.add_argument("scenarios", type=Path, help="JSONL file, one scenario per line")
-    run.add_argument(
-        "--executor",
-        required=True,
-        help="python:MODULE:FUNCTION, process:'COMMAND ARGS' or modal:'COMMAND ARGS'",
-    )
-    run.add_argument(
-        "--db",
-        help="PostgreSQL DSN (default: $ARCFLOW_DB, then PG* variables, then the embedded server)",
-    )
-    run.add_argument("--data-dir", type=Path, default=Path(".arcflow"), help="embedded database and journals (default .arcflow)")
-    run.add_argument("--concurrency", type=int, default=8, help="scenarios running at once (default 8)")
-    run.add_argument("--batch-size", type=int, default=100, help="outcomes per batch, 1..100000 (default 100)")
-    run.add_argument("--flush-interval", type=float, default=30.0, help="seconds a batch may wait (default 30)")
-    run.add_argument("--timeout", type=float, default=None, help="per-scenario timeout in seconds (default none)")
-    run.add_argument("--attempts", type=int, default=1, help="attempts for error/timeout outcomes (default 1)")
-    run.add_argument("--grace", type=float, default=30.0, help="seconds running scenarios get after Ctrl-C (default 30)")
     run.add_argument("--run-id", help="id of this run (default: a new one)")
     run.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID: replay its journal, skip finished scenarios")
     run.add_argument("--force", action="store_true", help="with --resume: accept scenarios whose content changed")
     run.add_argument("--retry-errors", action="store_true", help="with --resume: also re-run error and timeout outcomes")
-    run.add_argument("--max-retries", type=int, default=3, help="retries of a failed batch write (default 3)")
-    run.add_argument("--breaker-threshold", type=int, default=5, help="failures that open the breaker (default 5)")
-    run.add_argument("--breaker-cooldown", type=float, default=5.0, help="seconds before a probe (default 5)")
-    run.add_argument("--journal-max-bytes", type=int, default=1 << 30, help="spill journal cap (default 1 GiB)")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object, nothing else on stdout")
-    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    run.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress display)")
+    _add_settings(run, list(OPTIONS))
     run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs", description="List runs, newest first, with counts by status "
+                          "(latest attempt of each scenario).")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    runs.add_argument("--suite", help="only runs of this suite")
+    runs.add_argument("--status", help="only runs with this status (running, finished, stopped, failed, incomplete)")
+    runs.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
+    _add_settings(runs, READ_KEYS)
+    runs.set_defaults(func=cmd_runs)
+
+    report = sub.add_parser("report", help="report one run", description="One run's pass rate, counts by status and "
+                            "by tag, slowest scenarios, errors by type and batch statistics.")
+    report.add_argument("run_id", metavar="RUN_ID", help="the run (see `python -m arcflow runs`)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
+    report.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with charts")
+    report.add_argument("--slowest", type=int, default=10, metavar="N", help="how many slowest attempts (default 10)")
+    _add_settings(report, READ_KEYS)
+    report.set_defaults(func=cmd_report)
+
+    config = sub.add_parser("config", help="print the effective configuration",
+                            description="Print every option's effective value and where it came from "
+                            "(flag, environment, file or default), secrets redacted.")
+    config.add_argument("--format", choices=("toml", "json"), default="toml", help="output format (default toml)")
+    _add_settings(config, list(OPTIONS))
+    config.set_defaults(func=cmd_config)
     return parser
 
 
-def _config_from_args(args: argparse.Namespace) -> RuntimeConfig:
-    try:
-        return RuntimeConfig(
-            concurrency=args.concurrency,
-            batch_size=args.batch_size,
-            flush_interval=args.flush_interval,
-            timeout=args.timeout,
-            attempts=args.attempts,
-            grace=args.grace,
-            data_dir=args.data_dir,
-            journal_max_bytes=args.journal_max_bytes,
-            retry=RetryPolicy(max_retries=args.max_retries),
-            breaker=BreakerConfig(
-                failure_threshold=args.breaker_threshold, cooldown=args.breaker_cooldown
-            ),
-        )
-    except ConfigError as exc:
-        # Field names are the option names with dashes.
-        raise ConfigError(str(exc).replace("_", "-").replace("invalid ", "invalid --", 1)) from None
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line over ``ARCFLOW_*`` over the config file over defaults."""
+    flags = {k: v for k, v in vars(args).items() if k in OPTIONS}
+    return load_settings(flags, config_file=getattr(args, "config", None))
 
 
 def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
@@ -145,8 +190,8 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 async def _plan_resume(
     rt: Runtime, path: Path, *, force: bool, retry_errors: bool
-) -> Callable[[Scenario], bool]:
-    """What a resumed run skips, and at which attempt the others start."""
+) -> tuple[Callable[[Scenario], bool], int]:
+    """What a resumed run skips (and how many), and at which attempt the others start."""
     assert rt.store is not None
     latest = await rt.store.latest_attempts(rt.run_id)
 
@@ -177,7 +222,7 @@ async def _plan_resume(
             "Restore the original file, start a new run, or pass --force to re-run them as they are now."
         )
     log.info("resume %s: %d scenarios already done, skipped", rt.run_id, len(skip))
-    return lambda s: s.id in skip
+    return (lambda s: s.id in skip), len(skip)
 
 
 async def _watch_signals(rt: Runtime, state: dict[str, bool], *, task_status: Any) -> None:
@@ -198,47 +243,172 @@ async def _watch_signals(rt: Runtime, state: dict[str, bool], *, task_status: An
                 rt.cancel_running()
 
 
-async def _run(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)
-    executor = parse_executor(args.executor)
+# -- observers of a run: progress, metrics, adaptive batch size, batch logs ---------------------------
+
+
+class Observers:
+    """Everything that watches one run, fanned out from the runtime's two hooks."""
+
+    def __init__(self, settings: Settings, args: argparse.Namespace) -> None:
+        from .progress import ProgressModel, choose_mode, make_progress
+
+        self.adaptive = (
+            AdaptiveBatchSize(settings.adaptive_config(), initial=settings.batch_size)
+            if settings.adaptive_batching
+            else None
+        )
+        self.metrics = None
+        if settings.metrics_port is not None:
+            from .metrics import MetricsExporter
+
+            self.metrics = MetricsExporter(
+                port=settings.metrics_port,
+                host=settings.metrics_host,
+                batch_size=self.adaptive.current if self.adaptive is not None else None,
+            )
+        mode = choose_mode(
+            settings.progress,
+            quiet=args.quiet,
+            json_summary=args.json,
+            stdout_tty=sys.stdout.isatty(),
+            stderr_tty=sys.stderr.isatty(),
+        )
+        self.model = ProgressModel(adaptive=self.adaptive)
+        self.progress = make_progress(mode, self.model, interval=settings.progress_interval)
+        self._batch_hooks: list[Callable[[Batch, int, float], None]] = [self._log_batch]
+        self._outcome_hooks: list[Callable[[Outcome], None]] = []
+        for observer in (self.progress, self.metrics, self.adaptive):
+            if observer is not None:
+                self._batch_hooks.append(observer.on_batch_written)
+        if self.metrics is not None:
+            self._outcome_hooks.append(self.metrics.on_outcome)
+
+    def on_batch_written(self, batch: Batch, inserted: int, latency: float) -> None:
+        for hook in self._batch_hooks:
+            hook(batch, inserted, latency)
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        for hook in self._outcome_hooks:
+            hook(outcome)
+
+    @staticmethod
+    def _log_batch(batch: Batch, inserted: int, latency: float) -> None:
+        if batch_log.isEnabledFor(logging.DEBUG):
+            run_id = batch.outcomes[0].run_id if batch.outcomes else "-"
+            batch_log.debug(
+                "run %s batch %s: wrote %d new rows of %d (%s) in %.1f ms",
+                run_id, batch.id, inserted, len(batch), batch.reason.value, latency * 1000,
+            )
+
+    def runtime_kwargs(self) -> dict[str, Any]:
+        """Hooks, and the adaptive batch size if this runtime can take it."""
+        kwargs: dict[str, Any] = {"on_batch_written": self.on_batch_written, "on_outcome": self.on_outcome}
+        if self.adaptive is not None:
+            if "batch_size_source" in inspect.signature(Runtime).parameters:
+                kwargs["batch_size_source"] = self.adaptive.current
+            else:  # pragma: no cover - until the runtime takes a batch size source
+                log.warning("adaptive batching: this runtime cannot change its batch size yet; it stays fixed")
+        return kwargs
+
+    def start(self, rt: Runtime, nursery: trio.Nursery, total: int | None) -> None:
+        """Begin displaying and serving (from inside ``async with rt``)."""
+        self.model.total = total
+        if self.metrics is not None:
+            self.metrics.attach(rt.statistics)
+        if self.progress is not None:
+            nursery.start_soon(self.progress.run, rt.statistics)
+
+    def finish(self, rt: Runtime) -> None:
+        """The final frame, and the final values for the metrics endpoint."""
+        stats = rt.statistics()
+        if self.metrics is not None:
+            self.metrics.update(stats)
+        if self.progress is not None:
+            self.progress.finish(stats)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+async def _linger(seconds: float) -> None:
+    """Keep the process (and the metrics endpoint) up for ``seconds``, or until a signal."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, trio.move_on_after(seconds):
+        async for _ in signals:
+            return
+
+
+# -- run ---------------------------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    config = settings.runtime_config()
+    if not settings.executor:
+        raise ConfigError(
+            "no executor: give --executor SPEC (or ARCFLOW_EXECUTOR, or executor in arcflow.toml)"
+        )
+    executor = parse_executor(settings.executor)
     suite = validate_file(args.scenarios)
     if args.resume and args.run_id and args.resume != args.run_id:
         raise ConfigError("--resume RUN_ID and --run-id disagree; give one of them")
     if (args.force or args.retry_errors) and not args.resume:
         raise ConfigError("--force and --retry-errors only make sense with --resume RUN_ID")
-    run_id = args.resume or args.run_id
+    observers = Observers(settings, args)
+    if observers.metrics is not None:
+        observers.metrics.bind()  # a taken port fails here, before anything runs
+    try:
+        return await _run_observed(args, settings, config, executor, suite, observers)
+    finally:
+        observers.close()
+
+
+async def _run_observed(
+    args: argparse.Namespace, settings: Settings, config: Any, executor: Any, suite: Any, observers: Observers
+) -> int:
     state = {"stopping": False, "hard": False}
     rt = Runtime(
         executor,
-        args.db,
-        run_id=run_id,
+        settings.db,
+        run_id=args.resume or args.run_id,
         suite=str(args.scenarios),
         suite_hash=suite.sha256,
         scenario_count=suite.count,
         config=config,
         resume=bool(args.resume),
+        **observers.runtime_kwargs(),
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, rt, state)
-        async with rt:
-            if not args.quiet and not args.json:
+    chatty = not args.quiet and not args.json
+    with log_context(run_id=rt.run_id):
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_watch_signals, rt, state)
+                async with rt:
+                    if chatty:
+                        _banner(rt, args, suite.count, executor.kind, observers)
+                    skip, skipped = None, 0
+                    if args.resume:
+                        skip, skipped = await _plan_resume(
+                            rt, args.scenarios, force=args.force, retry_errors=args.retry_errors
+                        )
+                    observers.start(rt, nursery, suite.count - skipped)
+                    await rt.run_file(args.scenarios, skip=skip)
+                nursery.cancel_scope.cancel()
+        finally:
+            observers.finish(rt)
+        summary = rt.summary()
+        if args.json:
+            sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        elif not args.quiet:
+            _print_summary(summary, sys.stdout)
+        sys.stdout.flush()
+        if observers.metrics is not None and settings.metrics_linger > 0:
+            if chatty:
                 print(
-                    f"arcflow: run {rt.run_id}: {suite.count} scenarios from {args.scenarios}, "
-                    f"executor {executor.kind}, database {rt.redacted_dsn}",
+                    f"arcflow: serving the final metrics at {observers.metrics.url} for "
+                    f"{settings.metrics_linger:g}s (Ctrl-C to stop)",
                     file=sys.stderr,
                 )
-            skip = None
-            if args.resume:
-                skip = await _plan_resume(
-                    rt, args.scenarios, force=args.force, retry_errors=args.retry_errors
-                )
-            await rt.run_file(args.scenarios, skip=skip)
-        nursery.cancel_scope.cancel()
-    summary = rt.summary()
-    if args.json:
-        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-    elif not args.quiet:
-        _print_summary(summary, sys.stdout)
+            await _linger(settings.metrics_linger)
     if summary["in_journal_batches"] or summary["rescued_outcomes"]:
         print(
             f"arcflow: some outcomes could not be written and are kept in {rt.journal.path}; "
@@ -251,6 +421,16 @@ async def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _banner(rt: Runtime, args: argparse.Namespace, count: int, kind: str, observers: Observers) -> None:
+    print(
+        f"arcflow: run {rt.run_id}: {count} scenarios from {args.scenarios}, "
+        f"executor {kind}, database {rt.redacted_dsn}",
+        file=sys.stderr,
+    )
+    if observers.metrics is not None:
+        print(f"arcflow: metrics at {observers.metrics.url}", file=sys.stderr)
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -261,18 +441,30 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+_USAGE_ERRORS = (ScenarioFileError, ExecutorSpecError, ConfigError, ResumeError, DatabaseUnavailable)
+
+
+def _load(args: argparse.Namespace) -> Settings | None:
+    """The settings, with logging configured; None (after printing why) if they are invalid."""
     try:
-        return trio.run(_run, args)
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"arcflow: error: {redact_text(str(exc), getattr(args, 'db', None))}", file=sys.stderr)
+        return None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        return trio.run(_run, args, settings)
     except BaseException as raw:
         exc = _unwrap(raw)
-        dsn = getattr(args, "db", None)
-        if isinstance(exc, ScenarioFileError | ExecutorSpecError | ConfigError | ResumeError | DatabaseUnavailable):
+        dsn = settings.db
+        if isinstance(exc, _USAGE_ERRORS):
             print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
             return EXIT_USAGE
         if isinstance(exc, RestartIntensityExceeded):
@@ -289,6 +481,88 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
             return EXIT_FAILED
         raise
+
+
+# -- runs, report, config -----------------------------------------------------------------------------
+
+
+def _read_command(args: argparse.Namespace, work: Callable[[Any, Settings], Any]) -> int:
+    """Run a read-only command against the database; usage and database errors exit 2."""
+    from .report import open_report_store
+
+    settings = _load(args)
+    if settings is None:
+        return EXIT_USAGE
+
+    async def main() -> None:
+        async with open_report_store(settings.db, settings.data_dir) as store:
+            await work(store, settings)
+
+    try:
+        trio.run(main)
+    except BaseException as raw:
+        exc = _unwrap(raw)
+        if isinstance(exc, ConfigError | DatabaseUnavailable):
+            print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, ArcflowError):
+            print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .report import format_runs, list_runs
+
+    async def work(store: Any, _settings: Settings) -> None:
+        rows = await list_runs(store, limit=args.limit, suite=args.suite, status=args.status)
+        _write(sys.stdout, format_runs(rows, args.format))
+
+    return _read_command(args, work)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report, format_report, render_html
+
+    if args.slowest < 0:
+        print(f"arcflow: error: invalid --slowest={args.slowest}: must be a whole number >= 0", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def work(store: Any, _settings: Settings) -> None:
+        report = await build_report(store, args.run_id, slowest=args.slowest)
+        if args.html is not None:
+            try:
+                await trio.Path(args.html).write_text(render_html(report), encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot write the HTML report to {args.html}: {exc.strerror or exc}") from None
+            print(f"arcflow: wrote {args.html}", file=sys.stderr)
+        _write(sys.stdout, format_report(report, args.format))
+
+    return _read_command(args, work)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"arcflow: error: {redact_text(str(exc), getattr(args, 'db', None))}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "json":
+        body = {
+            "file": str(settings.file) if settings.file else None,
+            "options": settings.effective(),
+            "ignored_environment": list(settings.ignored_env),
+        }
+        _write(sys.stdout, json.dumps(body, indent=2) + "\n")
+    else:
+        _write(sys.stdout, format_settings(settings))
+    return EXIT_OK
+
+
+def _write(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

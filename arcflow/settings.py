@@ -1,0 +1,568 @@
+"""Every option of the command line, from flags, environment, config file or defaults.
+
+Precedence, highest first::
+
+    --flags  >  ARCFLOW_* environment variables  >  config file  >  defaults
+
+The config file is ``--config FILE`` (or ``$ARCFLOW_CONFIG``), else
+``arcflow.toml`` in the working directory, else the ``[tool.arcflow]`` table of
+``pyproject.toml`` there.  Keys are the option names with underscores or
+dashes (``batch_size`` or ``batch-size``); the environment variable of a key
+is ``ARCFLOW_`` + the key in capitals (``ARCFLOW_BATCH_SIZE``).
+
+An unknown key in the file, or a value of the wrong type or out of range
+anywhere, raises :class:`arcflow.ConfigError` naming the key and where it came
+from (``arcflow.toml:4``, ``ARCFLOW_BATCH_SIZE``, ``--batch-size``).
+Environment variables that start with ``ARCFLOW_`` but name no option are
+ignored (``python -m arcflow config`` lists them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .adaptive import AdaptiveConfig
+from .config import BreakerConfig, RetryPolicy, RuntimeConfig
+from .errors import ConfigError
+from .store.dsn import redact_dsn
+
+ENV_PREFIX = "ARCFLOW_"
+CONFIG_ENV = "ARCFLOW_CONFIG"
+FILE_NAME = "arcflow.toml"
+PYPROJECT_TABLE = ("tool", "arcflow")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("human", "json")
+PROGRESS_MODES = ("auto", "rich", "plain", "off")
+
+Check = Callable[[Any], None]
+
+
+# -- value checks ------------------------------------------------------------------------------
+
+
+def _via(build: Callable[[Any], object]) -> Check:
+    """A range check that reuses a config class's validator (its message says what is valid)."""
+
+    def check(value: Any) -> None:
+        try:
+            build(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+    return check
+
+
+def _port(value: Any) -> None:
+    if value is not None and not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port between 0 and 65535 (0: any free port)")
+
+
+def _positive(value: Any) -> None:
+    if not (0 < value < float("inf")):
+        raise ValueError("must be a number > 0")
+
+
+def _non_negative(value: Any) -> None:
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError("must be a number >= 0")
+
+
+def _opt(
+    default: Any,
+    kind: str,
+    help: str,
+    *,
+    check: Check | None = None,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+    metavar: str | None = None,
+) -> Any:
+    """An option: an attrs field whose metadata says how to parse, check and show it."""
+    return attrs.field(
+        default=default,
+        metadata={
+            "kind": kind,
+            "help": help,
+            "check": check,
+            "choices": choices,
+            "secret": secret,
+            "metavar": metavar,
+        },
+    )
+
+
+@attrs.frozen
+class Settings:
+    """The effective options of one invocation, and where each value came from."""
+
+    executor: str | None = _opt(
+        None, "str", "python:MODULE:FUNCTION, process:'COMMAND ARGS' or modal:'COMMAND ARGS'", metavar="SPEC"
+    )
+    db: str | None = _opt(
+        None,
+        "str",
+        "PostgreSQL DSN (unset: the PG* variables, then the embedded server under data_dir)",
+        secret=True,
+        metavar="DSN",
+    )
+    data_dir: Path = _opt(  # noqa: RUF009 - an attrs field; Path is immutable
+        Path(".arcflow"), "path", "embedded database and journals", metavar="DIR"
+    )
+    concurrency: int = _opt(8, "int", "scenarios running at once", check=_via(lambda v: RuntimeConfig(concurrency=v)))
+    batch_size: int = _opt(
+        100, "int", "outcomes per batch, 1..100000 (with adaptive batching: the starting size)",
+        check=_via(lambda v: RuntimeConfig(batch_size=v)),
+    )
+    flush_interval: float = _opt(
+        30.0, "float", "seconds a batch may wait", check=_via(lambda v: RuntimeConfig(flush_interval=v)), metavar="S"
+    )
+    timeout: float | None = _opt(
+        None, "optional_float", "per-scenario timeout in seconds", check=_via(lambda v: RuntimeConfig(timeout=v)), metavar="S"
+    )
+    attempts: int = _opt(1, "int", "attempts for error/timeout outcomes", check=_via(lambda v: RuntimeConfig(attempts=v)))
+    grace: float = _opt(
+        30.0, "float", "seconds running scenarios get after Ctrl-C", check=_via(lambda v: RuntimeConfig(grace=v)), metavar="S"
+    )
+    max_retries: int = _opt(
+        3, "int", "retries of a failed batch write", check=_via(lambda v: RetryPolicy(max_retries=v))
+    )
+    breaker_threshold: int = _opt(
+        5, "int", "failures that open the breaker", check=_via(lambda v: BreakerConfig(failure_threshold=v))
+    )
+    breaker_cooldown: float = _opt(
+        5.0, "float", "seconds before a probe", check=_via(lambda v: BreakerConfig(cooldown=v)), metavar="S"
+    )
+    journal_max_bytes: int = _opt(
+        1 << 30, "int", "spill journal cap in bytes", check=_via(lambda v: RuntimeConfig(journal_max_bytes=v)), metavar="N"
+    )
+    adaptive_batching: bool = _opt(
+        False, "bool", "adjust the batch size between the bounds from the measured write latency (AIMD)"
+    )
+    min_batch_size: int = _opt(
+        10, "int", "adaptive batching: smallest batch", check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v))
+    )
+    max_batch_size: int = _opt(
+        10_000, "int", "adaptive batching: largest batch", check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v))
+    )
+    target_latency: float = _opt(
+        0.5, "float", "adaptive batching: seconds one batch write should take",
+        check=_via(lambda v: AdaptiveConfig(target_latency=v)), metavar="S",
+    )
+    progress: str = _opt(
+        "auto", "choice",
+        "live display: auto (rich on a terminal, plain lines otherwise), rich, plain or off",
+        choices=PROGRESS_MODES,
+    )
+    progress_interval: float = _opt(
+        10.0, "float", "seconds between plain progress lines",
+        check=_positive, metavar="S",
+    )
+    metrics_port: int | None = _opt(
+        None, "optional_int", "serve Prometheus metrics on this port (0: any free port)", check=_port, metavar="PORT"
+    )
+    metrics_host: str = _opt("127.0.0.1", "str", "address the metrics endpoint binds to", metavar="HOST")
+    metrics_linger: float = _opt(
+        0.0, "float", "seconds the metrics endpoint keeps serving the final values after the run",
+        check=_non_negative, metavar="S",
+    )
+    log_level: str = _opt("WARNING", "choice", "DEBUG, INFO, WARNING, ERROR or CRITICAL", choices=LOG_LEVELS)
+    log_format: str = _opt("human", "choice", "human or json (one JSON object per line)", choices=LOG_FORMATS)
+
+    #: Where each value came from: ``default``, a file location, an environment variable or a flag.
+    sources: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+    #: The config file read, if any.
+    file: Path | None = attrs.field(default=None, eq=False)
+    #: ``ARCFLOW_*`` variables that name no option (ignored).
+    ignored_env: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
+
+    def runtime_config(self) -> RuntimeConfig:
+        """The runtime's configuration from these settings."""
+        return RuntimeConfig(
+            concurrency=self.concurrency,
+            batch_size=self.batch_size,
+            flush_interval=self.flush_interval,
+            timeout=self.timeout,
+            attempts=self.attempts,
+            grace=self.grace,
+            data_dir=self.data_dir,
+            journal_max_bytes=self.journal_max_bytes,
+            retry=RetryPolicy(max_retries=self.max_retries),
+            breaker=BreakerConfig(failure_threshold=self.breaker_threshold, cooldown=self.breaker_cooldown),
+        )
+
+    def adaptive_config(self) -> AdaptiveConfig:
+        """Bounds and target of adaptive batching."""
+        return AdaptiveConfig(
+            minimum=self.min_batch_size, maximum=self.max_batch_size, target_latency=self.target_latency
+        )
+
+    def effective(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:
+        """``{key: {"value": ..., "source": ...}}`` for every option, secrets redacted."""
+        out: dict[str, dict[str, Any]] = {}
+        for spec in OPTIONS.values():
+            value = getattr(self, spec.key)
+            if isinstance(value, Path):
+                value = str(value)
+            if redact and spec.secret and value is not None:
+                value = redact_dsn(value)
+            out[spec.key] = {"value": value, "source": self.sources.get(spec.key, "default")}
+        return out
+
+
+# -- option specs ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OptionSpec:
+    """How one option is spelled, parsed and checked."""
+
+    key: str
+    kind: str
+    default: Any
+    help: str
+    check: Check | None
+    choices: tuple[str, ...]
+    secret: bool
+    metavar: str | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+def _specs() -> dict[str, OptionSpec]:
+    specs = {}
+    for field in attrs.fields(Settings):
+        if "kind" not in field.metadata:
+            continue
+        m = field.metadata
+        specs[field.name] = OptionSpec(
+            field.name, m["kind"], field.default, m["help"], m["check"], m["choices"], m["secret"], m["metavar"]
+        )
+    return specs
+
+
+#: Every option, by key, in display order.
+OPTIONS: dict[str, OptionSpec] = _specs()
+
+
+# -- parsing one value --------------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _from_text(spec: OptionSpec, text: str) -> Any:
+    """Parse an environment variable's text; raise ValueError saying what is expected."""
+    raw = text.strip()
+    kind = spec.kind
+    if kind.startswith("optional_") and raw.lower() in ("", "none"):
+        return None
+    if kind in ("int", "optional_int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+    if kind in ("float", "optional_float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+    if kind == "bool":
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError("must be true or false (1/0, yes/no, on/off)")
+    return _from_toml(spec, text)
+
+
+def _from_toml(spec: OptionSpec, value: Any) -> Any:
+    """Check a TOML (or already parsed) value's type; raise ValueError saying what is expected."""
+    kind = spec.kind
+    if kind.startswith("optional_") and (value is None or (isinstance(value, str) and value.lower() == "none")):
+        return None
+    if kind in ("int", "optional_int"):
+        if not _is_int(value):
+            raise ValueError("must be a whole number")
+        return value
+    if kind in ("float", "optional_float"):
+        if not (_is_int(value) or isinstance(value, float)):
+            raise ValueError("must be a number")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if kind == "path":
+        return Path(value)
+    if kind == "choice":
+        normal = value.upper() if spec.key == "log_level" else value.lower()
+        if normal not in spec.choices:
+            raise ValueError(f"must be one of {', '.join(spec.choices)}")
+        return normal
+    return value
+
+
+def _checked(spec: OptionSpec, value: Any) -> Any:
+    if spec.check is not None and value is not None:
+        spec.check(value)
+    return value
+
+
+# -- the config file ------------------------------------------------------------------------------
+
+
+def find_config_file(
+    explicit: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Path | None:
+    """The config file to read: ``--config``, ``$ARCFLOW_CONFIG``, ``arcflow.toml``, ``pyproject.toml``."""
+    env = os.environ if environ is None else environ
+    chosen = explicit or env.get(CONFIG_ENV)
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            origin = "--config" if explicit else CONFIG_ENV
+            raise ConfigError(f"config file {path} (from {origin}) does not exist")
+        return path
+    here = cwd or Path.cwd()
+    if (here / FILE_NAME).is_file():
+        return here / FILE_NAME
+    pyproject = here / "pyproject.toml"
+    if pyproject.is_file() and _pyproject_table(pyproject, _load_toml(pyproject)[0]) is not None:
+        return pyproject
+    return None
+
+
+def _load_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _pyproject_table(path: Path, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    table: Any = doc
+    for part in PYPROJECT_TABLE:
+        if not isinstance(table, Mapping) or part not in table:
+            return None
+        table = table[part]
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path}: [tool.arcflow] must be a table")
+    return dict(table)
+
+
+def _key_line(text: str, key: str, section: str | None) -> int | None:
+    """The line a key is set on (for messages), within ``section`` (None: the top level)."""
+    current: str | None = None
+    pattern = re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*=""")
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            current = re.sub(r"\s+", "", m.group(1)).replace('"', "")
+            if section is None and current == key:
+                return lineno
+            continue
+        if current == section and pattern.match(line):
+            return lineno
+    return None
+
+
+def read_config_file(path: Path) -> dict[str, tuple[Any, str]]:
+    """``{key: (value, "file:line")}`` from a config file; unknown keys raise ConfigError."""
+    doc, text = _load_toml(path)
+    section: str | None = None
+    if path.name == "pyproject.toml":
+        table = _pyproject_table(path, doc) or {}
+        section = ".".join(PYPROJECT_TABLE)
+    else:
+        table = doc
+    values: dict[str, tuple[Any, str]] = {}
+    for raw_key, value in table.items():
+        line = _key_line(text, raw_key, section)
+        where = f"{path}:{line}" if line else str(path)
+        key = raw_key.replace("-", "_")
+        if key not in OPTIONS:
+            hint = difflib.get_close_matches(key, OPTIONS, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"{where}: unknown key {raw_key!r}{suggestion}; valid keys: {', '.join(OPTIONS)}"
+            )
+        if key in values:
+            raise ConfigError(f"{where}: key {key!r} is set twice ({values[key][1]})")
+        values[key] = (value, where)
+    return values
+
+
+# -- putting it together -----------------------------------------------------------------------
+
+
+def _parse_file_values(path: Path) -> dict[str, tuple[Any, str]]:
+    parsed: dict[str, tuple[Any, str]] = {}
+    for key, (value, where) in read_config_file(path).items():
+        spec = OPTIONS[key]
+        try:
+            parsed[key] = (_checked(spec, _from_toml(spec, value)), where)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: invalid {key} = {_show(value)}: {exc}") from None
+    return parsed
+
+
+def _parse_env_values(env: Mapping[str, str]) -> tuple[dict[str, tuple[Any, str]], tuple[str, ...]]:
+    parsed: dict[str, tuple[Any, str]] = {}
+    by_env = {spec.env: spec for spec in OPTIONS.values()}
+    ignored = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        spec = by_env.get(name)
+        if spec is None:
+            ignored.append(name)
+            continue
+        text = env[name]
+        try:
+            parsed[spec.key] = (_checked(spec, _from_text(spec, text)), name)
+        except ValueError as exc:
+            shown = "***" if spec.secret else repr(text)
+            raise ConfigError(f"invalid {name}={shown} ({spec.key}): {exc}") from None
+    return parsed, tuple(ignored)
+
+
+def _parse_flag_values(flags: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    parsed: dict[str, tuple[Any, str]] = {}
+    for key, value in flags.items():
+        spec = OPTIONS.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown option {key!r}")
+        try:
+            parsed[key] = (_checked(spec, _from_toml(spec, value)), spec.flag)
+        except ValueError as exc:
+            shown = "***" if spec.secret else _flag_text(value)
+            raise ConfigError(f"invalid {spec.flag}={shown}: {exc}") from None
+    return parsed
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """The effective settings: ``flags`` > ``ARCFLOW_*`` > config file > defaults.
+
+    ``flags`` holds only the options given on the command line, by key.
+    """
+    env = os.environ if environ is None else environ
+    path = find_config_file(config_file, environ=env, cwd=cwd)
+    env_values, ignored = _parse_env_values(env)
+    layers = [
+        _parse_file_values(path) if path is not None else {},
+        env_values,
+        _parse_flag_values(flags or {}),
+    ]
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer in layers:
+        for key, (value, where) in layer.items():
+            values[key] = value
+            sources[key] = where
+    settings = Settings(**values, sources=sources, file=path, ignored_env=ignored)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(s: Settings) -> None:
+    """Rules that involve more than one option (only when they matter)."""
+    if not s.adaptive_batching:
+        return
+    where = s.sources
+    if s.min_batch_size > s.max_batch_size:
+        raise ConfigError(
+            f"min_batch_size={s.min_batch_size} ({where.get('min_batch_size', 'default')}) exceeds "
+            f"max_batch_size={s.max_batch_size} ({where.get('max_batch_size', 'default')})"
+        )
+    if not s.min_batch_size <= s.batch_size <= s.max_batch_size:
+        raise ConfigError(
+            f"batch_size={s.batch_size} ({where.get('batch_size', 'default')}) must be between "
+            f"min_batch_size={s.min_batch_size} and max_batch_size={s.max_batch_size} "
+            "with adaptive batching (it is the starting size)"
+        )
+
+
+# -- showing ---------------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str | bool) or value is None else repr(value)
+
+
+def _flag_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def format_settings(settings: Settings) -> str:
+    """The effective configuration as TOML (secrets redacted), each line saying its source."""
+    lines = [
+        "# effective arcflow configuration; precedence: flags > ARCFLOW_* environment > file > defaults",
+        f"# config file: {settings.file if settings.file else '(none found)'}",
+    ]
+    rows = []
+    for key, item in settings.effective().items():
+        value, source = item["value"], item["source"]
+        text = f"# {key} (not set)" if value is None else f"{key} = {_toml_value(value)}"
+        rows.append((text, source))
+    width = max(len(text) for text, _ in rows)
+    lines += [f"{text:<{width}}  # {source}" for text, source in rows]
+    if settings.ignored_env:
+        lines.append(f"# ignored (not options): {', '.join(settings.ignored_env)}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "OPTIONS",
+    "OptionSpec",
+    "Settings",
+    "find_config_file",
+    "format_settings",
+    "load_settings",
+    "read_config_file",
+]
