@@ -7,7 +7,7 @@ reports (write latencies)::
     scenarios     120/300 (40.0%) · 35.2/s · ETA 0:00:05 · 8 running
     status        passed 100 · failed 15 · error 5 · timeout 0 · cancelled 0
     batcher       12 pending · batch size 100
-    batches       3 flushed (size 2 · deadline 1 · shutdown 0) · 3 written · 4 write transactions · 0 retries
+    batches       3 flushed (size 2 · deadline 1 · shutdown 0) · 3 written · 4 transactions · 0 retries
     writes        last 12.3 ms · avg 10.1 ms · max 20.0 ms · 1,234 rows · 4,000.0 rows/s
     breaker       closed
     journal       0 B · 0 batches spilled · 0 outcomes replayed
@@ -194,7 +194,7 @@ class ProgressModel:
         return Field(
             "batches",
             f"{flushed:,} flushed ({reasons}) · {s.batches_written:,} written · "
-            f"{s.write_transactions:,} write transactions · {s.retries:,} retries",
+            f"{s.write_transactions:,} transactions · {s.retries:,} retries",
             "yellow" if s.retries else "",
         )
 

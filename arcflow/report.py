@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import trio_asyncio
 
-from .errors import ConfigError, DatabaseUnavailable, TransientWriteError
+from .errors import ArcflowError, ConfigError, DatabaseUnavailable, TransientWriteError
 from .store import EMBEDDED, Store, resolve_dsn, start_embedded
 from .store.dsn import redact_dsn, redact_text
 
@@ -102,29 +102,62 @@ DEAD_LETTERS_SQL = "SELECT count(*) FROM arcflow.dead_letters WHERE run_id = $1"
 
 @contextlib.asynccontextmanager
 async def open_report_store(db: str | None, data_dir: Path | str) -> AsyncIterator[Store]:
-    """A connected Store for reading reports (never creates a database or the schema)."""
-    dsn = resolve_dsn(db)
-    async with trio_asyncio.open_loop():
-        if dsn == EMBEDDED:
-            if not (Path(data_dir) / "pg").is_dir():
-                raise DatabaseUnavailable(
-                    f"no embedded database under {data_dir}: nothing has run here yet; "
-                    "give --db DSN (or ARCFLOW_DB, or db in arcflow.toml) to read another database"
-                )
-            dsn = await start_embedded(data_dir)
-        store = Store(dsn)
-        try:
+    """A connected Store for reading reports (never creates a database or the schema).
+
+    arcflow errors raised inside the block come out as themselves, not wrapped
+    in the exception group of the asyncio bridge's nursery.
+    """
+    try:
+        async with trio_asyncio.open_loop():
+            store = await _connect_for_reading(db, data_dir)
             try:
-                await store.connect()
-            except TransientWriteError as exc:
-                raise DatabaseUnavailable(
-                    f"cannot reach the database {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
-                ) from None
-            if await store.fetchval("SELECT to_regclass('arcflow.runs')") is None:
-                raise DatabaseUnavailable(f"no arcflow runs in {redact_dsn(dsn)}: the arcflow schema does not exist")
-            yield store
-        finally:
-            await store.aclose()
+                yield store
+            finally:
+                await store.aclose()
+    except BaseExceptionGroup as group:
+        leaf = _sole_arcflow_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+async def _connect_for_reading(db: str | None, data_dir: Path | str) -> Store:
+    dsn = resolve_dsn(db)
+    if dsn == EMBEDDED:
+        if not (Path(data_dir) / "pg").is_dir():
+            raise DatabaseUnavailable(
+                f"no embedded database under {data_dir}: nothing has run here yet; "
+                "give --db DSN (or ARCFLOW_DB, or db in arcflow.toml) to read another database"
+            )
+        dsn = await start_embedded(data_dir)
+    store = Store(dsn)
+    try:
+        await store.connect()
+        if await store.fetchval("SELECT to_regclass('arcflow.runs')") is None:
+            raise DatabaseUnavailable(f"no arcflow runs in {redact_dsn(dsn)}: the arcflow schema does not exist")
+    except TransientWriteError as exc:
+        await store.aclose()
+        raise DatabaseUnavailable(
+            f"cannot reach the database {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
+        ) from None
+    except BaseException:
+        await store.aclose()
+        raise
+    return store
+
+
+def _sole_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 and isinstance(leaves[0], ArcflowError) else None
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -312,6 +312,8 @@ def _from_toml(spec: OptionSpec, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
         return value
+    if kind == "path" and isinstance(value, Path):
+        return value
     if not isinstance(value, str):
         raise ValueError("must be a string")
     if kind == "path":
