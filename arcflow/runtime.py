@@ -207,7 +207,11 @@ class Runtime:
             import trio_asyncio
 
             if trio_asyncio.current_loop.get() is None:
-                await stack.enter_async_context(trio_asyncio.open_loop())
+                loop = await stack.enter_async_context(trio_asyncio.open_loop())
+                # trio-asyncio's default handler re-raises asyncio's orphaned errors into
+                # the loop's nursery; asyncpg leaves such a future behind when a connection
+                # drops at the wrong moment, and that must not crash the runtime.
+                loop.set_exception_handler(_log_asyncio_error)
             store = await self._open_store(stack)
             if self.executor is not None:
                 await self.executor.start()
@@ -630,6 +634,16 @@ class Runtime:
             "elapsed_s": round(s.elapsed, 3),
             "throughput_per_s": round(s.written / s.elapsed, 1) if s.elapsed > 0 else 0.0,
         }
+
+
+def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+    """Log an error asyncio could not hand to anyone (the writer has already classified it)."""
+    exc = context.get("exception")
+    log.warning(
+        "asyncio: %s%s",
+        context.get("message", "unhandled error"),
+        f" ({type(exc).__name__}: {exc})" if exc is not None else "",
+    )
 
 
 def _single_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
