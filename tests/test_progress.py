@@ -241,3 +241,69 @@ def test_cli_json_off_a_terminal_prints_no_progress(
     assert code == 0, err
     assert json.loads(out)["written"] == 300
     assert err == ""
+
+
+# -- statistics() and the progress hooks, for embedding services ----------------------------------
+
+
+async def flaky(scenario: Any) -> dict[str, Any] | None:
+    """s3 always errors; odd ones fail; the rest pass."""
+    if scenario.id == "s3":
+        raise ValueError("always broken")
+    return {"status": "failed"} if int(scenario.id[1:]) % 2 else None
+
+
+async def test_statistics_is_one_frozen_snapshot(dsn: str, run_id: str, tmp_path: Path) -> None:
+    """statistics() returns an immutable, JSON-safe snapshot that later activity does not change."""
+    import arcflow
+    from arcflow.models import Scenario
+
+    async with arcflow.Runtime(executor=arcflow.PythonExecutor(flaky), db=dsn, run_id=run_id,
+                               data_dir=tmp_path, batch_size=5, flush_interval=60) as rt:
+        before = rt.statistics()
+        for i in range(12):
+            await rt.submit(Scenario(id=f"s{i}"))
+    after = rt.statistics()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        after.written = 0  # type: ignore[misc]
+    assert (before.submitted, before.written) == (0, 0)  # unchanged by the run
+    assert after.submitted == after.completed == sum(after.by_status.values()) == 12
+    assert after.written == 12 and after.by_flush_reason == {"size": 2, "shutdown": 1}
+    assert after.pending_in_batcher == after.outcome_queue == after.work_queue == after.batch_queue == 0
+    assert after.breaker_state == "closed" and after.elapsed > 0
+    assert json.loads(json.dumps(after.as_dict()))["by_status"] == {"passed": 6, "failed": 5, "error": 1}
+    assert rt.summary()["written"] == after.written
+
+
+async def test_hooks_fire_once_per_outcome_and_per_committed_write(
+    dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
+    """on_outcome sees every attempt; on_batch_written(batch, inserted, latency) every committed write."""
+    import arcflow
+    from arcflow.models import Outcome, Scenario
+
+    seen: list[Outcome] = []
+    writes: list[tuple[str, int, int, float]] = []
+
+    def on_batch(batch: Batch, inserted: int, latency: float) -> None:
+        writes.append((batch.id, len(batch), inserted, latency))
+
+    async with arcflow.Runtime(
+        executor=arcflow.PythonExecutor(flaky), db=dsn, run_id=run_id, data_dir=tmp_path,
+        batch_size=4, flush_interval=60, attempts=2, attempt_backoff=0.001,
+        on_outcome=seen.append, on_batch_written=on_batch,
+    ) as rt:
+        for i in range(10):
+            await rt.submit(Scenario(id=f"s{i}"))
+    s = rt.statistics()
+    # s3 errors twice (2 attempts): 11 outcomes for 10 scenarios.
+    assert len(seen) == sum(s.by_status.values()) == 11
+    assert [o.attempt for o in seen if o.scenario_id == "s3"] == [1, 2]
+    assert [o.final for o in seen if o.scenario_id == "s3"] == [False, True]
+    assert len(writes) == s.write_transactions
+    assert sum(inserted for _, _, inserted, _ in writes) == s.written == 11
+    assert all(latency >= 0 for *_, latency in writes)
+    stored = await db_query("SELECT batch_id, size, inserted FROM arcflow.batches WHERE run_id = $1", run_id)
+    assert sorted((r["batch_id"], r["size"], r["inserted"]) for r in stored) == sorted(
+        (batch_id, size, inserted) for batch_id, size, inserted, _ in writes
+    )

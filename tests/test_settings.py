@@ -246,3 +246,11 @@ def test_run_bad_flag_still_reads_as_before(tmp_path: Path, capsys: pytest.Captu
     """`run --batch-size 0` exits 2 with the same message as before config files existed."""
     assert cli.main(["run", str(tmp_path / "s.jsonl"), "--executor", "python:m:f", "--batch-size", "0"]) == 2
     assert "arcflow: error: invalid --batch-size=0: must be a whole number between 1 and 100000" in capsys.readouterr().err
+
+
+def test_every_option_is_documented() -> None:
+    """docs/operations.md has a row for every key, with its flag and environment variable."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    for spec in OPTIONS.values():
+        assert f"| `{spec.key}` | `{spec.flag}`" in text, spec.key
+        assert f"`{spec.env}`" in text, spec.env
