@@ -139,6 +139,7 @@ class Runtime:
         self._pipeline_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._pipeline_done = trio.Event()
+        self._grace_scope = trio.CancelScope()
         self._batcher_pending: list[Outcome] = []
         self.store: Store | None = None
         self.rescued_outcomes = 0
@@ -486,10 +487,11 @@ class Runtime:
             self._source_scope.cancel()
 
     async def _grace_timer(self) -> None:
-        await trio.sleep(self.config.grace)
-        if self.counters.running:
-            log.warning("run %s: grace period over", self.run_id)
-        self.control.cancel_running()
+        with self._grace_scope:
+            await trio.sleep(self.config.grace)
+            if self.counters.running:
+                log.warning("run %s: grace period over", self.run_id)
+            self.control.cancel_running()
 
     async def _drain(self, *, cancelled: bool) -> None:
         """Close the input and wait for the pipeline to write or spill everything."""
@@ -509,6 +511,7 @@ class Runtime:
             return
         with trio.move_on_after(budget) as waited:
             await self._pipeline_done.wait()
+        self._grace_scope.cancel()  # nothing left to be graceful to
         if waited.cancelled_caught:
             log.error(
                 "run %s: pipeline did not drain within %.0fs; spilling what remains",
