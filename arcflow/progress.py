@@ -328,7 +328,9 @@ class RichProgress:
             await trio.sleep(self.interval)
 
     def finish(self, stats: RuntimeStatistics) -> None:
-        """Draw the final frame and leave it on screen."""
+        """Draw the final frame and leave it on screen (nothing if the display never started)."""
+        if not self._started:
+            return
         self.draw(stats)
         self._live.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import trio
@@ -124,3 +125,56 @@ async def test_batcher_follows_the_controller(autojump_clock: trio.testing.MockC
     assert sum(sizes) == 200
     assert sizes[:4] == [40, 20, 10, 20]
     assert sizes[4] == 30
+
+
+def _runtime_takes_a_batch_size_source() -> bool:
+    import inspect
+
+    import arcflow
+
+    return "batch_size_source" in inspect.signature(arcflow.Runtime).parameters
+
+
+@pytest.mark.skipif(
+    not _runtime_takes_a_batch_size_source(),
+    reason="Runtime does not take batch_size_source yet: the controller cannot reach the batcher",
+)
+@pytest.mark.parametrize(("target", "grows"), [("60", True), ("0.000001", False)])
+def test_cli_adaptive_batching_moves_the_stored_batch_sizes(
+    dsn: str, run_id: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    target: str, grows: bool, db_query_sync: Any,
+) -> None:
+    """`run --adaptive-batching`: fast writes grow the batches in arcflow.batches, slow ones shrink them."""
+    import json
+    from pathlib import Path
+
+    from arcflow import cli
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    code = cli.main([
+        "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score", "--db", dsn,
+        "--run-id", run_id, "--data-dir", str(tmp_path), "--json", "--adaptive-batching",
+        "--batch-size", "20", "--min-batch-size", "10", "--max-batch-size", "200", "--target-latency", target,
+    ])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 300
+    rows = db_query_sync(
+        "SELECT size FROM arcflow.batches WHERE run_id = $1 AND reason = 'size' ORDER BY written_at, batch_id", run_id
+    )
+    sizes = [r["size"] for r in rows]
+    assert sizes[0] == 20
+    if grows:
+        assert max(sizes) > 20 and sizes == sorted(sizes)
+    else:
+        assert sizes[-1] == 10 and sizes == sorted(sizes, reverse=True)
+
+
+@pytest.fixture
+def db_query_sync(dsn: str) -> Any:
+    """``db_query_sync(sql, *args)`` -> rows, for tests that are not async."""
+    from conftest import query
+
+    def run(sql: str, *args: Any) -> Any:
+        return trio.run(query, dsn, sql, *args)
+
+    return run

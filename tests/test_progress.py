@@ -307,3 +307,10 @@ async def test_hooks_fire_once_per_outcome_and_per_committed_write(
     assert sorted((r["batch_id"], r["size"], r["inserted"]) for r in stored) == sorted(
         (batch_id, size, inserted) for batch_id, size, inserted, _ in writes
     )
+
+
+def test_finish_without_a_frame_draws_nothing() -> None:
+    """A run that failed before the display started leaves the terminal untouched."""
+    progress, console = rich_progress()
+    progress.finish(stats())
+    assert console.export_text() == "" and progress.frames == 0
