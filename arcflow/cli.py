@@ -205,8 +205,10 @@ async def _plan_resume(
             attempt, status, final, digest = prior
             if digest is not None and digest != scenario.content_hash:
                 changed.append(f"{path}:{lineno}: scenario {scenario.id!r}")
-                if not force:
-                    continue
+                # With --force a changed scenario runs again as it is now: its stored
+                # outcome describes the old content.
+                rt.control.first_attempt[scenario.id] = attempt + 1
+                continue
             rt.control.first_attempt[scenario.id] = attempt + 1
             done = final and status != Status.CANCELLED.value
             if done and not (retry_errors and Status(status) in RETRYABLE_STATUSES):

@@ -21,3 +21,13 @@ async def nul_output(scenario: Scenario) -> dict[str, Any]:
     if scenario.input.get("poison"):
         return {"status": "passed", "output": {"text": "bad\x00byte"}}
     return {"status": "passed", "output": {"text": "fine"}}
+
+
+async def by_input(scenario: Scenario) -> dict[str, Any] | None:
+    """Behaves as input.mode says: pass (default), fail, or error."""
+    mode = scenario.input.get("mode", "pass")
+    if mode == "error":
+        raise RuntimeError("asked to error")
+    if mode == "fail":
+        return {"status": "failed"}
+    return None
