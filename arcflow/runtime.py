@@ -84,6 +84,8 @@ class Runtime:
     Hooks (plain callables, called in the runtime's trio thread; keep them quick):
     ``on_outcome(outcome)`` after each attempt's outcome is handed to the batcher,
     ``on_batch_written(batch, rows_inserted, latency_s)`` after each committed write.
+    ``batch_size_source()`` (optional) is read at the start of each batch to size it,
+    for adaptive batching (see :mod:`arcflow.adaptive`); default: ``batch_size``.
 
     ``db`` is a PostgreSQL DSN; None means ``ARCFLOW_DB``, then the ``PG*``
     variables, then the embedded server under ``data_dir``.  Options are the
@@ -103,6 +105,7 @@ class Runtime:
         config: RuntimeConfig | None = None,
         on_batch_written: Callable[[Batch, int, float], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        batch_size_source: Callable[[], int] | None = None,
         first_attempts: Mapping[str, int] | None = None,
         resume: bool = False,
         **options: Any,
@@ -117,6 +120,7 @@ class Runtime:
         self._dsn: str | None = None
         self._on_batch_written = on_batch_written
         self._on_outcome = on_outcome
+        self._batch_size_source = batch_size_source
         self.resume = resume
         self.counters = Counters(batch_size=self.config.batch_size)
         self.control = ShutdownControl(first_attempt=dict(first_attempts or {}))
@@ -322,7 +326,7 @@ class Runtime:
                             run_batcher,
                             outcome_recv,
                             batch_send,
-                            batch_size=cfg.batch_size,
+                            batch_size=self._batch_size_source or cfg.batch_size,
                             flush_interval=cfg.flush_interval,
                             counters=self.counters,
                             pending=self._batcher_pending,

@@ -95,7 +95,11 @@ class Writer:
         """Handle batches until ``batches`` is closed and drained, then empty the journal if it can."""
         task_status.started()
         if state.in_flight is not None:
-            log.warning("writer restarted: handling in-flight batch %s first", state.in_flight.id)
+            log.warning(
+                "run %s batch %s: writer restarted; handling the in-flight batch first",
+                self.run_id,
+                state.in_flight.id,
+            )
             await self.handle(state.in_flight)
             state.in_flight = None
         while True:
