@@ -142,7 +142,7 @@ class Writer:
             self.final_replay_timeout,
         )
         with trio.move_on_after(self.final_replay_timeout):
-            while not await self.replay():
+            while not await self.replay():  # noqa: ASYNC110 - retry with backoff, not a wait
                 await trio.sleep_until(self._next_probe_time())
         if self.journal.pending_batches:
             log.error(

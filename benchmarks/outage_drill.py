@@ -40,9 +40,9 @@ def count_rows(pg: TemporaryPostgres, run_id: str) -> tuple[int, int, int]:
     """(rows, distinct scenarios, scenarios with more than one final row) via psql."""
     sql = (
         "SELECT count(*), count(DISTINCT scenario_id), "
-        "(SELECT count(*) FROM (SELECT scenario_id FROM arcflow.outcomes WHERE run_id = '{r}' AND final "
-        "GROUP BY scenario_id HAVING count(*) > 1) d) FROM arcflow.outcomes WHERE run_id = '{r}'"
-    ).format(r=run_id)
+        f"(SELECT count(*) FROM (SELECT scenario_id FROM arcflow.outcomes WHERE run_id = '{run_id}' AND final "
+        f"GROUP BY scenario_id HAVING count(*) > 1) d) FROM arcflow.outcomes WHERE run_id = '{run_id}'"
+    )
     out = subprocess.run(
         ["psql", pg.dsn, "-At", "-c", sql], capture_output=True, text=True, check=True
     ).stdout.strip()

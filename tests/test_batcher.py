@@ -9,12 +9,11 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import arrival_gaps, outcome
 
 from arcflow.batcher import run_batcher
 from arcflow.models import Batch, FlushReason, Outcome
 from arcflow.stats import Counters
-
-from strategies import arrival_gaps, outcome
 
 
 async def _collect(

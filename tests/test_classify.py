@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import asyncpg
 import pytest
@@ -48,7 +47,6 @@ def test_sqlstate_classes(code: str, kind: str) -> None:
         (ConnectionResetError(104, "reset"), "transient"),
         (OSError(113, "no route"), "transient"),
         (TimeoutError(), "transient"),
-        (asyncio.TimeoutError(), "transient"),
         (trio.TooSlowError(), "transient"),
         (asyncpg.exceptions.ConnectionDoesNotExistError("gone"), "transient"),
         (asyncpg.exceptions.InterfaceError("connection is closed"), "transient"),

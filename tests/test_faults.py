@@ -20,15 +20,14 @@ from typing import Any
 import asyncpg
 import pytest
 import trio
+from conftest import IN_CI, query
+from faulty_exec import nul_output, slow
+from proxy import FaultyProxy
 
 import arcflow
 from arcflow.config import BreakerConfig, RetryPolicy
 from arcflow.models import Scenario
 from arcflow.testing import TemporaryPostgres
-
-from conftest import IN_CI, query
-from faulty_exec import nul_output, slow
-from proxy import FaultyProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -262,7 +261,7 @@ async def test_second_sigint_cancels_running(dsn: str, run_id: str, tmp_path: Pa
     proc.send_signal(signal.SIGINT)
     await trio.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out, err = await trio.to_thread.run_sync(proc.communicate)
+    _out, err = await trio.to_thread.run_sync(proc.communicate)
     assert proc.returncode == 130, err
     rows = await query(dsn, "SELECT status, final FROM arcflow.outcomes WHERE run_id = $1", run_id)
     assert len(rows) == 5

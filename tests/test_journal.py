@@ -6,11 +6,10 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import json_values, outcome
 
 from arcflow.journal import SpillJournal, encode_entry, scan
 from arcflow.models import Batch, FlushReason
-
-from strategies import json_values, outcome
 
 
 def batch(i: int, n: int = 3, **fields: object) -> Batch:

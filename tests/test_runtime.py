@@ -83,9 +83,8 @@ async def test_sync_function_runs_in_thread(dsn: str, run_id: str, db_query: Any
 
 async def test_rewriting_a_batch_does_not_duplicate(dsn: str, run_id: str, db_query: Any) -> None:
     """Writing the same outcomes twice stores each key once and reports 0 new rows."""
-    from strategies import outcome
-
     import trio_asyncio
+    from strategies import outcome
 
     outcomes = [outcome(i, run_id=run_id) for i in range(20)]
     async with trio_asyncio.open_loop():
