@@ -2,24 +2,31 @@
 
 The public surface::
 
-    Runtime, RuntimeConfig, RetryPolicy, BreakerConfig, SupervisorConfig
+    Runtime, open_runtime (trio hosts), RuntimeConfig, RetryPolicy, BreakerConfig, SupervisorConfig
+    AsyncioRuntime, HostExecutor (asyncio hosts; see arcflow.aio and its open_runtime)
     Scenario, Outcome, Status, FlushReason, Batch, ExecutionResult
     Executor, ExecutionContext, PythonExecutor, parse_executor
     RuntimeStatistics, CircuitBreaker, SpillJournal
     ArcflowError and its subclasses (see arcflow.errors)
 
 Importing arcflow does not patch asyncio; the runtime opens trio-asyncio itself.
+Test helpers for your own suites are in :mod:`arcflow.testing` and the pytest
+plugin :mod:`arcflow.pytest_plugin`.
 """
 
+from . import aio
 from ._version import __version__
+from .aio import AsyncioRuntime, HostExecutor
 from .breaker import BreakerState, CircuitBreaker
 from .config import BreakerConfig, RetryPolicy, RuntimeConfig, SupervisorConfig
+from .embed import open_runtime
 from .errors import (
     ArcflowError,
     ConfigError,
     DatabaseUnavailable,
     DataWriteError,
     ExecutorSpecError,
+    PipelineFull,
     RestartIntensityExceeded,
     ResumeError,
     RuntimeClosed,
@@ -36,6 +43,7 @@ from .stats import RuntimeStatistics
 
 __all__ = [
     "ArcflowError",
+    "AsyncioRuntime",
     "Batch",
     "BreakerConfig",
     "BreakerState",
@@ -48,7 +56,9 @@ __all__ = [
     "Executor",
     "ExecutorSpecError",
     "FlushReason",
+    "HostExecutor",
     "Outcome",
+    "PipelineFull",
     "PythonExecutor",
     "RestartIntensityExceeded",
     "ResumeError",
@@ -66,6 +76,8 @@ __all__ = [
     "TransientWriteError",
     "WriteError",
     "__version__",
+    "aio",
     "new_run_id",
+    "open_runtime",
     "parse_executor",
 ]
