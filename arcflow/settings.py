@@ -133,6 +133,20 @@ class Settings:
     grace: float = _opt(
         30.0, "float", "seconds running scenarios get after Ctrl-C", check=_via(lambda v: RuntimeConfig(grace=v)), metavar="S"
     )
+    modal_app: str = _opt("arcflow", "str", "modal: executor: app looked up or created by name", metavar="NAME")
+    modal_image: str | None = _opt(
+        None, "str", "modal: executor: registry image tag (unset: Debian slim with --modal-pip)", metavar="TAG"
+    )
+    modal_pip: str | None = _opt(None, "str", "modal: executor: pip packages for the Debian slim image, comma-separated", metavar="PKGS")
+    modal_secrets: str | None = _opt(None, "str", "modal: executor: Modal secret names, comma-separated", metavar="NAMES")
+    modal_cpu: float | None = _opt(None, "optional_float", "modal: executor: CPU cores per sandbox", metavar="N")
+    modal_memory: int | None = _opt(None, "optional_int", "modal: executor: memory per sandbox in MiB", metavar="MIB")
+    modal_creation_rate: float = _opt(
+        4.0, "float", "modal: executor: sandbox creations per second at most", check=_positive, metavar="N"
+    )
+    modal_max_starting: int = _opt(
+        16, "int", "modal: executor: sandboxes starting at once at most", check=_positive, metavar="N"
+    )
     max_retries: int = _opt(
         3, "int", "retries of a failed batch write", check=_via(lambda v: RetryPolicy(max_retries=v))
     )

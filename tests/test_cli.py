@@ -141,3 +141,26 @@ def test_unreachable_database_redacts_password(tmp_path: Path) -> None:
     assert "cannot reach the database" in proc.stderr
     assert "hunter2-secret" not in proc.stderr + proc.stdout
     assert "alice:***@127.0.0.1" in proc.stderr
+
+
+def test_modal_without_credentials_fails_before_any_scenario(
+    dsn: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """modal: with no Modal credentials exits 2 at start, before any scenario, saying how to provide them."""
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_CONFIG_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code = main([
+        "run", str(EXAMPLE), "--executor", "modal:python score.py", "--db", dsn, "--run-id", run_id,
+        "--modal-cpu", "0.5", "--modal-secrets", "a, b", "--data-dir", str(tmp_path), "--quiet",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "MODAL_TOKEN_ID" in err and "modal token new" in err
+
+
+def test_modal_options_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad modal option value exits 2 naming it."""
+    code = main(["run", str(EXAMPLE), "--executor", "modal:python x.py", "--modal-memory", "-5"])
+    assert code == 2
+    assert "memory" in capsys.readouterr().err
