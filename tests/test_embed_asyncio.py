@@ -196,6 +196,14 @@ def test_asyncio_host_startup_failure_is_raised_and_nothing_leaks(tmp_path: Path
     assert got["threads_left"] == []
 
 
+def test_asyncio_host_cancelling_a_slow_start_stops_the_runtime(tmp_path: Path) -> None:
+    """A start() stuck connecting (a server that never answers) is cancelled promptly; no thread is left."""
+    got = _run_host("start_cancelled", str(tmp_path))
+    assert got["error"] == "TimeoutError"
+    assert got["took_s"] < 5  # not the 10 s connect timeout
+    assert got["threads_left"] == []
+
+
 # -- the host programs (run in a fresh interpreter: python tests/test_embed_asyncio.py NAME ...) --
 
 
@@ -424,7 +432,30 @@ async def _host_startup_failure(data_dir: str) -> dict[str, Any]:
     return {"error": error, "threads_left": threads}
 
 
+async def _host_start_cancelled(data_dir: str) -> dict[str, Any]:
+    import threading
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3600)  # accept, never answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    error = ""
+    rt = arcflow.aio.open_runtime(db=f"postgresql://x@127.0.0.1:{port}/x", data_dir=data_dir)
+    try:
+        await asyncio.wait_for(rt.start(), 0.5)
+    except TimeoutError as exc:
+        error = type(exc).__name__
+    took = loop.time() - started
+    server.close()
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("arcflow-runtime")]
+    return {"error": error, "took_s": took, "threads_left": threads, "running": rt.running}
+
+
 _HOSTS: dict[str, Any] = {
+    "start_cancelled": _host_start_cancelled,
     "cancelled": _host_cancelled,
     "submit": _host_submit,
     "backpressure": _host_backpressure,
