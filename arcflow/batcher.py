@@ -77,28 +77,30 @@ async def run_batcher(
                 counters.batch_size = limit
                 opened_at = trio.current_time()
                 deadline = opened_at + flush_interval
-            # Take what is already queued, without awaiting.
-            while len(pending) < limit:
-                try:
-                    pending.append(outcomes.receive_nowait())
-                except trio.WouldBlock:
-                    break
-                except trio.EndOfChannel:
-                    closed = True
-                    break
-            counters.pending_in_batcher = len(pending)
+            # Fill the batch until it is full, the deadline passes or the input ends:
+            # take what is already queued without awaiting, await only when the
+            # channel is empty, all under one cancel scope per batch.
+            with trio.move_on_at(deadline):
+                while True:
+                    while len(pending) < limit:
+                        try:
+                            pending.append(outcomes.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                        except trio.EndOfChannel:
+                            closed = True
+                            break
+                    counters.pending_in_batcher = len(pending)
+                    if closed or len(pending) >= limit:
+                        break
+                    try:
+                        pending.append(await outcomes.receive())
+                    except trio.EndOfChannel:
+                        closed = True
+                        break
             if len(pending) >= limit:
                 await flush(FlushReason.SIZE)
-                continue
-            if closed:
-                break
-            # Wait for the next outcome or the deadline, whichever comes first.
-            with trio.move_on_at(deadline):
-                try:
-                    pending.append(await outcomes.receive())
-                except trio.EndOfChannel:
-                    closed = True
-                continue
-            await flush(FlushReason.DEADLINE)
+            elif not closed:
+                await flush(FlushReason.DEADLINE)
         if pending:
             await flush(FlushReason.SHUTDOWN)

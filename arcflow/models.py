@@ -6,12 +6,14 @@ import enum
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+_sha256 = hashlib.sha256
+_EMPTY_CONTENT_TAIL = ',"metadata":{},"tags":[],"timeout_s":null}'
 
 class Status(enum.StrEnum):
     """How a scenario ended.
@@ -45,9 +47,50 @@ class FlushReason(enum.StrEnum):
         return self.value
 
 
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no spaces, for hashing and stable storage."""
+def _canonical_json_slow(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _make_fast_canonical() -> Callable[[Any, int], list[str] | tuple[str, ...]] | None:
+    """The C encoder ``json.dumps`` builds on every call, built once (None if unavailable).
+
+    It has no circular-reference check (that needs per-call state); anything it
+    cannot encode, including a cycle, is re-encoded by ``json.dumps`` to raise
+    exactly the error ``json.dumps`` raises.
+    """
+    try:
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+        if c_make_encoder is None:  # pragma: no cover - CPython always has it
+            return None
+
+        def default(o: Any) -> Any:
+            raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+        encoder = c_make_encoder(None, default, encode_basestring, None, ":", ",", True, False, True)
+        sample = {"b": [1, 2.5, None, True, "é\n"], "a": {"y": float("inf"), "x": ""}}
+        if "".join(encoder(sample, 0)) != _canonical_json_slow(sample):  # pragma: no cover
+            return None
+        return encoder  # type: ignore[no-any-return]
+    except Exception:  # pragma: no cover - a Python whose json module differs
+        return None
+
+
+_fast_canonical = _make_fast_canonical()
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces, for hashing and stable storage.
+
+    Byte for byte what ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` returns, and the same errors, at about half the cost.
+    """
+    if _fast_canonical is not None:
+        try:
+            return "".join(_fast_canonical(value, 0))
+        except Exception:
+            pass  # let json.dumps raise its own error (or handle what the fast path did not)
+    return _canonical_json_slow(value)
 
 
 def _freeze_tags(value: Sequence[str] | None) -> tuple[str, ...]:
@@ -80,16 +123,27 @@ class Scenario:
 
     @property
     def content_hash(self) -> str:
-        """sha256 of the scenario's content (input, tags, metadata, timeout), hex."""
-        body = canonical_json(
-            {
-                "input": self.input,
-                "tags": list(self.tags),
-                "metadata": self.metadata,
-                "timeout_s": self.timeout_s,
-            }
-        )
-        return hashlib.sha256(body.encode()).hexdigest()
+        """sha256 of the scenario's content (input, tags, metadata, timeout), hex.
+
+        The hashed text is ``canonical_json({"input": ..., "tags": [...],
+        "metadata": {...}, "timeout_s": ...})``; stored hashes depend on it, so
+        it never changes.
+        """
+        metadata = self.metadata
+        if type(metadata) is dict and not metadata and not self.tags and self.timeout_s is None:
+            # The common case, built without encoding the constant parts again:
+            # the same text, since the keys sort as input < metadata < tags < timeout_s.
+            body = '{"input":' + canonical_json(self.input) + _EMPTY_CONTENT_TAIL
+        else:
+            body = canonical_json(
+                {
+                    "input": self.input,
+                    "tags": list(self.tags),
+                    "metadata": metadata,
+                    "timeout_s": self.timeout_s,
+                }
+            )
+        return _sha256(body.encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         """The scenario as the JSON object a scenario file line or a process executor sees."""

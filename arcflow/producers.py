@@ -59,6 +59,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# What a producer was doing when its running scope was cancelled (see Producer.run).
+_IDLE = 0
+_RECEIVING = 1
+_RUNNING = 2
+_SENDING = 3
+_BACKOFF = 4
+
+
 class Producer:
     """Runs scenarios from ``work`` and sends one outcome per attempt to ``outcomes``.
 
@@ -68,6 +76,19 @@ class Producer:
     outcomes); a bug in the producer itself propagates to the supervisor, which
     restarts it with its :class:`ProducerState`, so the scenario is not lost.
     Closes: nothing; the supervisor owns its channel clones.
+
+    The per-record path is kept short, because with a fast executor the
+    producers, not the database, set the throughput:
+
+    * scenarios are taken with ``receive_nowait()`` and outcomes handed over
+      with ``send_nowait()``, awaiting only when a channel is empty or full
+      (both channels are bounded, so a producer still yields regularly);
+    * one cancel scope (registered in ``control.running``) covers a run of
+      attempts instead of one scope per attempt: ``cancel_running()`` cancels
+      it, a per-scenario timeout is its deadline while the executor runs, and
+      after a cancellation the producer finishes what it was doing (records the
+      attempt ``cancelled`` or ``timeout``, hands over an outcome not yet
+      sent, or ends an interrupted backoff) and opens a fresh scope.
     """
 
     def __init__(
@@ -88,6 +109,16 @@ class Producer:
         self.config = config
         self.control = control
         self.counters = counters
+        self._contexts: dict[tuple[int, float | None], ExecutionContext] = {}
+        # Progress of this incarnation, read after its scope was cancelled.
+        self._phase = _IDLE
+        self._first = 1
+        self._started = _EPOCH
+        self._timeout: float | None = None
+        self._unsent: Outcome | None = None
+        self._retry = False
+        self._backoff_until: float | None = None
+        self._counted = False
 
     async def run(
         self,
@@ -99,120 +130,201 @@ class Producer:
     ) -> None:
         """Take scenarios until ``work`` ends or the runtime stops taking them."""
         task_status.started()
-        while True:
-            if state.current is None:
-                if self.control.stopping:
-                    return
-                try:
-                    scenario = await work.receive()
-                except trio.EndOfChannel:
-                    return
-                if self.control.stopping:
-                    return  # not started: a resumed run will run it
-                state.current = scenario
-                state.attempt = self.control.first_attempt.get(scenario.id, 1)
-            await self._run_scenario(state.current, state, outcomes)
-            state.current = None
-
-    async def _run_scenario(
-        self,
-        scenario: Scenario,
-        state: ProducerState,
-        outcomes: trio.MemorySendChannel[Outcome],
-    ) -> None:
-        first = self.control.first_attempt.get(scenario.id, 1)
-        last = first + self.config.attempts - 1
-        self.counters.running += 1
+        control = self.control
+        self._phase = _IDLE
+        self._unsent = None
+        self._backoff_until = None
+        self._counted = False
         try:
             while True:
-                attempt = state.attempt
-                outcome = await self._attempt(scenario, attempt)
-                retry = (
-                    outcome.status in RETRYABLE_STATUSES
-                    and attempt < last
-                    and not self.control.stopping
-                )
-                final = not retry and outcome.status is not Status.CANCELLED
-                if not final:
-                    outcome = attrs.evolve(outcome, final=False)
-                await outcomes.send(outcome)
-                self.counters.by_status[outcome.status.value] += 1
-                if self.on_outcome is not None:
-                    self.on_outcome(outcome)
-                state.attempt = attempt + 1
-                if not retry:
-                    self.counters.completed += 1
-                    return
-                delay = self.config.attempt_backoff * 2 ** (attempt - first)
+                done = False
                 with trio.CancelScope() as scope:
-                    self.control.running.add(scope)
-                    if self.control.cancelled:
-                        scope.cancel()
+                    control.running.add(scope)
                     try:
-                        await trio.sleep(delay)
+                        if control.cancelled:
+                            scope.cancel()
+                        done = await self._loop(work, outcomes, state, scope)
                     finally:
-                        self.control.running.discard(scope)
+                        control.running.discard(scope)
                 if scope.cancelled_caught:
-                    self.counters.completed += 1
+                    await self._recover(outcomes, state)
+                elif done:
                     return
         finally:
-            self.counters.running -= 1
+            if self._counted:
+                self._counted = False
+                self.counters.running -= 1
 
-    async def _attempt(self, scenario: Scenario, attempt: int) -> Outcome:
-        timeout = scenario.timeout_s if scenario.timeout_s is not None else self.config.timeout
+    async def _loop(
+        self,
+        work: trio.MemoryReceiveChannel[Scenario],
+        outcomes: trio.MemorySendChannel[Outcome],
+        state: ProducerState,
+        scope: trio.CancelScope,
+    ) -> bool:
+        """The hot loop, inside ``scope``: True when there is no more work to take.
+
+        False asks for a fresh scope: a timeout fired but the executor swallowed
+        the cancellation and returned, so ``scope`` stays cancelled and must not
+        reach the next attempt.
+        """
+        control = self.control
+        counters = self.counters
+        executor = self.executor
+        config_timeout = self.config.timeout
+        while True:
+            scenario = state.current
+            if scenario is None:
+                if control.stopping:
+                    return True
+                try:
+                    scenario = work.receive_nowait()
+                except trio.WouldBlock:
+                    self._phase = _RECEIVING
+                    try:
+                        scenario = await work.receive()
+                    except trio.EndOfChannel:
+                        return True
+                except trio.EndOfChannel:
+                    return True
+                if control.stopping:
+                    return True  # not started: a resumed run will run it
+                state.current = scenario
+                state.attempt = control.first_attempt.get(scenario.id, 1)
+            if not self._counted:
+                self._counted = True
+                counters.running += 1
+                self._first = control.first_attempt.get(scenario.id, 1)
+            if self._backoff_until is not None:
+                self._phase = _BACKOFF
+                await trio.sleep_until(self._backoff_until)
+                self._backoff_until = None
+            # One attempt.
+            attempt = state.attempt
+            timeout = scenario.timeout_s if scenario.timeout_s is not None else config_timeout
+            context = self._contexts.get((attempt, timeout))
+            if context is None:
+                context = self._context(attempt, timeout)
+            self._timeout = timeout
+            self._started = started = _now()
+            self._phase = _RUNNING
+            if timeout is not None:
+                scope.deadline = trio.current_time() + timeout
+            try:
+                result = await executor.run(scenario, context)
+            except Exception as exc:
+                result = ExecutionResult(
+                    status=Status.ERROR,
+                    error_type=type(exc).__name__,
+                    error_message=str(exc) or repr(exc),
+                    executor={"kind": executor.kind},
+                )
+            stale = False
+            if timeout is not None:
+                scope.deadline = math.inf
+                stale = scope.cancel_called
+            outcome = self._outcome(scenario, attempt, started, result)
+            # Hand it over.
+            self._unsent = outcome
+            self._phase = _SENDING
+            try:
+                outcomes.send_nowait(outcome)
+            except trio.WouldBlock:
+                await outcomes.send(outcome)
+            self._unsent = None
+            self._phase = _IDLE
+            self._sent(outcome, state)
+            if stale:
+                return False
+
+    def _context(self, attempt: int, timeout: float | None) -> ExecutionContext:
         context = ExecutionContext(
             run_id=self.run_id, attempt=attempt, worker=self.name, timeout_s=timeout
         )
-        started = _now()
-        result: ExecutionResult | None = None
-        with trio.CancelScope() as run_scope:
-            self.control.running.add(run_scope)
+        if len(self._contexts) < 64:
+            self._contexts[(attempt, timeout)] = context
+        return context
+
+    def _outcome(
+        self, scenario: Scenario, attempt: int, started: datetime, result: ExecutionResult
+    ) -> Outcome:
+        """The attempt's outcome; decides (in ``self._retry``) whether another attempt follows."""
+        status = result.status
+        retry = self._retry = (
+            status in RETRYABLE_STATUSES
+            and attempt < self._first + self.config.attempts - 1
+            and not self.control.stopping
+        )
+        return Outcome(
+            self.run_id,
+            scenario.id,
+            attempt,
+            status,
+            started,
+            _now(),
+            result.score,
+            result.output,
+            result.error_type,
+            result.error_message,
+            result.executor,
+            self.name,
+            not retry and status is not Status.CANCELLED,
+            scenario.content_hash,
+            scenario.tags,
+        )
+
+    def _sent(self, outcome: Outcome, state: ProducerState) -> None:
+        """Bookkeeping once ``outcome`` is in the outcome channel."""
+        counters = self.counters
+        counters.by_status[_STATUS_VALUE[outcome.status]] += 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        attempt = state.attempt = outcome.attempt + 1
+        if not self._retry:
+            counters.completed += 1
+            state.current = None
+            self._counted = False
+            counters.running -= 1
+            return
+        delay = self.config.attempt_backoff * 2 ** (attempt - 1 - self._first)
+        self._backoff_until = trio.current_time() + delay
+
+    async def _recover(self, outcomes: trio.MemorySendChannel[Outcome], state: ProducerState) -> None:
+        """Finish what a cancellation (``cancel_running`` or a timeout) interrupted."""
+        phase, self._phase = self._phase, _IDLE
+        scenario = state.current
+        if phase == _RUNNING and scenario is not None:
+            kind = self.executor.kind
             if self.control.cancelled:
-                run_scope.cancel()
-            try:
-                with trio.move_on_after(timeout if timeout is not None else math.inf) as limit:
-                    try:
-                        result = await self.executor.run(scenario, context)
-                    except Exception as exc:
-                        result = ExecutionResult(
-                            status=Status.ERROR,
-                            error_type=type(exc).__name__,
-                            error_message=str(exc) or repr(exc),
-                            executor={"kind": self.executor.kind},
-                        )
-            finally:
-                self.control.running.discard(run_scope)
-        if result is None:
-            if run_scope.cancelled_caught:
                 result = ExecutionResult(
                     status=Status.CANCELLED,
                     error_type="Cancelled",
                     error_message="cancelled at shutdown before it finished",
-                    executor={"kind": self.executor.kind},
+                    executor={"kind": kind},
                 )
-            elif limit.cancelled_caught:
+            else:
                 result = ExecutionResult(
                     status=Status.TIMEOUT,
                     error_type="Timeout",
-                    error_message=f"did not finish within {timeout:g}s",
-                    executor={"kind": self.executor.kind},
+                    error_message=f"did not finish within {self._timeout:g}s",
+                    executor={"kind": kind},
                 )
-            else:  # pragma: no cover - executor.run always returns or raises
-                raise RuntimeError("executor returned without a result")
-        return Outcome(
-            run_id=self.run_id,
-            scenario_id=scenario.id,
-            attempt=attempt,
-            status=result.status,
-            started_at=started,
-            finished_at=_now(),
-            score=result.score,
-            output=result.output,
-            error_type=result.error_type,
-            error_message=result.error_message,
-            executor=result.executor,
-            worker=self.name,
-            final=True,
-            scenario_hash=scenario.content_hash,
-            tags=scenario.tags,
-        )
+            self._unsent = self._outcome(scenario, state.attempt, self._started, result)
+            phase = _SENDING
+        if phase == _SENDING and self._unsent is not None:
+            outcome = self._unsent
+            await outcomes.send(outcome)
+            self._unsent = None
+            self._sent(outcome, state)
+        elif phase == _BACKOFF and scenario is not None:
+            # The backoff before the next attempt was cancelled: the scenario ends here.
+            self._backoff_until = None
+            self.counters.completed += 1
+            state.current = None
+            if self._counted:
+                self._counted = False
+                self.counters.running -= 1
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STATUS_VALUE = {status: status.value for status in Status}

@@ -31,6 +31,7 @@ class PythonExecutor(Executor):
     def __init__(self, function: Callable[[Scenario], Any], name: str | None = None) -> None:
         self.function = function
         self.name = name or getattr(function, "__qualname__", repr(function))
+        self._passed: ExecutionResult | None = None
         target = function.func if isinstance(function, functools.partial) else function
         self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
             getattr(target, "__call__", None)  # noqa: B004 - callable objects with async __call__
@@ -67,7 +68,6 @@ class PythonExecutor(Executor):
         return cls(target, name=spec)
 
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
-        details = {"kind": self.kind, "function": self.name}
         try:
             if self.is_async:
                 value = await self.function(scenario)
@@ -80,9 +80,17 @@ class PythonExecutor(Executor):
                 status=Status.ERROR,
                 error_type=type(exc).__name__,
                 error_message=str(exc) or repr(exc),
-                executor=details,
+                executor={"kind": self.kind, "function": self.name},
             )
-        return result_from_mapping(value, executor=details)
+        if value is None:
+            # The common "passed, nothing to report" result is immutable: share one.
+            passed = self._passed
+            if passed is None:
+                passed = self._passed = ExecutionResult(
+                    status=Status.PASSED, executor={"kind": self.kind, "function": self.name}
+                )
+            return passed
+        return result_from_mapping(value, executor={"kind": self.kind, "function": self.name})
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "function": self.name}

@@ -18,7 +18,7 @@ import asyncpg
 import trio
 
 from ..errors import DataWriteError, TransientWriteError, WriteError
-from ..models import Outcome
+from ..models import Outcome, Status
 from .classify import classify, sqlstate_of
 from .dsn import redact_dsn
 from .schema import (
@@ -41,29 +41,72 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _make_fast_dumps() -> Callable[[Any], str] | None:
+    """``_dumps`` without building a JSON encoder per call (None if unavailable).
+
+    Output is identical to ``_dumps``; anything the fast encoder refuses
+    (including a circular reference, which it does not check) goes through
+    ``_dumps``, which raises its usual error.
+    """
+    try:
+        from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+
+        if c_make_encoder is None:  # pragma: no cover - CPython always has it
+            return None
+
+        def default(o: Any) -> Any:
+            raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+        encoder = c_make_encoder(
+            None, default, encode_basestring_ascii, None, ":", ",", False, False, True
+        )
+
+        def fast(value: Any) -> str:
+            try:
+                return "".join(encoder(value, 0))
+            except Exception:
+                return _dumps(value)
+
+        sample = {"kind": "python", "b": [1, 2.5, None, True, "é\n"], "a": {"y": float("inf")}}
+        if fast(sample) != _dumps(sample):  # pragma: no cover
+            return None
+        return fast
+    except Exception:  # pragma: no cover - a Python whose json module differs
+        return None
+
+
+_fast_dumps = _make_fast_dumps() or _dumps
+_STATUS_VALUES = {status: status.value for status in Status}
+
+
 def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
     """One COPY row for ``outcome``; raises DataWriteError if its JSON cannot be encoded."""
     try:
-        output = None if outcome.output is None else _dumps(outcome.output)
-        executor = _dumps(dict(outcome.executor))
+        output = outcome.output
+        if output is not None:
+            output = _fast_dumps(output)
+        details = outcome.executor
+        executor = _fast_dumps(details if type(details) is dict else dict(details))
     except (TypeError, ValueError) as exc:
         raise DataWriteError(
             f"outcome {outcome.scenario_id!r} attempt {outcome.attempt}: "
             f"output is not JSON-serialisable: {exc}"
         ) from exc
+    started = outcome.started_at
+    finished = outcome.finished_at
     return (
         outcome.run_id,
         outcome.scenario_id,
         outcome.attempt,
-        outcome.status.value,
+        _STATUS_VALUES[outcome.status],
         outcome.final,
         outcome.score,
         output,
         outcome.error_type,
         outcome.error_message,
-        outcome.started_at,
-        outcome.finished_at,
-        outcome.duration_ms,
+        started,
+        finished,
+        (finished - started).total_seconds() * 1000.0,
         executor,
         outcome.worker,
         outcome.scenario_hash,
