@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import tempfile
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,24 +105,87 @@ def _id_key(sid: str) -> int:
     return int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=8).digest(), "little")
 
 
+class _KeySet:
+    """8-byte id keys, and which of them occur more than once, in bounded memory.
+
+    Up to ``memory_keys`` keys are kept in memory (8 bytes each).  Beyond that
+    they are partitioned by their top bits into ``parts`` temporary files, and
+    each partition is checked on its own at the end, so memory stays flat
+    however long the file is (a million ids need about as much as 100,000).
+    """
+
+    def __init__(self, *, memory_keys: int = 1 << 16, parts: int = 64) -> None:
+        self.memory_keys = memory_keys
+        self.parts = parts
+        self._shift = 64 - (parts - 1).bit_length()
+        self._keys = array("Q")
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def add(self, key: int) -> None:
+        self._keys.append(key)
+        if len(self._keys) >= self.memory_keys:
+            self._spill()
+
+    def _part_path(self, i: int) -> Path:
+        assert self._dir is not None
+        return Path(self._dir.name) / f"{i:03d}"
+
+    def _spill(self) -> None:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="arcflow-ids-")
+        buckets = [array("Q") for _ in range(self.parts)]
+        shift = self._shift
+        for key in self._keys:
+            buckets[key >> shift].append(key)
+        for i, bucket in enumerate(buckets):
+            if bucket:
+                with self._part_path(i).open("ab") as f:
+                    bucket.tofile(f)
+        self._keys = array("Q")
+
+    def repeated(self) -> set[int]:
+        """The keys added more than once."""
+        if self._dir is None:
+            return _repeated(self._keys)
+        try:
+            self._spill()
+            found: set[int] = set()
+            for i in range(self.parts):
+                path = self._part_path(i)
+                if not path.exists():
+                    continue
+                keys = array("Q")
+                with path.open("rb") as f:
+                    keys.frombytes(f.read())
+                found |= _repeated(keys)
+            return found
+        finally:
+            self._dir.cleanup()
+            self._dir = None
+
+
+def _repeated(keys: array[int]) -> set[int]:
+    ordered = sorted(keys)
+    return {a for a, b in itertools.pairwise(ordered) if a == b}
+
+
 def validate_file(path: Path | str) -> SuiteInfo:
     """Check every line and that ids are unique; returns the count and file hash.
 
-    Duplicate detection keeps an 8-byte hash per id; on a hash match the file
-    is re-read to report both lines exactly.
+    Duplicate detection keeps an 8-byte hash per id (on disk past 65,536 ids,
+    so memory does not grow with the file); on a hash match the file is
+    re-read to report both lines exactly.
     """
     path = Path(path)
-    keys = array("Q")
+    keys = _KeySet()
     count = 0
     for _lineno, scenario in iter_file(path):
-        keys.append(_id_key(scenario.id))
+        keys.add(_id_key(scenario.id))
         count += 1
     if count == 0:
         raise ScenarioFileError(path, None, "no scenarios: the file is empty")
-    ordered = sorted(keys)
+    suspects = keys.repeated()
     del keys
-    suspects = {a for a, b in itertools.pairwise(ordered) if a == b}
-    del ordered
     if suspects:
         first_seen: dict[str, int] = {}
         for lineno, scenario in iter_file(path):
