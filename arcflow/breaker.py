@@ -26,6 +26,8 @@ log = logging.getLogger("arcflow.breaker")
 
 
 class BreakerState(enum.StrEnum):
+    """The breaker's three states; the value is what statistics and logs show."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -27,6 +27,7 @@ import attrs
 import trio
 import trio.lowlevel
 
+from ._trio_asyncio import import_trio_asyncio
 from .batcher import run_batcher
 from .breaker import BreakerState, CircuitBreaker
 from .config import RuntimeConfig
@@ -34,6 +35,7 @@ from .errors import (
     ArcflowError,
     ConfigError,
     DatabaseUnavailable,
+    PipelineFull,
     ResumeError,
     RuntimeClosed,
     TransientWriteError,
@@ -209,7 +211,7 @@ class Runtime:
         async with contextlib.AsyncExitStack() as stack:
             # Imported here, not at module level: importing trio_asyncio patches asyncio's
             # policy, and `import arcflow` must leave the host program's asyncio alone.
-            import trio_asyncio
+            trio_asyncio = import_trio_asyncio()
 
             if trio_asyncio.current_loop.get() is None:
                 loop = await stack.enter_async_context(trio_asyncio.open_loop())
@@ -417,11 +419,15 @@ class Runtime:
         self.counters.submitted += 1
 
     def submit_nowait(self, scenario: Scenario) -> None:
-        """Queue ``scenario`` or raise ``trio.WouldBlock`` if the pipeline is full."""
+        """Queue ``scenario`` or raise :class:`PipelineFull` (a ``trio.WouldBlock``) if full."""
         self._check_open()
         assert self._work_send is not None
         try:
             self._work_send.send_nowait(scenario)
+        except trio.WouldBlock:
+            raise PipelineFull(
+                "the pipeline is full: await submit() to wait for room, or shed load"
+            ) from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeClosed("the runtime stopped taking scenarios") from None
         self.counters.submitted += 1
@@ -439,12 +445,16 @@ class Runtime:
         self.counters.completed += 1
 
     def record_nowait(self, outcome: Outcome) -> None:
-        """Hand over ``outcome`` or raise ``trio.WouldBlock`` if the pipeline is full."""
+        """Hand over ``outcome`` or raise :class:`PipelineFull` (a ``trio.WouldBlock``) if full."""
         if self._closed:
             raise RuntimeClosed("the runtime is not running or is draining; record() is refused")
         assert self._record_send is not None
         try:
             self._record_send.send_nowait(outcome)
+        except trio.WouldBlock:
+            raise PipelineFull(
+                "the pipeline is full: await record() to wait for room, or shed load"
+            ) from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeClosed("the runtime stopped taking outcomes") from None
         self.counters.by_status[outcome.status.value] += 1
@@ -508,7 +518,8 @@ class Runtime:
         if self._record_send is not None:
             self._record_send.close()
         cfg = self.config
-        budget = cfg.shutdown_timeout + (cfg.grace if self.control.stopping else 0.0)
+        graceful = self.control.stopping and not self.control.cancelled
+        budget = cfg.shutdown_timeout + (cfg.grace if graceful else 0.0)
         if not cancelled and not self.control.stopping:
             budget = math.inf  # a normal exit waits for every submitted scenario
         if self._nursery is None:

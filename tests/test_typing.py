@@ -30,7 +30,7 @@ EMBEDDING_MODULES = [
 ]
 
 #: Public names whose module (not an embedding module) still lacks a docstring for them.
-KNOWN_WITHOUT_DOCSTRING = {"BreakerState"}  # arcflow/breaker.py
+KNOWN_WITHOUT_DOCSTRING: set[str] = set()
 
 USAGE = '''
 from __future__ import annotations

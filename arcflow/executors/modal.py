@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
+from .._trio_asyncio import import_trio_asyncio
 from ..errors import ConfigError, ExecutorSpecError
 from ..models import ExecutionResult, Scenario, Status
 from ._limits import RateLimiter
@@ -651,7 +652,7 @@ async def _import_modal() -> tuple[Any, Callable[[Any], Any]]:
         raise ConfigError(
             "the modal: executor needs the modal package: pip install 'arcflow[modal]'"
         ) from exc
-    import trio_asyncio
+    trio_asyncio = import_trio_asyncio()
 
     if trio_asyncio.current_loop.get() is None:
         raise RuntimeError(

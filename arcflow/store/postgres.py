@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 import trio
 
+from .._trio_asyncio import import_trio_asyncio
 from ..errors import DataWriteError, TransientWriteError, WriteError
 from ..models import Outcome, Status
 from .classify import classify, sqlstate_of
@@ -146,7 +147,7 @@ class Store:
         On a transient failure or a cancellation the connection is dropped, so
         the next call reconnects instead of reusing a connection in an unknown state.
         """
-        import trio_asyncio  # lazily: importing it patches asyncio (see runtime.py)
+        trio_asyncio = import_trio_asyncio()  # lazily: importing it patches asyncio
 
         try:
             return await trio_asyncio.aio_as_trio(fn)(*args)
@@ -199,7 +200,7 @@ class Store:
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return
-        import trio_asyncio
+        trio_asyncio = import_trio_asyncio()
 
         with trio.move_on_after(5, shield=True) as scope:
             try:
