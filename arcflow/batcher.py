@@ -48,7 +48,7 @@ async def run_batcher(
     Closes ``batches`` (the send end) when it returns, which ends the writer.
     """
     counters = counters if counters is not None else Counters()
-    size_of: Callable[[], int] = batch_size if callable(batch_size) else (lambda: batch_size)  # type: ignore[assignment,return-value]
+    size_of: Callable[[], int] = batch_size if callable(batch_size) else (lambda: batch_size)
     with batches:
         task_status.started()
         pending = pending if pending is not None else []

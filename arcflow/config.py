@@ -65,7 +65,7 @@ class RetryPolicy:
 
     def delay_cap(self, retry: int) -> float:
         """The upper bound of the jittered delay before retry number ``retry`` (1-based)."""
-        return min(self.max_delay, self.base_delay * 2 ** (retry - 1))
+        return min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
 
 
 @attrs.frozen

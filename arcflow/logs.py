@@ -158,7 +158,7 @@ def configure_logging(
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
         root.removeHandler(old)
-    handler = logging.StreamHandler(stream if stream is not None else _CurrentStderr())  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream if stream is not None else _CurrentStderr())
     handler.setFormatter(make_formatter(fmt))
     setattr(handler, _MARK, True)
     root.addHandler(handler)

@@ -36,7 +36,8 @@ def _start_blocking(pgdata: Path) -> str:
             ) from exc
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            get_server = pgserver.get_server  # type: ignore[attr-defined]
+            server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:
             log_path = pgdata / "log"
             raise DatabaseUnavailable(

@@ -150,7 +150,8 @@ class Store:
         trio_asyncio = import_trio_asyncio()  # lazily: importing it patches asyncio
 
         try:
-            return await trio_asyncio.aio_as_trio(fn)(*args)
+            result: T = await trio_asyncio.aio_as_trio(fn)(*args)
+            return result
         except trio.Cancelled:
             self._discard()
             raise
