@@ -489,26 +489,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         return trio.run(_run, args, settings)
-    except BaseException as raw:
-        exc = _unwrap(raw)
-        dsn = settings.db
-        if isinstance(exc, _USAGE_ERRORS):
-            print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
-            return EXIT_USAGE
-        if isinstance(exc, RestartIntensityExceeded):
-            print(
-                f"arcflow: run failed: {redact_text(str(exc), dsn)}\n"
-                f"arcflow: unwritten outcomes are in the spill journal; "
-                "run again with --resume RUN_ID to write them",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        if isinstance(exc, KeyboardInterrupt):
-            return EXIT_INTERRUPTED
-        if isinstance(exc, ArcflowError):
-            print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+    except BaseException as raw:  # noqa: ASYNC103 - trio.run has returned; mapped below
+        failure = raw
+    return _run_exit_code(failure, settings)
+
+
+def _run_exit_code(raw: BaseException, settings: Settings) -> int:
+    """The exit code for a run that ended with ``raw``; re-raises what is not ours."""
+    exc = _unwrap(raw)
+    dsn = settings.db
+    if isinstance(exc, _USAGE_ERRORS):
+        print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, RestartIntensityExceeded):
+        print(
+            f"arcflow: run failed: {redact_text(str(exc), dsn)}\n"
+            f"arcflow: unwritten outcomes are in the spill journal; "
+            "run again with --resume RUN_ID to write them",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, ArcflowError):
+        print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
+        return EXIT_FAILED
+    raise raw
 
 
 # -- runs, report, config -----------------------------------------------------------------------------
@@ -528,16 +534,20 @@ def _read_command(args: argparse.Namespace, work: Callable[[Any, Settings], Any]
 
     try:
         trio.run(main)
-    except BaseException as raw:
-        exc = _unwrap(raw)
-        if isinstance(exc, ConfigError | DatabaseUnavailable):
-            print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
-            return EXIT_USAGE
-        if isinstance(exc, ArcflowError):
-            print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
-    return EXIT_OK
+    except BaseException as raw:  # noqa: ASYNC103 - trio.run has returned; mapped below
+        failure: BaseException | None = raw
+    else:
+        failure = None
+    if failure is None:
+        return EXIT_OK
+    exc = _unwrap(failure)
+    if isinstance(exc, ConfigError | DatabaseUnavailable):
+        print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, ArcflowError):
+        print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
+        return EXIT_FAILED
+    raise failure
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -175,16 +175,19 @@ class Runtime:
             await stack.enter_async_context(self._lifecycle())
         except BaseException as exc:
             try:
-                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+                # Startup failed before any actor ran: closing what was opened is quick
+                # (each step has its own shielded timeout), but bound it all the same.
+                with trio.move_on_after(self.config.shutdown_timeout, shield=True):
+                    await stack.__aexit__(type(exc), exc, exc.__traceback__)
             except BaseExceptionGroup as group:
                 leaf = _single_arcflow_error(group)
                 if leaf is not None:
-                    raise leaf from None
+                    raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
                 raise
             if isinstance(exc, BaseExceptionGroup):
                 leaf = _single_arcflow_error(exc)
                 if leaf is not None:
-                    raise leaf from None
+                    raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
             raise
         self._stack = stack
         return self
@@ -198,11 +201,13 @@ class Runtime:
         assert self._stack is not None, "Runtime was not entered"
         stack, self._stack = self._stack, None
         try:
-            return await stack.__aexit__(exc_type, exc, tb)
+            # Not under one shielded timeout on purpose: a normal exit waits for every
+            # submitted scenario; _lifecycle shields and bounds each cleanup step itself.
+            return await stack.__aexit__(exc_type, exc, tb)  # noqa: ASYNC102
         except BaseExceptionGroup as group:
             leaf = _single_arcflow_error(group)
             if leaf is not None:
-                raise leaf from None
+                raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
             raise
 
     @contextlib.asynccontextmanager
@@ -675,7 +680,8 @@ def _single_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None
             leaves.append(exc)
 
     walk(group)
-    errors = [e for e in leaves if isinstance(e, ArcflowError)]
-    if errors and all(isinstance(e, ArcflowError | trio.Cancelled) for e in leaves):
-        return errors[0]
+    # Only when every leaf is ours: a pending Cancelled must keep propagating.
+    if leaves and all(isinstance(e, ArcflowError) for e in leaves):
+        first: ArcflowError = leaves[0]  # type: ignore[assignment]
+        return first
     return None

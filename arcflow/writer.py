@@ -317,11 +317,14 @@ class Writer:
             except TransientWriteError as exc2:
                 self.breaker.record_failure(str(exc2))
                 retry += 1
-                if retry > self.retry.max_retries or self.breaker.state is not BreakerState.CLOSED:
+                out_of_budget = (
+                    retry > self.retry.max_retries
+                    or self.breaker.state is not BreakerState.CLOSED
+                    or trio.current_time() - started > self.retry.max_elapsed
+                )
+                if out_of_budget:
                     raise
-                await trio.sleep(self.rng.uniform(0, self.retry.delay_cap(retry)))
-                if trio.current_time() - started > self.retry.max_elapsed:
-                    raise
+            await trio.sleep(self.rng.uniform(0, self.retry.delay_cap(retry)))
         self.counters.dead_lettered += 1
         log.error(
             "run %s batch %s: outcome %s attempt %d dead-lettered (%s: %s)",
