@@ -202,7 +202,10 @@ class AsyncioRuntime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close(cancelled=exc_type is not None)
+        # asyncio side of the thread bridge, no trio scope to shield with: _close holds the
+        # host's cancellation back (_wait_finished) and re-raises it after; leaving by an
+        # exception or a cancellation makes the stop a cancelled one, bounded by shutdown_timeout.
+        await self._close(cancelled=exc_type is not None)  # noqa: ASYNC102 - see above
 
     async def start(self) -> None:
         """Start the runtime's thread and wait until the runtime takes items.
@@ -229,11 +232,15 @@ class AsyncioRuntime:
         try:
             failure = await asyncio.shield(self._started)
         except asyncio.CancelledError:
+            # Cancel the startup (or make it a cancelled, bounded drain), wait for the thread
+            # with further cancellations held back, then re-raise: asyncio side, no trio scope.
             self._post(self._request_stop, True)
-            await self._wait_finished()
+            await self._wait_finished()  # noqa: ASYNC102 - bounded cancelled stop, re-raised
             self._state = _State.CLOSED
             raise
         if failure is not None:
+            # The runtime's thread is leaving trio.run already.  A cancellation meanwhile
+            # does not hide the failure: it propagates (as trio and asyncio.TaskGroup do).
             await self._wait_finished()
             self._state = _State.CLOSED
             raise failure
@@ -267,16 +274,21 @@ class AsyncioRuntime:
         """Wait for the runtime's thread to end, holding back the host's cancellation.
 
         A cancellation turns the stop into a cancelled one (bounded drain).
-        Returns True if the host was cancelled meanwhile.
+        Returns True if the host was cancelled meanwhile: the caller must then
+        raise :class:`asyncio.CancelledError` (or a failure of its own).
         """
         assert self._finished is not None
         interrupted = False
         while not self._finished.done():
             try:
                 await asyncio.shield(self._finished)
-            except asyncio.CancelledError:
+            # Delayed, not swallowed: held until the runtime's thread has ended (the cancelled
+            # stop requested here bounds its drain by shutdown_timeout), then reported as
+            # interrupted=True for the caller to raise.  Counted even if the thread ended
+            # just now: the host's cancel() must not be lost.
+            except asyncio.CancelledError:  # noqa: ASYNC103 - delayed; the callers re-raise it
+                interrupted = True
                 if not self._finished.done():
-                    interrupted = True
                     self._post(self._request_stop, True)
         if self._thread is not None:
             self._thread.join(timeout=10)  # it has already left trio.run
@@ -321,7 +333,9 @@ class AsyncioRuntime:
         def snapshot() -> None:  # in the runtime's thread
             try:
                 stats = self._runtime.statistics()
-            except BaseException as exc:  # pragma: no cover - statistics() does not raise
+            # A sync callback in the trio thread: no checkpoint, so no Cancelled; the error
+            # is forwarded to the host's await, which raises it.
+            except BaseException as exc:  # noqa: ASYNC103  # pragma: no cover - statistics() does not raise
                 self._to_host(_settle, answer, None, exc)
             else:
                 self._to_host(_settle, answer, stats, None)
@@ -331,7 +345,8 @@ class AsyncioRuntime:
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if answer.done():
                 return answer.result()
-        await self._wait_finished()
+        if await self._wait_finished():
+            raise asyncio.CancelledError()
         if self._final_statistics is None:  # pragma: no cover - set before _finished
             raise RuntimeClosed("the runtime stopped")
         return self._final_statistics
@@ -470,7 +485,9 @@ class AsyncioRuntime:
         stats: RuntimeStatistics | None = None
         try:
             failure, stats = trio.run(self._trio_main)
-        except BaseException as exc:  # pragma: no cover - _trio_main catches what it can
+        # A plain thread around trio.run (no Cancelled escapes it): the error is forwarded to
+        # the host, which raises it from aclose()/start().
+        except BaseException as exc:  # noqa: ASYNC103  # pragma: no cover - _trio_main catches what it can
             failure = exc
         finally:
             if not self._to_host(self._host_finished, failure, stats):
@@ -497,7 +514,9 @@ class AsyncioRuntime:
                     await self._serve(send, recv)
             if not self._entered:
                 failure = RuntimeClosed("the runtime was stopped before it started")
-        except BaseException as exc:
+        # The top of this thread's trio.run: no enclosing cancel scope, so no Cancelled
+        # reaches here; what the runtime raised is the run's result, raised to the host.
+        except BaseException as exc:  # noqa: ASYNC103 - the run's failure, forwarded
             failure = _without_host_stopped(exc)
         finally:
             with trio.CancelScope(shield=True):

@@ -69,6 +69,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: Seconds fetch() waits for a graceful close before asyncpg aborts the connection.
+_FETCH_CLOSE_TIMEOUT_S = 10.0
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -387,7 +390,9 @@ def _run_private_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         try:
             with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
                 box.append(runner.run(make()))
-        except BaseException as exc:
+        # A plain thread, not a task: whatever ends it (a CancelledError of the private loop
+        # included) is carried to the calling thread, which re-raises it below.
+        except BaseException as exc:  # noqa: ASYNC103 - re-raised by the caller's thread
             errors.append(exc)
 
     thread = threading.Thread(target=target, name="arcflow-testing-fetch", daemon=True)
@@ -407,7 +412,10 @@ def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
         try:
             return [dict(row) for row in await conn.fetch(sql, *args)]
         finally:
-            await conn.close()
+            # On the private loop of _run_private_loop: nothing cancels this task, so there
+            # is no cancellation to shield from; bounded (asyncpg aborts the connection if
+            # the graceful close takes longer).
+            await conn.close(timeout=_FETCH_CLOSE_TIMEOUT_S)  # noqa: ASYNC102 - private loop, bounded
 
     return _run_private_loop(go)
 

@@ -296,7 +296,8 @@ class ModalExecutor(Executor):
             return await self._exchange(state, scenario)
         finally:
             if state.sandbox is not None and not state.exited:
-                await self._terminate(state.sandbox)
+                # _terminate runs under move_on_after(terminate_timeout_s, shield=True) itself.
+                await self._terminate(state.sandbox)  # noqa: ASYNC102 - shielded and bounded inside
 
     def _sandbox_timeout(self, context: ExecutionContext) -> int:
         """The sandbox lifetime: configured, else the attempt's timeout plus a margin."""

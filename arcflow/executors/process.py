@@ -302,7 +302,9 @@ class ProcessExecutor(Executor):
             details["exit_code"] = await process.wait()
             finished = True
         finally:
-            await self._dispose(process, finished=finished)
+            # _dispose is shielded itself and every wait in it is bounded (kill_grace_s, then
+            # _REAP_TIMEOUT_S after SIGKILL; closing the pipes is forceful).
+            await self._dispose(process, finished=finished)  # noqa: ASYNC102 - shielded, bounded inside
         return result_from_output(
             exit_code=details["exit_code"], stdout=stdout, stderr=stderr, details=details
         )
