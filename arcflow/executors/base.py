@@ -38,6 +38,10 @@ class ExecutionContext:
     #: enforces it by cancelling ``run``; executors may also pass it on (for
     #: example as a sandbox timeout).
     timeout_s: float | None = None
+    #: Executor details known so far (pid, sandbox id, ...).  Executors fill it
+    #: as soon as they learn them, so an attempt that times out or is cancelled
+    #: still records which process or sandbox it was.
+    details: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 class Executor(abc.ABC):

@@ -272,7 +272,8 @@ class ModalExecutor(Executor):
                 "sandbox_id": None,
                 "exit_code": None,
                 "creation_attempts": 0,
-            }
+            },
+            known=context.details,
         )
         request = SandboxRequest(
             command=self.command,
@@ -354,6 +355,7 @@ class ModalExecutor(Executor):
             with trio.move_on_after(self.config.create_timeout_s, shield=True) as scope:
                 state.sandbox = await self._create_sandbox(request)
                 state.details["sandbox_id"] = state.sandbox.object_id
+                state.known.update(state.details)
             if scope.cancelled_caught:
                 raise trio.TooSlowError(
                     f"Modal did not create the sandbox within {self.config.create_timeout_s:g}s "
@@ -432,6 +434,9 @@ class _SandboxRun:
     """What one run knows about its sandbox; read by its ``finally``."""
 
     details: dict[str, Any]
+    #: The attempt's ``ExecutionContext.details``: the sandbox id is copied there as
+    #: soon as it is known, so a timed-out or cancelled attempt still records it.
+    known: dict[str, Any] = attrs.field(factory=dict)
     sandbox: SandboxHandle | None = None
     exit_code: int | None = None
     exited: bool = False

@@ -294,6 +294,7 @@ class ProcessExecutor(Executor):
                 details,
             )
         details["pid"] = process.pid
+        context.details.update(details)  # a timed-out or cancelled attempt still shows its pid
         stdout = OutputCapture(self.stdout_limit, keep="head")
         stderr = OutputCapture(self.stderr_limit, keep="tail")
         finished = False
