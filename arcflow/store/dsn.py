@@ -24,8 +24,8 @@ def redact_dsn(dsn: str | None) -> str:
         netloc = parts.netloc
         if "@" in netloc:
             userinfo, _, hostport = netloc.rpartition("@")
-            user, sep, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
+            user, _sep, password = userinfo.partition(":")
+            netloc = f"{user}:***@{hostport}" if password else f"{user}@{hostport}"
         query = parts.query
         if query:
             pairs = [
