@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -31,6 +32,47 @@ class ProducerState:
     attempt: int = 1
 
 
+@attrs.define(eq=False)
+class ProducerPool:
+    """Which producers wait for work and which rest, shared by the producers of a runtime.
+
+    With fast scenarios a couple of producers keep up with the input, and
+    handing each scenario to a different one of ``concurrency`` waiting
+    producers only makes every scheduler round longer (and with it every
+    database round trip of the writer, which shares the thread).  So at most
+    two producers wait on the work channel; the others rest in ``lot``.
+
+    A producer that takes a scenario when nobody is left waiting on the
+    channel wakes a resting one (a scout), unless one is already on its way.
+    The scout runs a scheduler round later: if an attempt is still running
+    then, scenarios are slow and every slot is wanted, so it wakes one more
+    producer per queued scenario.  Slow scenarios thus fill all slots within
+    a few rounds, fast ones are run by a few producers.  A producer that
+    finds the input closed, or stops, wakes everyone, so nobody rests past
+    the end; ``cancel_running`` reaches resting producers through their scope.
+    """
+
+    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    #: Producers resting in ``lot``.
+    parked: int = 0
+    #: Producers blocked in ``work.receive()``.
+    receivers: int = 0
+    #: Producers taken out of ``lot`` that have not run yet.
+    waking: int = 0
+    #: Attempts in progress (awaiting their executor).
+    attempting: int = 0
+
+    def wake(self, count: int) -> None:
+        woken = len(self.lot.unpark(count=count))
+        self.parked -= woken
+        self.waking += woken
+
+    def wake_all(self) -> None:
+        woken = len(self.lot.unpark_all())
+        self.parked -= woken
+        self.waking += woken
+
+
 @attrs.define
 class ShutdownControl:
     """Shared by the runtime and its producers to stop taking work and cancel running work."""
@@ -42,6 +84,8 @@ class ShutdownControl:
     running: set[trio.CancelScope] = attrs.field(factory=set)
     #: First attempt number per scenario id (resumed runs continue after stored attempts).
     first_attempt: dict[str, int] = attrs.field(factory=dict)
+    #: How the producers share the work channel (see :class:`ProducerPool`).
+    pool: ProducerPool = attrs.field(factory=ProducerPool, repr=False, eq=False)
 
     def stop(self) -> None:
         """Stop taking new scenarios; running ones go on."""
@@ -65,6 +109,7 @@ _RECEIVING = 1
 _RUNNING = 2
 _SENDING = 3
 _BACKOFF = 4
+_PARKED = 5
 
 
 class Producer:
@@ -169,26 +214,52 @@ class Producer:
         reach the next attempt.
         """
         control = self.control
+        pool = control.pool
         counters = self.counters
         executor = self.executor
         config_timeout = self.config.timeout
+        step_started = _perf_counter()
         while True:
             scenario = state.current
             if scenario is None:
                 if control.stopping:
+                    pool.wake_all()
                     return True
                 try:
                     scenario = work.receive_nowait()
                 except trio.WouldBlock:
+                    if pool.receivers >= _RECEIVERS:
+                        # Someone already waits for the next scenario: rest until needed.
+                        self._phase = _PARKED
+                        pool.parked += 1
+                        try:
+                            await pool.lot.park()
+                        except BaseException:
+                            pool.parked -= 1
+                            raise
+                        pool.waking -= 1
+                        step_started = _perf_counter()
+                        if pool.attempting and pool.parked:
+                            self._scout(work)
+                        continue
                     self._phase = _RECEIVING
+                    pool.receivers += 1
                     try:
                         scenario = await work.receive()
                     except trio.EndOfChannel:
+                        pool.wake_all()
                         return True
+                    finally:
+                        pool.receivers -= 1
+                    step_started = _perf_counter()
                 except trio.EndOfChannel:
+                    pool.wake_all()
                     return True
                 if control.stopping:
+                    pool.wake_all()
                     return True  # not started: a resumed run will run it
+                if not pool.receivers and pool.parked and not pool.waking:
+                    pool.wake(1)
                 state.current = scenario
                 state.attempt = control.first_attempt.get(scenario.id, 1)
             if not self._counted:
@@ -210,6 +281,7 @@ class Producer:
             self._phase = _RUNNING
             if timeout is not None:
                 scope.deadline = trio.current_time() + timeout
+            pool.attempting += 1
             try:
                 result = await executor.run(scenario, context)
             except Exception as exc:
@@ -219,6 +291,8 @@ class Producer:
                     error_message=str(exc) or repr(exc),
                     executor={"kind": executor.kind},
                 )
+            finally:
+                pool.attempting -= 1
             stale = False
             if timeout is not None:
                 scope.deadline = math.inf
@@ -236,6 +310,20 @@ class Producer:
             self._sent(outcome, state)
             if stale:
                 return False
+            # Fast scenarios never block: yield now and then, so that no step of
+            # this task holds the thread long (the writer's round trips wait for it).
+            now = _perf_counter()
+            if now - step_started > _SLICE_S:
+                self._phase = _IDLE
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                step_started = _perf_counter()
+
+    def _scout(self, work: trio.MemoryReceiveChannel[Scenario]) -> None:
+        """Woken while an attempt is running: wake a resting producer per queued scenario."""
+        pool = self.control.pool
+        queued = work.statistics().current_buffer_used - pool.waking - 1
+        if queued > 0:
+            pool.wake(min(queued, pool.parked))
 
     def _context(self, attempt: int, timeout: float | None) -> ExecutionContext:
         context = ExecutionContext(
@@ -327,4 +415,10 @@ class Producer:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_perf_counter = time.perf_counter
+#: Longest a producer works through ready scenarios before it lets other tasks run.
+_SLICE_S = 0.0003
+#: Producers waiting on the work channel before others rest instead (see ProducerPool).
+_RECEIVERS = 2
 _STATUS_VALUE = {status: status.value for status in Status}
+

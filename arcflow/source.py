@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from .scenarios import iter_file
 from .stats import Counters
 
 _CHUNK = 512
+#: Longest the source hands over scenarios before it lets other tasks run.
+_SLICE_S = 0.0003
 
 
 def _take(it: Iterator[tuple[int, Scenario]], n: int) -> list[Scenario]:
@@ -44,13 +47,20 @@ async def run_file_source(
             chunk = await trio.to_thread.run_sync(_take, lines, _CHUNK)
             if not chunk:
                 return
+            step_started = time.perf_counter()
             for scenario in chunk:
                 if skip is not None and skip(scenario):
                     continue
                 # Hand over without a trip through the scheduler while there is room;
-                # await (and so yield) only when the channel is full.
+                # await only when the channel is full, or now and then so that this
+                # task never holds the thread for long.
                 try:
                     work.send_nowait(scenario)
                 except trio.WouldBlock:
                     await work.send(scenario)
+                    step_started = time.perf_counter()
+                else:
+                    if time.perf_counter() - step_started > _SLICE_S:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        step_started = time.perf_counter()
                 counters.submitted += 1

@@ -345,3 +345,83 @@ def test_duplicate_id_reported_past_the_in_memory_limit(tmp_path: Any, monkeypat
         sc.validate_file(path)
     path.write_text("\n".join(lines) + "\n")
     assert sc.validate_file(path).count == 1000
+
+
+# -- the producer pool ----------------------------------------------------------------------------
+
+
+async def test_slow_scenarios_fill_every_slot_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    """Resting producers are woken for queued slow scenarios: 3 waves of 50, not more."""
+    ex = Scripted({f"s{i}": [sleeps(10)] for i in range(150)})
+    t0 = trio.current_time()
+    with trio.fail_after(100):
+        got, _ = await run_producers(ex, [f"s{i}" for i in range(150)], concurrency=50)
+    assert len(got) == 150
+    assert trio.current_time() - t0 == pytest.approx(30, abs=0.01)
+
+
+async def test_fast_scenarios_do_not_wake_every_producer() -> None:
+    async def noop(_s: Scenario) -> None:
+        return None
+
+    control = ShutdownControl()
+    counters = Counters()
+    cfg = RuntimeConfig()
+    work_send, work_recv = trio.open_memory_channel[Scenario](200)
+    out_send, out_recv = trio.open_memory_channel[Outcome](10_000)
+    ex = PythonExecutor(noop)
+    async with trio.open_nursery() as nursery:
+        with work_recv, out_send:
+            for i in range(100):
+                p = Producer(f"p{i}", ex, run_id="r", config=cfg, control=control, counters=counters)
+                nursery.start_soon(p.run, work_recv.clone(), out_send.clone(), ProducerState())
+        await trio.sleep(0.01)  # every producer has found the channel empty
+        async with work_send:
+            for i in range(3000):
+                await work_send.send(Scenario(f"s{i}"))
+    got = [out_recv.receive_nowait() for _ in range(3000)]
+    assert counters.completed == 3000 and len({o.scenario_id for o in got}) == 3000
+    assert len({o.worker for o in got}) < 20  # a few producers keep up; the rest rest
+
+
+async def test_mixed_slow_and_fast(autojump_clock: trio.testing.MockClock) -> None:
+    script: dict[str, list[Any]] = {f"f{i}": [sleeps(0)] for i in range(200)}
+    script.update({f"s{i}": [sleeps(5)] for i in range(20)})
+    ids = [f"s{i}" for i in range(20)] + [f"f{i}" for i in range(200)]
+    t0 = trio.current_time()
+    got, _ = await run_producers(Scripted(script), ids, concurrency=25)
+    assert len(got) == 220
+    assert trio.current_time() - t0 == pytest.approx(5, abs=0.01)
+
+
+@pytest.mark.parametrize("how", ["close", "stop_then_close", "cancel_running"])
+async def test_resting_producers_leave_at_the_end(how: str, autojump_clock: trio.testing.MockClock) -> None:
+    """Nobody keeps resting after the input closes, a stop, or a cancel."""
+    control = ShutdownControl()
+    counters = Counters()
+    cfg = RuntimeConfig()
+    work_send, work_recv = trio.open_memory_channel[Scenario](10)
+    out_send, out_recv = trio.open_memory_channel[Outcome](100)
+    ex = Scripted({"a": [sleeps(1)], "b": [sleeps(1)]})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            with work_recv, out_send:
+                for i in range(20):
+                    p = Producer(f"p{i}", ex, run_id="r", config=cfg, control=control, counters=counters)
+                    nursery.start_soon(p.run, work_recv.clone(), out_send.clone(), ProducerState())
+            await work_send.send(Scenario("a"))
+            await work_send.send(Scenario("b"))
+            await trio.sleep(5)
+            assert control.pool.parked >= 18 or control.pool.parked + control.pool.receivers >= 19
+            if how == "close":
+                await work_send.aclose()
+            elif how == "stop_then_close":
+                control.stop()
+                await trio.sleep(1)
+                await work_send.aclose()
+            else:
+                control.cancel_running()
+    assert control.pool.parked == 0 and control.pool.receivers == 0 and control.pool.attempting == 0
+    got = [out_recv.receive_nowait(), out_recv.receive_nowait()]
+    assert sorted(o.scenario_id for o in got) == ["a", "b"]
+    work_send.close()
