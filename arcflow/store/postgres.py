@@ -78,6 +78,18 @@ def _make_fast_dumps() -> Callable[[Any], str] | None:
 
 _fast_dumps = _make_fast_dumps() or _dumps
 _STATUS_VALUES = {status: status.value for status in Status}
+# Outcomes of one executor usually share one details mapping: remember the last one
+# encoded (the object, a copy to notice changes, and its JSON).
+_last_details: list[Any] = [None, None, ""]
+
+
+def _details_json(details: Mapping[str, Any]) -> str:
+    last = _last_details
+    if details is last[0] and details == last[1]:
+        return str(last[2])
+    text = _fast_dumps(details if type(details) is dict else dict(details))
+    last[0], last[1], last[2] = details, dict(details), text
+    return text
 
 
 def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
@@ -86,8 +98,7 @@ def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
         output = outcome.output
         if output is not None:
             output = _fast_dumps(output)
-        details = outcome.executor
-        executor = _fast_dumps(details if type(details) is dict else dict(details))
+        executor = _details_json(outcome.executor)
     except (TypeError, ValueError) as exc:
         raise DataWriteError(
             f"outcome {outcome.scenario_id!r} attempt {outcome.attempt}: "
