@@ -82,6 +82,9 @@ class ShutdownControl:
     #: Running attempts were cancelled (second signal, grace expired, host cancelled).
     cancelled: bool = False
     running: set[trio.CancelScope] = attrs.field(factory=set)
+    #: Set when the host cancelled the runtime: scenarios accepted but not started
+    #: are recorded ``cancelled`` rather than left without a row.
+    record_unstarted: bool = False
     #: First attempt number per scenario id (resumed runs continue after stored attempts).
     first_attempt: dict[str, int] = attrs.field(factory=dict)
     #: How the producers share the work channel (see :class:`ProducerPool`).
@@ -164,6 +167,9 @@ class Producer:
         self._retry = False
         self._backoff_until: float | None = None
         self._counted = False
+        self._attempt_context: ExecutionContext | None = None
+        #: A scenario taken from the channel but never started (the runtime stopped).
+        self._unstarted: Scenario | None = None
 
     async def run(
         self,
@@ -194,6 +200,8 @@ class Producer:
                 if scope.cancelled_caught:
                     await self._recover(outcomes, state)
                 elif done:
+                    if control.record_unstarted:
+                        await self._record_unstarted(work, outcomes)
                     return
         finally:
             if self._counted:
@@ -257,7 +265,8 @@ class Producer:
                     return True
                 if control.stopping:
                     pool.wake_all()
-                    return True  # not started: a resumed run will run it
+                    self._unstarted = scenario  # not started: a resumed run will run it
+                    return True
                 if not pool.receivers and pool.parked and not pool.waking:
                     pool.wake(1)
                 state.current = scenario
@@ -276,6 +285,9 @@ class Producer:
             context = self._contexts.get((attempt, timeout))
             if context is None:
                 context = self._context(attempt, timeout)
+            if context.details:
+                context.details.clear()  # contexts are reused: no pid of a previous scenario
+            self._attempt_context = context
             self._timeout = timeout
             self._started = started = _now()
             self._phase = _RUNNING
@@ -377,25 +389,63 @@ class Producer:
         delay = self.config.attempt_backoff * 2 ** (attempt - 1 - self._first)
         self._backoff_until = trio.current_time() + delay
 
+    async def _record_unstarted(
+        self, work: trio.MemoryReceiveChannel[Scenario], outcomes: trio.MemorySendChannel[Outcome]
+    ) -> None:
+        """The host cancelled the runtime: every accepted scenario not started gets a row.
+
+        Each is recorded ``cancelled`` (not final, so ``--resume`` runs it), until
+        the work channel, closed by the runtime's drain, is empty.
+        """
+        pending, self._unstarted = self._unstarted, None
+        while True:
+            if pending is None:
+                try:
+                    pending = await work.receive()
+                except trio.EndOfChannel:
+                    return
+            now = _now()
+            outcome = Outcome(
+                self.run_id,
+                pending.id,
+                self.control.first_attempt.get(pending.id, 1),
+                Status.CANCELLED,
+                now,
+                now,
+                error_type="Cancelled",
+                error_message="not started: the runtime was cancelled",
+                executor={"kind": self.executor.kind},
+                worker=self.name,
+                final=False,
+                scenario_hash=pending.content_hash,
+                tags=pending.tags,
+            )
+            await outcomes.send(outcome)
+            self.counters.by_status[Status.CANCELLED.value] += 1
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
+            pending = None
+
     async def _recover(self, outcomes: trio.MemorySendChannel[Outcome], state: ProducerState) -> None:
         """Finish what a cancellation (``cancel_running`` or a timeout) interrupted."""
         phase, self._phase = self._phase, _IDLE
         scenario = state.current
         if phase == _RUNNING and scenario is not None:
-            kind = self.executor.kind
+            known = self._attempt_context.details if self._attempt_context is not None else {}
+            details = {"kind": self.executor.kind, **known}
             if self.control.cancelled:
                 result = ExecutionResult(
                     status=Status.CANCELLED,
                     error_type="Cancelled",
                     error_message="cancelled at shutdown before it finished",
-                    executor={"kind": kind},
+                    executor=details,
                 )
             else:
                 result = ExecutionResult(
                     status=Status.TIMEOUT,
                     error_type="Timeout",
                     error_message=f"did not finish within {self._timeout:g}s",
-                    executor={"kind": kind},
+                    executor=details,
                 )
             self._unsent = self._outcome(scenario, state.attempt, self._started, result)
             phase = _SENDING

@@ -517,6 +517,7 @@ class Runtime:
         self._closed = True
         self.writer_state.draining = True
         if cancelled:
+            self.control.record_unstarted = True
             self.cancel_running()
         if self._work_send is not None:
             self._work_send.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ async def test_timeout_kills_the_process(dsn: str, run_id: str, db_query: Any, t
         )
         await rt.submit(Scenario(id="quick", input={"mode": "pass"}))
     result = await db_query(
-        "SELECT scenario_id, status, error_type, error_message FROM arcflow.outcomes"
+        "SELECT scenario_id, status, error_type, error_message, executor FROM arcflow.outcomes"
         " WHERE run_id = $1 ORDER BY 1",
         run_id,
     )
@@ -115,6 +116,8 @@ async def test_timeout_kills_the_process(dsn: str, run_id: str, db_query: Any, t
     assert "0.5s" in result[1]["error_message"]
     pid = int((tmp_path / "slow.pid").read_text())
     assert not _alive(pid)
+    # The timed-out outcome still says which process it was.
+    assert json.loads(result[1]["executor"])["pid"] == pid
 
 
 async def test_cancelling_100_running_scenarios_stops_all(
@@ -174,3 +177,39 @@ async def test_thousand_producers_keep_every_slot_busy(
     assert peak >= 990  # no waiting for a group: a finished slot is refilled at once
     result = await db_query("SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id)
     assert result[0]["c"] == 2000
+
+
+async def test_host_cancel_records_every_accepted_scenario(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """A cancelled trio host: every accepted scenario has a row, running and queued ones cancelled."""
+    accepted: list[str] = []
+    with trio.CancelScope() as host:
+        async with arcflow.Runtime(
+            arcflow.PythonExecutor(nap), dsn, run_id=run_id, concurrency=4, work_buffer=20,
+            data_dir=tmp_path,
+        ) as rt:
+
+            async def submitter(k: int) -> None:
+                for i in range(100):
+                    sid = f"t{k}-{i:03d}"
+                    await rt.submit(Scenario(id=sid, input={"sleep": 30 if i else 0.01}))
+                    accepted.append(sid)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(5):
+                    nursery.start_soon(submitter, k)
+                with trio.fail_after(30):
+                    while rt.statistics().work_queue < 20 or rt.statistics().running < 4:
+                        await trio.sleep(0.01)
+                host.cancel()
+    assert host.cancelled_caught
+    result = await db_query(
+        "SELECT scenario_id, status, final FROM arcflow.outcomes WHERE run_id = $1", run_id
+    )
+    by_id = {r["scenario_id"]: (r["status"], r["final"]) for r in result}
+    assert sorted(by_id) == sorted(accepted)
+    statuses = {status for status, _final in by_id.values()}
+    assert statuses <= {"passed", "cancelled"} and "cancelled" in statuses
+    assert all(not final for status, final in by_id.values() if status == "cancelled")
+    assert sum(1 for status, _ in by_id.values() if status == "cancelled") >= 24
