@@ -2,24 +2,77 @@
 
 from __future__ import annotations
 
-import itertools
+import codecs
+import io
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
+from .errors import ScenarioFileError
 from .models import Scenario
-from .scenarios import iter_file
+from .scenarios import parse_scenario
 from .stats import Counters
 
-_CHUNK = 512
-#: Longest the source hands over scenarios before it lets other tasks run.
+#: Bytes read from the file per trip to a worker thread.
+_READ_SIZE = 1 << 18
+#: Longest the source parses and hands over scenarios before it lets other tasks run.
 _SLICE_S = 0.0003
 
 
-def _take(it: Iterator[tuple[int, Scenario]], n: int) -> list[Scenario]:
-    return [s for _line, s in itertools.islice(it, n)]
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise ScenarioFileError(path, None, "no such file") from None
+    except OSError as exc:
+        raise ScenarioFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
+
+
+class _LineReader:
+    """Lines of a file as reading it in text mode would give them, a chunk at a time.
+
+    The bytes are read in a worker thread, so the event loop never waits on the
+    disk; they are decoded here (UTF-8, universal newlines), so that parsing
+    does not run in a thread that would contend with the event loop for the GIL.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
+        self._lineno = 0
+        self._pending = ""
+        self._eof = False
+
+    async def read(self) -> list[tuple[int, str]]:
+        """The next complete lines as (line number, text without newline); [] at the end."""
+        if self._file is None:
+            self._file = await trio.to_thread.run_sync(_open, self.path)
+        while not self._eof:
+            data = await trio.to_thread.run_sync(self._file.read, _READ_SIZE)
+            self._eof = not data
+            try:
+                text = self._decoder.decode(data, final=self._eof)
+            except UnicodeDecodeError as exc:
+                line = self._lineno + data[: max(exc.start, 0)].count(b"\n") + 1
+                raise ScenarioFileError(self.path, line, f"not UTF-8 text: {exc.reason}") from None
+            *complete, self._pending = (self._pending + text).split("\n")
+            if self._eof and self._pending:
+                complete.append(self._pending)
+                self._pending = ""
+            if complete:
+                first = self._lineno + 1
+                self._lineno += len(complete)
+                return list(zip(range(first, first + len(complete)), complete, strict=True))
+        return []
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 async def run_file_source(
@@ -32,35 +85,57 @@ async def run_file_source(
 ) -> None:
     """Stream ``path`` into ``work``, skipping scenarios for which ``skip`` is true.
 
-    The file is read and parsed in a worker thread, a chunk at a time, so the
-    event loop never blocks on disk; ``work.send`` blocks under backpressure,
-    and then the file is not read further.  Cancel it to stop reading early.
+    The file is read in a worker thread, a quarter MiB at a time, so the event
+    loop never blocks on disk; ``work.send`` blocks under backpressure, and then
+    the file is not read further.  Lines are parsed in slices of at most
+    ``_SLICE_S`` seconds between checkpoints.  Cancel it to stop reading early.
 
     Retries nothing; a file that became invalid since it was validated raises
-    :class:`ScenarioFileError`.  Closes ``work`` (its send end) when it returns.
+    :class:`ScenarioFileError` (same checks and messages as ``iter_file``).
+    Closes ``work`` (its send end) when it returns.
     """
+    path = Path(path)
     counters = counters if counters is not None else Counters()
     with work:
         task_status.started()
-        lines = iter_file(path)
-        while True:
-            chunk = await trio.to_thread.run_sync(_take, lines, _CHUNK)
-            if not chunk:
-                return
-            step_started = time.perf_counter()
-            for scenario in chunk:
-                if skip is not None and skip(scenario):
-                    continue
-                # Hand over without a trip through the scheduler while there is room;
-                # await only when the channel is full, or now and then so that this
-                # task never holds the thread for long.
-                try:
-                    work.send_nowait(scenario)
-                except trio.WouldBlock:
-                    await work.send(scenario)
+        reader = _LineReader(path)
+        try:
+            await _feed(reader, work, skip, counters)
+        finally:
+            reader.close()
+
+
+async def _feed(
+    reader: _LineReader,
+    work: trio.MemorySendChannel[Scenario],
+    skip: Callable[[Scenario], bool] | None,
+    counters: Counters,
+) -> None:
+    path = reader.path
+    while lines := await reader.read():
+        step_started = time.perf_counter()
+        for lineno, text in lines:
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ScenarioFileError(
+                    path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}"
+                ) from None
+            scenario = parse_scenario(data, path, lineno)
+            if skip is not None and skip(scenario):
+                continue
+            # Hand over without a trip through the scheduler while there is room;
+            # await only when the channel is full, or now and then so that this
+            # task never holds the thread for long.
+            try:
+                work.send_nowait(scenario)
+            except trio.WouldBlock:
+                await work.send(scenario)
+                step_started = time.perf_counter()
+            else:
+                if time.perf_counter() - step_started > _SLICE_S:
+                    await trio.lowlevel.checkpoint()
                     step_started = time.perf_counter()
-                else:
-                    if time.perf_counter() - step_started > _SLICE_S:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                        step_started = time.perf_counter()
-                counters.submitted += 1
+            counters.submitted += 1
