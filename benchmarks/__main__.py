@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the timed comparisons (default 3; 1 with --quick)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: profile arcflow's ingest path (100,000 no-op scenarios, batch 1,000) with pyinstrument "
+        "and write profile-ingest.txt and .html to the results folder",
+    )
     args = parser.parse_args(argv)
     only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if args.profile:
+        return profile(args)
     started = time.perf_counter()
     log(f"arcflow benchmarks: {', '.join(args.only)} ({'quick' if args.quick else 'full'}, {args.rounds} round(s))")
     db = BenchDB(args.db)
@@ -123,6 +131,36 @@ def main(argv: list[str] | None = None) -> int:
     failed = [t["target"] for r in results["benchmarks"].values() for t in r.get("targets", []) if not t["met"]]
     if failed:
         log("targets not met: " + "; ".join(failed))
+    return 0
+
+
+def profile(args: argparse.Namespace) -> int:
+    """Profile the ingest path in this process (the database calls run here too, under trio-asyncio)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        print("--profile needs pyinstrument: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    from . import arcflow_side, workloads
+    from .db import BenchDB
+
+    db = BenchDB(args.db)
+    try:
+        n = 20_000 if args.quick else 100_000
+        scenarios = workloads.make_scenarios(n)
+        arcflow_side.run(db.dsn, scenarios=workloads.make_scenarios(100), batch_size=50, concurrency=4)
+        db.reset()
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        out = arcflow_side.run(db.dsn, scenarios=scenarios, batch_size=1_000, concurrency=8)
+        profiler.stop()
+    finally:
+        db.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "profile-ingest.txt").write_text(profiler.output_text(unicode=True, show_all=False))
+    (args.out / "profile-ingest.html").write_text(profiler.output_html())
+    print(profiler.output_text(unicode=True))
+    print(f"{out['records']:,} records in {out['elapsed_s']:.2f} s under the profiler; wrote {args.out}/profile-ingest.txt, .html")
     return 0
 
 
