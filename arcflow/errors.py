@@ -23,6 +23,7 @@ intensity, raises :class:`RestartIntensityExceeded` naming the last one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -115,3 +116,24 @@ class DataWriteError(WriteError):
     """At least one record of the batch is invalid for the database."""
 
     kind = "data"
+
+
+def sole_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
+    """The ArcflowError a task group raised, when every leaf of ``group`` is one.
+
+    Trio wraps a task's error in an exception group; a caller of arcflow should
+    see ``DatabaseUnavailable``, not a group around it.  None when any leaf is
+    something else (a pending ``Cancelled`` among them must keep propagating).
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    errors = [e for e in leaves if isinstance(e, ArcflowError)]
+    return errors[0] if errors and len(errors) == len(leaves) else None

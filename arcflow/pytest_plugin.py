@@ -67,6 +67,15 @@ def arcflow_postgres() -> Iterator[TemporaryPostgres | None]:
     if os.environ.get("ARCFLOW_TEST_DB"):
         yield None
         return
+    server = start_temporary_postgres()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def start_temporary_postgres() -> TemporaryPostgres:
+    """Start a throwaway server; under ``CI`` a failure fails the test, elsewhere skips it."""
     try:
         server = TemporaryPostgres()
         server.start()
@@ -74,10 +83,7 @@ def arcflow_postgres() -> Iterator[TemporaryPostgres | None]:
         if _in_ci():
             pytest.fail(f"CI is set and no PostgreSQL could be started: {exc}")
         pytest.skip(f"no PostgreSQL available for arcflow tests: {exc}")
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,12 @@ from typing import Any
 import attrs
 import trio_asyncio
 
-from .errors import ArcflowError, ConfigError, DatabaseUnavailable, TransientWriteError
+from .errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    TransientWriteError,
+    sole_arcflow_error,
+)
 from .store import EMBEDDED, Store, resolve_dsn, start_embedded
 from .store.dsn import redact_dsn, redact_text
 
@@ -115,7 +120,7 @@ async def open_report_store(db: str | None, data_dir: Path | str) -> AsyncIterat
             finally:
                 await store.aclose()
     except BaseExceptionGroup as group:
-        leaf = _sole_arcflow_error(group)
+        leaf = sole_arcflow_error(group)
         if leaf is None:
             raise
         raise leaf from None
@@ -144,20 +149,6 @@ async def _connect_for_reading(db: str | None, data_dir: Path | str) -> Store:
         await store.aclose()
         raise
     return store
-
-
-def _sole_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 and isinstance(leaves[0], ArcflowError) else None
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from .errors import (
     ResumeError,
     RuntimeClosed,
     TransientWriteError,
+    sole_arcflow_error,
 )
 from .executors.base import Executor, parse_executor
 from .journal import SpillJournal
@@ -180,12 +181,12 @@ class Runtime:
                 with trio.move_on_after(self.config.shutdown_timeout, shield=True):
                     await stack.__aexit__(type(exc), exc, exc.__traceback__)
             except BaseExceptionGroup as group:
-                leaf = _single_arcflow_error(group)
+                leaf = sole_arcflow_error(group)
                 if leaf is not None:
                     raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
                 raise
             if isinstance(exc, BaseExceptionGroup):
-                leaf = _single_arcflow_error(exc)
+                leaf = sole_arcflow_error(exc)
                 if leaf is not None:
                     raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
             raise
@@ -205,7 +206,7 @@ class Runtime:
             # submitted scenario; _lifecycle shields and bounds each cleanup step itself.
             return await stack.__aexit__(exc_type, exc, tb)  # noqa: ASYNC102
         except BaseExceptionGroup as group:
-            leaf = _single_arcflow_error(group)
+            leaf = sole_arcflow_error(group)
             if leaf is not None:
                 raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
             raise
@@ -668,21 +669,3 @@ def _log_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
         context.get("message", "unhandled error"),
         f" ({type(exc).__name__}: {exc})" if exc is not None else "",
     )
-
-
-def _single_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    # Only when every leaf is ours: a pending Cancelled must keep propagating.
-    if leaves and all(isinstance(e, ArcflowError) for e in leaves):
-        first: ArcflowError = leaves[0]  # type: ignore[assignment]
-        return first
-    return None

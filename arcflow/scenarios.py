@@ -75,6 +75,17 @@ def parse_scenario(data: Any, path: Path | str, line: int) -> Scenario:
     )
 
 
+def parse_line(text: str, path: Path | str, lineno: int) -> Scenario | None:
+    """One line of a scenario file: None if blank, else its Scenario or ScenarioFileError."""
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScenarioFileError(path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+    return parse_scenario(data, path, lineno)
+
+
 def iter_file(path: Path | str) -> Iterator[tuple[int, Scenario]]:
     """Yield (line number, scenario) for each non-blank line; raise on the first bad one."""
     path = Path(path)
@@ -88,15 +99,9 @@ def iter_file(path: Path | str) -> Iterator[tuple[int, Scenario]]:
         lineno = 0
         try:
             for lineno, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ScenarioFileError(
-                        path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}"
-                    ) from None
-                yield lineno, parse_scenario(data, path, lineno)
+                scenario = parse_line(text, path, lineno)
+                if scenario is not None:
+                    yield lineno, scenario
         except UnicodeDecodeError as exc:
             raise ScenarioFileError(path, lineno + 1, f"not UTF-8 text: {exc.reason}") from None
 

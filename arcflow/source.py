@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import trio
 
 from .errors import ScenarioFileError
 from .models import Scenario
-from .scenarios import parse_scenario
+from .scenarios import parse_line
 from .stats import Counters
 
 #: Bytes read from the file per trip to a worker thread.
@@ -115,15 +114,9 @@ async def _feed(
     while lines := await reader.read():
         step_started = time.perf_counter()
         for lineno, text in lines:
-            if not text.strip():
+            scenario = parse_line(text, path, lineno)
+            if scenario is None:
                 continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ScenarioFileError(
-                    path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}"
-                ) from None
-            scenario = parse_scenario(data, path, lineno)
             if skip is not None and skip(scenario):
                 continue
             # Hand over without a trip through the scheduler while there is room;

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -20,34 +19,23 @@ import trio_asyncio
 
 from arcflow.testing import TemporaryPostgres
 
+# The session database, and the CI-fails-instead-of-skipping rule, come from the
+# plugin that users of arcflow.testing get too.
+pytest_plugins = ["arcflow.pytest_plugin"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[TemporaryPostgres | None]:
+def pg_server(arcflow_postgres: TemporaryPostgres | None) -> TemporaryPostgres | None:
     """The session's PostgreSQL server (None when ARCFLOW_TEST_DB points elsewhere)."""
-    if os.environ.get("ARCFLOW_TEST_DB"):
-        yield None
-        return
-    try:
-        server = TemporaryPostgres()
-        server.start()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        if IN_CI:
-            pytest.fail(f"CI=true and no PostgreSQL could be started: {exc}")
-        pytest.skip(f"no PostgreSQL available: {exc}")
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    return arcflow_postgres
 
 
 @pytest.fixture(scope="session")
-def dsn(pg_server: TemporaryPostgres | None) -> str:
+def dsn(arcflow_dsn: str) -> str:
     """DSN of the session's real PostgreSQL."""
-    if pg_server is None:
-        return os.environ["ARCFLOW_TEST_DB"]
-    return pg_server.dsn
+    return arcflow_dsn
 
 
 @pytest.fixture

@@ -20,13 +20,14 @@ from typing import Any
 import asyncpg
 import pytest
 import trio
-from conftest import IN_CI, query
+from conftest import query
 from faulty_exec import nul_output, slow
 from proxy import FaultyProxy
 
 import arcflow
 from arcflow.config import BreakerConfig, RetryPolicy
 from arcflow.models import Scenario
+from arcflow.pytest_plugin import start_temporary_postgres
 from arcflow.testing import TemporaryPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +39,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def own_pg() -> Iterator[TemporaryPostgres]:
     """A PostgreSQL server of the test's own, which the test may stop and start."""
-    try:
-        server = TemporaryPostgres()
-        server.start()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        if IN_CI:
-            pytest.fail(f"CI=true and no PostgreSQL could be started: {exc}")
-        pytest.skip(f"no PostgreSQL available: {exc}")
+    server = start_temporary_postgres()
     try:
         yield server
     finally:
