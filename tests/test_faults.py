@@ -293,3 +293,34 @@ async def test_writer_bug_past_intensity_then_resume(dsn: str, run_id: str, tmp_
     assert resumed.returncode == 0, resumed.stderr.decode()
     counts = await final_counts(dsn, run_id)
     assert len(counts) == 60 and set(counts.values()) == {1}
+
+
+async def test_journal_cap_turns_into_backpressure(
+    own_pg: TemporaryPostgres, run_id: str, tmp_path: Path
+) -> None:
+    """At the journal's size cap the writer stops pulling: producers wait, nothing dropped, all written later."""
+    cap = 4096
+    async with arcflow.Runtime(
+        arcflow.PythonExecutor(slow), own_pg.dsn, run_id=run_id, batch_size=5, concurrency=2,
+        work_buffer=4, outcome_buffer=2, flush_interval=0.1, journal_max_bytes=cap,
+        retry=RetryPolicy(max_retries=0), breaker=BreakerConfig(failure_threshold=1, cooldown=0.3),
+        data_dir=tmp_path, statement_timeout=2,
+    ) as rt:
+        await trio.to_thread.run_sync(own_pg.stop)
+        accepted = 0
+        with trio.move_on_after(4):
+            while True:
+                await rt.submit(Scenario(id=f"s{accepted:04d}", input={"sleep": 0.001}))
+                accepted += 1
+        stats = rt.statistics()
+        assert rt.journal.full
+        # Spilling stopped near the cap (at most the batch that crossed it), and the
+        # pipeline behind the writer is full: backpressure, not growth.
+        assert stats.journal_bytes < cap + 2048
+        assert stats.batch_queue == 1 and stats.work_queue == 4
+        with pytest.raises(trio.WouldBlock):
+            rt.submit_nowait(Scenario(id="one-more"))
+        await trio.to_thread.run_sync(own_pg.start)
+    counts = await final_counts(own_pg.dsn, run_id)
+    assert len(counts) == accepted and set(counts.values()) == {1}
+    assert rt.journal.pending_batches == 0
