@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run (CI)")
     parser.add_argument("--db", help="PostgreSQL DSN of a dedicated database (default: a throwaway server)")
     parser.add_argument(
+        "--allow-truncate",
+        action="store_true",
+        help="with --db: go on although its arcflow tables hold rows (the benchmark empties them)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=[],
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args)
     started = time.perf_counter()
     log(f"arcflow benchmarks: {', '.join(args.only)} ({'quick' if args.quick else 'full'}, {args.rounds} round(s))")
-    db = BenchDB(args.db)
+    db = BenchDB(args.db, allow_truncate=args.allow_truncate)
     ctx = Context(db=db, quick=args.quick, rounds=args.rounds, log=log)
     results: dict[str, Any] = {"benchmarks": {}}
     try:
@@ -144,7 +149,7 @@ def profile(args: argparse.Namespace) -> int:
     from . import arcflow_side, workloads
     from .db import BenchDB
 
-    db = BenchDB(args.db)
+    db = BenchDB(args.db, allow_truncate=args.allow_truncate)
     try:
         n = 20_000 if args.quick else 100_000
         scenarios = workloads.make_scenarios(n)

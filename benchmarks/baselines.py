@@ -93,6 +93,7 @@ class AsyncioBatcher:
         flush_interval: float,
         concurrency: int,
         work: Callable[[dict[str, Any]], Awaitable[None]] = _noop,
+        record_times: bool = False,
     ) -> None:
         self.dsn = dsn
         self.run_id = run_id
@@ -105,6 +106,8 @@ class AsyncioBatcher:
         self.transactions = 0
         self.failed_writes = 0
         self.last_commit = 0.0
+        #: Start and end of every scenario (perf_counter), when ``record_times`` (latency benchmark).
+        self.record_times = record_times
         self.starts: list[float] = []
         self.ends: list[float] = []
 
@@ -119,9 +122,11 @@ class AsyncioBatcher:
                 if data is None:
                     return
                 started = now()
-                self.starts.append(time.perf_counter())
+                if self.record_times:
+                    self.starts.append(time.perf_counter())
                 await self.work(data)
-                self.ends.append(time.perf_counter())
+                if self.record_times:
+                    self.ends.append(time.perf_counter())
                 digest = content_hash(data)
                 await rows.put(outcome_row(self.run_id, data, started, now(), name, "", scenario_hash=digest))
                 self.completed += 1

@@ -52,7 +52,7 @@ _STATEMENT_LINE = re.compile(r"LOG:\s+(?:statement|execute [^:]*):")
 class BenchDB:
     """Where the benchmarks write, and PostgreSQL's own counters about it."""
 
-    def __init__(self, dsn: str | None = None) -> None:
+    def __init__(self, dsn: str | None = None, *, allow_truncate: bool = False) -> None:
         self.pg: Any = None
         self.external = dsn is not None
         if dsn is None:
@@ -79,11 +79,17 @@ class BenchDB:
             self.admin_dsn = admin
         else:
             self.dsn = self.rt_dsn = self.admin_dsn = dsn
+            self._check_dedicated(allow_truncate)
         self.has_pg_stat_statements = self._try_pg_stat_statements()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self.pg is None:
+            try:  # leave a dedicated --db as empty as it was found
+                run_asyncio(_execute(self.dsn, "TRUNCATE arcflow.outcomes, arcflow.batches, arcflow.dead_letters"))
+            except Exception:
+                pass
         if self.pg is not None:
             self.pg.cleanup()
             self.pg = None
@@ -138,12 +144,24 @@ class BenchDB:
     # -- PostgreSQL's counters ----------------------------------------------------------------------
 
     def _try_pg_stat_statements(self) -> bool:
+        """True if ``pg_stat_statements`` is installed and loaded (never installs it)."""
         try:
-            run_asyncio(_execute(self.rt_dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
             run_asyncio(_fetch(self.rt_dsn, "SELECT count(*) FROM pg_stat_statements"))
             return True
         except Exception:
             return False
+
+    def _check_dedicated(self, allow: bool) -> None:
+        """Refuse a ``--db`` whose arcflow tables hold rows, unless allowed (they get emptied)."""
+        try:
+            rows = run_asyncio(_fetch(self.dsn, "SELECT count(*) FROM arcflow.outcomes"))[0][0]
+        except asyncpg.UndefinedTableError:
+            return
+        if rows and not allow:
+            raise SystemExit(
+                f"--db: arcflow.outcomes there holds {rows:,} rows, and the benchmark empties it before "
+                "every measurement. Give a dedicated database, or pass --allow-truncate if it is one."
+            )
 
     @property
     def statement_source(self) -> str:
@@ -156,32 +174,23 @@ class BenchDB:
     def counters(self) -> dict[str, int | None]:
         """Commits, rollbacks and statements so far in the round-trip database.
 
-        Statistics reach the shared counters when a backend goes idle for a
-        second or exits; callers close their connections first, and this waits
-        until two readings agree.
+        Statistics reach the shared counters when a backend exits (or has been
+        idle a second); callers close their connections first, and this waits
+        1.5 s, then reads once.  A fixed schedule: when the reading itself lands
+        in the measured database (``--db``), it adds the same count every time,
+        which the round-trip benchmark's marginal method cancels out.
         """
         database = urlsplit(self.rt_dsn).path.lstrip("/") or "postgres"
         monitor = self.admin_dsn if self.pg is not None else self.rt_dsn
-        previous: dict[str, int | None] | None = None
-        for _ in range(40):
-            time.sleep(0.3)
-            row = run_asyncio(
-                _fetch(
-                    monitor,
-                    "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
-                    database,
-                )
-            )[0]
-            reading: dict[str, int | None] = {
-                "commits": int(row[0]),
-                "rollbacks": int(row[1]),
-                "statements": self._statements(),
-            }
-            if reading == previous:
-                return reading
-            previous = reading
-        assert previous is not None
-        return previous
+        time.sleep(1.5)
+        row = run_asyncio(
+            _fetch(
+                monitor,
+                "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
+                database,
+            )
+        )[0]
+        return {"commits": int(row[0]), "rollbacks": int(row[1]), "statements": self._statements()}
 
     def _statements(self) -> int | None:
         if self.has_pg_stat_statements:

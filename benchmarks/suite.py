@@ -327,7 +327,7 @@ def latency(ctx: Context) -> dict[str, Any]:
         run_id = ctx.run_id("aio")
         b = baselines.AsyncioBatcher(
             ctx.db.dsn, run_id=run_id, batch_size=100, flush_interval=30.0, concurrency=concurrency,
-            work=baselines.sleep_work,
+            work=baselines.sleep_work, record_times=True,
         )  # fmt: skip
         t0 = time.perf_counter()
         out = baselines.run_asyncio(b.run(items))
