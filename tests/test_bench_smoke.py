@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -57,4 +58,5 @@ def test_quick_benchmark_writes_results(tmp_path: Path) -> None:
     md = (tmp_path / "latest.md").read_text()
     for heading in ("Ingest", "Round trips", "Latency-bound", "Memory", "Trickle", "Outage", "Targets"):
         assert heading in md
-    assert (tmp_path / "latest.png").stat().st_size > 1000
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra; CI installs dev only
+        assert (tmp_path / "latest.png").stat().st_size > 1000
