@@ -101,7 +101,7 @@ class RuntimeConfig:
     batch_size: int = attrs.field(default=100, validator=_int_range(1, 100_000))
     #: ...or when its oldest outcome has waited this many seconds.
     flush_interval: float = attrs.field(default=30.0, validator=_positive)
-    #: Bound of the scenario channel (source -> producers); default 2 x concurrency.
+    #: Bound of the scenario channel (source -> producers); default min(2 x concurrency, 32).
     work_buffer: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_range(1)))
     #: Bound of the outcome channel (producers -> batcher); default batch_size.
     outcome_buffer: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_range(0)))
@@ -129,7 +129,14 @@ class RuntimeConfig:
 
     @property
     def effective_work_buffer(self) -> int:
-        return self.work_buffer if self.work_buffer is not None else 2 * self.concurrency
+        """Scenarios queued for the producers: ``work_buffer``, else 2 x concurrency, at most 32.
+
+        Producers pull as soon as they are free, so a deep queue adds nothing but
+        scenarios read early; 32 keeps the source ahead of even 1,000 producers.
+        """
+        if self.work_buffer is not None:
+            return self.work_buffer
+        return min(2 * self.concurrency, 32)
 
     @property
     def effective_outcome_buffer(self) -> int:

@@ -419,7 +419,13 @@ class Runtime:
         self._check_open()
         assert self._work_send is not None
         try:
-            await self._work_send.send(scenario)
+            # Fast path: a checkpoint for cancellation, then take a free slot without a
+            # trip through the scheduler; wait only when the channel is full.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._work_send.send_nowait(scenario)
+            except trio.WouldBlock:
+                await self._work_send.send(scenario)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeClosed("the runtime stopped taking scenarios") from None
         self.counters.submitted += 1
