@@ -17,6 +17,7 @@ class FaultyProxy:
     """Forwards 127.0.0.1:<port> to ``target_port``; misbehaves with the given odds per chunk."""
 
     target_port: int
+    target_host: str = "127.0.0.1"
     seed: int = 0
     drop_rate: float = 0.02
     stall_rate: float = 0.02
@@ -43,7 +44,7 @@ class FaultyProxy:
     async def _handle(self, client: trio.SocketStream) -> None:
         self.connections += 1
         try:
-            server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+            server = await trio.open_tcp_stream(self.target_host, self.target_port)
         except OSError:
             await client.aclose()
             return

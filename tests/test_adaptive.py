@@ -127,18 +127,6 @@ async def test_batcher_follows_the_controller(autojump_clock: trio.testing.MockC
     assert sizes[4] == 30
 
 
-def _runtime_takes_a_batch_size_source() -> bool:
-    import inspect
-
-    import arcflow
-
-    return "batch_size_source" in inspect.signature(arcflow.Runtime).parameters
-
-
-@pytest.mark.skipif(
-    not _runtime_takes_a_batch_size_source(),
-    reason="Runtime does not take batch_size_source yet: the controller cannot reach the batcher",
-)
 @pytest.mark.parametrize(("target", "grows"), [("60", True), ("0.000001", False)])
 def test_cli_adaptive_batching_moves_the_stored_batch_sizes(
     dsn: str, run_id: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

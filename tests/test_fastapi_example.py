@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import fastapi  # noqa: F401 - the example's dependencies, installed by the dev extra
+import httpx
 import pytest
 import trio
+import uvicorn  # noqa: F401
 
 from arcflow.testing import free_port
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -101,17 +102,20 @@ async def test_database_stopped_mid_run(own_pg: TemporaryPostgres, run_id: str, 
     assert rt.journal.pending_batches == 0 and rt.journal.path.stat().st_size == 0
 
 
-async def test_proxy_drops_and_stalls(dsn: str, run_id: str, tmp_path: Path, pg_server: Any) -> None:
+async def test_proxy_drops_and_stalls(dsn: str, run_id: str, tmp_path: Path) -> None:
     """Through a proxy dropping and stalling connections at random (seeded): one row per scenario."""
-    if pg_server is None:
-        pytest.skip("needs the session's own server port")
+    target = urlsplit(dsn)
     proxy = FaultyProxy(
-        target_port=pg_server.port, seed=1234, drop_rate=0.03, stall_rate=0.03, enabled=False
+        target_port=target.port or 5432, target_host=target.hostname or "127.0.0.1",
+        seed=1234, drop_rate=0.03, stall_rate=0.03, enabled=False,
     )
     n = 600
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
-        proxied = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        user = target.netloc.rpartition("@")[0]
+        proxied = target._replace(
+            netloc=f"{user + '@' if user else ''}127.0.0.1:{proxy.port}"
+        ).geturl()
         async with arcflow.Runtime(
             arcflow.PythonExecutor(slow), proxied, run_id=run_id, batch_size=20, concurrency=16,
             flush_interval=0.2, retry=FAST_RETRY, breaker=FAST_BREAKER, data_dir=tmp_path,

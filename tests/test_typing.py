@@ -9,8 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import arcflow
 import arcflow.aio
 import arcflow.testing
@@ -99,7 +97,6 @@ async def main() -> None:
 
 
 def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
-    pytest.importorskip("mypy")
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--no-incremental", "--show-error-codes", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
