@@ -9,7 +9,6 @@ import nox
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHONS = ["3.11", "3.12", "3.13"]
 
 #: Functions taking ``task_status`` that are meant for ``nursery.start``: listed so flake8-async's
 #: ASYNC113 checks their callers (and ASYNC114 stops asking for them).
