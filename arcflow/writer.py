@@ -6,6 +6,9 @@ The failure ladder, per batch:
 2. Otherwise, one transaction: COPY into a staging table, one
    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.  Keys already stored are
    skipped, so a retry after an ambiguous failure never duplicates a row.
+   A live batch's first try COPYs straight into ``arcflow.outcomes`` instead
+   (cheaper for PostgreSQL) and falls back to the staging merge if the
+   primary key says a row is already there; see ``Store.write_outcomes``.
 3. A transient failure (see :mod:`arcflow.store.classify`) is retried with
    exponential backoff and full jitter, bounded by attempts and elapsed time;
    each one counts toward the breaker.  Exhausted, or breaker open: spill.
@@ -250,8 +253,16 @@ class Writer:
         while True:
             t0 = trio.current_time()
             try:
+                # A live batch's first try cannot find its keys stored (unless a restarted
+                # writer retries a committed batch): COPY straight into outcomes.  A replay or a
+                # retry after an ambiguous failure may find them: merge through staging.
                 inserted = await self.store.write_outcomes(
-                    outcomes, batch_id=batch_id, run_id=self.run_id, reason=reason, source=source
+                    outcomes,
+                    batch_id=batch_id,
+                    run_id=self.run_id,
+                    reason=reason,
+                    source=source,
+                    direct=source == "live" and retry == 0,
                 )
             except TransientWriteError as exc:
                 self.breaker.record_failure(str(exc))

@@ -166,6 +166,36 @@ async def test_writer_crash_is_restarted_and_batch_written_once(
     assert rows[0]["c"] == 10
 
 
+async def test_writer_crash_after_commit_does_not_duplicate(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer crashing after its batch committed rewrites it on restart: each row once, none new."""
+    original = Store.write_outcomes
+    crashes = 0
+
+    async def crash_after(self: Store, *args: Any, **kwargs: Any) -> int:
+        nonlocal crashes
+        inserted = await original(self, *args, **kwargs)
+        if crashes == 0:
+            crashes += 1
+            raise RuntimeError("injected bug after commit")
+        return inserted
+
+    monkeypatch.setattr(Store, "write_outcomes", crash_after)
+    async with arcflow.Runtime(
+        arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=10, data_dir=tmp_path,
+        supervisor=SupervisorConfig(max_restarts=3, backoff_base=0.01),
+    ) as rt:
+        for i in range(10):
+            await rt.submit(Scenario(id=f"s{i}", input={"n": i}))
+    stats = rt.statistics()
+    assert crashes == 1
+    assert stats.restarts == {"writer": 1}
+    assert (stats.written, stats.already_written) == (0, 10)
+    rows = await db_query("SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id)
+    assert rows[0]["c"] == 10
+
+
 async def test_writer_past_intensity_fails_and_keeps_outcomes_in_journal(
     dsn: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,3 +141,13 @@ WITH inserted AS (
 )
 SELECT n FROM counted
 """
+
+#: Log a batch whose rows were COPY'd straight into outcomes (all of them new).
+LOG_BATCH = """
+INSERT INTO arcflow.batches (batch_id, run_id, reason, size, inserted, source)
+VALUES ($1, $2, $3, $4, $4, $5)
+ON CONFLICT (batch_id) DO UPDATE SET inserted = arcflow.batches.inserted + EXCLUDED.inserted
+"""
+
+#: The primary key a direct COPY runs into when a key of the batch is already stored.
+OUTCOMES_PKEY = "outcomes_pkey"
