@@ -134,7 +134,7 @@ class AsyncioBatcher:
         async def write(batch: list[tuple[Any, ...]]) -> None:
             nonlocal conn
             batch_id = uuid.uuid4().hex[:16]
-            batch = [(*row[:-1], batch_id) for row in batch]
+            batch = [(*row[:-2], batch_id, row[-1]) for row in batch]  # COLUMNS end with batch_id, tags
             while True:
                 try:
                     if conn is None or conn.is_closed():

@@ -108,8 +108,8 @@ def outcome_row(
         BASELINE_EXECUTOR,
         worker,
         scenario_hash if scenario_hash is not None else content_hash(data),
-        [],
         batch_id,
+        [],
     )
 
 

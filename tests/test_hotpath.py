@@ -75,7 +75,7 @@ def reference_row(o: Outcome, batch_id: str) -> tuple[Any, ...]:
         o.run_id, o.scenario_id, o.attempt, o.status.value, o.final, o.score,
         None if o.output is None else dumps(o.output), o.error_type, o.error_message,
         o.started_at, o.finished_at, o.duration_ms, dumps(dict(o.executor)), o.worker,
-        o.scenario_hash, list(o.tags), batch_id,
+        o.scenario_hash, batch_id, list(o.tags),
     )  # fmt: skip
 
 
@@ -96,6 +96,7 @@ def test_encode_outcome_matches_reference(
         executor=executor, worker="w", final=False, scenario_hash="h", tags=tags,
     )  # fmt: skip
     assert encode_outcome(o, "b1") == reference_row(o, "b1")
+    assert encode_outcome(o, "b1", tags=False) == reference_row(o, "b1")[:-1]
 
 
 # -- producers ------------------------------------------------------------------------------------

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from strategies import outcome
 
 from arcflow.errors import DataWriteError
 from arcflow.store import Store
+from arcflow.store.postgres import decode_timestamptz, encode_timestamptz
 
 
 @pytest.fixture
@@ -114,3 +119,77 @@ async def test_concurrent_direct_writers_of_one_batch_store_it_once(
             await s.aclose()
     assert sorted(results) == [0, 200]
     assert await _count(db_query, run_id) == 200
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_tags_are_stored_whether_or_not_a_batch_has_any(
+    store: Store, run_id: str, db_query: Any, direct: bool
+) -> None:
+    """A batch without tags stores '{}' (the column left out), a batch with some stores each row's own."""
+    untagged = [outcome(i, run_id=run_id) for i in range(3)]
+    mixed = [outcome(i, run_id=run_id) for i in range(3, 6)] + [outcome(6, run_id=run_id, tags=("a", "b"))]
+    for n, batch in enumerate([untagged, mixed]):
+        await store.write_outcomes(batch, batch_id=f"{run_id}-{n}", run_id=run_id, reason="size", direct=direct)
+    rows = await db_query(
+        "SELECT scenario_id, tags FROM arcflow.outcomes WHERE run_id = $1 ORDER BY scenario_id", run_id
+    )
+    assert [(r["scenario_id"], r["tags"]) for r in rows] == [
+        *((f"s{i}", []) for i in range(6)),
+        ("s6", ["a", "b"]),
+    ]
+
+
+_aware = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+)
+
+
+async def test_timestamptz_codec_sends_what_asyncpg_sends(store: Store, db_query: Any) -> None:
+    """The store's connection sends the instants asyncpg's own codec sends: aware, naive, dates, infinities."""
+    rng = random.Random(7)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    values: list[Any] = [datetime.max, datetime.min, date(2026, 11, 22), datetime(2026, 11, 22, 12, 0)]
+    for _ in range(200):
+        instant = epoch + timedelta(microseconds=rng.randrange(-(2**55), 2**55))
+        offset = timezone(timedelta(minutes=rng.randrange(-14 * 60, 14 * 60)))
+        values.append(instant.astimezone(offset))
+        values.append(instant.replace(tzinfo=None))
+    sql = "SELECT array_agg(extract(epoch FROM t)::text ORDER BY n) FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(t, n)"
+    mine = await store.fetchval(sql, values)
+    theirs = (await db_query(sql, values))[0][0]
+    assert mine == theirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_aware, st.datetimes(), st.dates(), st.just(datetime.max), st.just(datetime.min)))
+def test_timestamptz_codec_round_trips(value: Any) -> None:
+    """Decoding what the encoder sends gives back the same instant, in UTC."""
+    if isinstance(value, datetime) and value in (datetime.max, datetime.min):
+        expected = 2**63 - 1 if value == datetime.max else -(2**63)
+    else:
+        if not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        instant = value.astimezone(UTC)
+        expected = (instant - datetime(2000, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert encode_timestamptz(value) == (expected,)
+    decoded = decode_timestamptz((expected,))
+    if expected not in (2**63 - 1, -(2**63)):
+        assert decoded == value.astimezone(UTC) and decoded.tzinfo is not None
+
+
+async def test_timestamps_round_trip_through_the_database(store: Store, run_id: str, db_query: Any) -> None:
+    """Timestamps written and read by the store's codec are the instants a plain connection sees."""
+    t0 = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-7)))
+    t1 = t0 + timedelta(seconds=2.5)
+    await store.write_outcomes(
+        [outcome(0, run_id=run_id, started_at=t0, finished_at=t1)],
+        batch_id=run_id + "-a", run_id=run_id, reason="size", direct=True,
+    )
+    plain = await db_query(
+        "SELECT started_at, finished_at, duration_ms FROM arcflow.outcomes WHERE run_id = $1", run_id
+    )
+    assert (plain[0]["started_at"], plain[0]["finished_at"], plain[0]["duration_ms"]) == (t0, t1, 2500.0)
+    mine = await store.fetch("SELECT started_at FROM arcflow.outcomes WHERE run_id = $1", run_id)
+    assert mine[0]["started_at"] == t0 and mine[0]["started_at"].utcoffset() == timedelta(0)
+    assert await store.fetchval("SELECT 'infinity'::timestamptz") == datetime.max
+    assert await store.fetchval("SELECT $1::timestamptz = now()", datetime.max) is False

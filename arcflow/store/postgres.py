@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,6 +34,7 @@ from .schema import (
     OUTCOMES_PKEY,
     SCHEMA,
     STAGING_TABLE,
+    UNTAGGED_COLUMNS,
 )
 
 log = logging.getLogger("arcflow.store")
@@ -95,8 +96,51 @@ def _details_json(details: Mapping[str, Any]) -> str:
     return text
 
 
-def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
-    """One COPY row for ``outcome``; raises DataWriteError if its JSON cannot be encoded."""
+# -- timestamptz on the wire ----------------------------------------------------------------------
+#
+# asyncpg's own timestamptz encoder compares each value with two infinities and
+# converts it with astimezone() before subtracting PostgreSQL's epoch: about 600 ns
+# a value, two values a row.  Store connections use the "tuple" format instead
+# (microseconds since 2000-01-01 UTC), computed in one subtraction for the aware
+# datetimes arcflow writes, and exactly as asyncpg does for anything else.
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PG_INFINITY = 0x7FFF_FFFF_FFFF_FFFF
+_PG_NEGATIVE_INFINITY = -0x8000_0000_0000_0000
+
+
+def encode_timestamptz(value: Any) -> tuple[int]:
+    """A timestamptz parameter as (microseconds since 2000-01-01 UTC,), as asyncpg would send it."""
+    if type(value) is datetime and value.tzinfo is not None:
+        return ((value - _PG_EPOCH) // _MICROSECOND,)
+    if isinstance(value, datetime):
+        if value == datetime.max:
+            return (_PG_INFINITY,)
+        if value == datetime.min:
+            return (_PG_NEGATIVE_INFINITY,)
+        # Naive: local time, as asyncpg reads it.
+        return ((value.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND,)
+    if isinstance(value, date):
+        return encode_timestamptz(datetime(value.year, value.month, value.day).astimezone(UTC))
+    raise TypeError(f"expected a datetime.date or datetime.datetime instance, got {type(value).__name__!r}")
+
+
+def decode_timestamptz(value: tuple[int]) -> datetime:
+    """The inverse of :func:`encode_timestamptz`; infinities read as asyncpg reads them."""
+    micros = value[0]
+    if micros == _PG_INFINITY:
+        return datetime.max
+    if micros == _PG_NEGATIVE_INFINITY:
+        return datetime.min
+    return _PG_EPOCH + timedelta(microseconds=micros)
+
+
+def encode_outcome(outcome: Outcome, batch_id: str, *, tags: bool = True) -> tuple[Any, ...]:
+    """One COPY row for ``outcome``; raises DataWriteError if its JSON cannot be encoded.
+
+    The row follows ``OUTCOME_COLUMNS``, or ``UNTAGGED_COLUMNS`` with ``tags=False``.
+    """
     try:
         output = outcome.output
         if output is not None:
@@ -109,7 +153,7 @@ def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
         ) from exc
     started = outcome.started_at
     finished = outcome.finished_at
-    return (
+    row = (
         outcome.run_id,
         outcome.scenario_id,
         outcome.attempt,
@@ -125,9 +169,9 @@ def encode_outcome(outcome: Outcome, batch_id: str) -> tuple[Any, ...]:
         executor,
         outcome.worker,
         outcome.scenario_hash,
-        list(outcome.tags),
         batch_id,
     )
+    return (*row, list(outcome.tags)) if tags else row
 
 
 class Store:
@@ -200,6 +244,13 @@ class Store:
             server_settings={"application_name": "arcflow"},
         )
         try:
+            await conn.set_type_codec(
+                "timestamptz",
+                schema="pg_catalog",
+                encoder=encode_timestamptz,
+                decoder=decode_timestamptz,
+                format="tuple",
+            )
             await conn.execute(CREATE_STAGING)
         except BaseException:
             conn.terminate()
@@ -259,8 +310,12 @@ class Store:
         primary key, leaves nothing behind, and the batch takes the general
         path.  Either way the result is the same.  Returns how many rows were new.
         """
-        records = [encode_outcome(o, batch_id) for o in outcomes]
-        return await self.run(_write_aio, records, batch_id, run_id, reason, len(records), source, direct)
+        tagged = any(o.tags for o in outcomes)
+        records = [encode_outcome(o, batch_id, tags=tagged) for o in outcomes]
+        columns = OUTCOME_COLUMNS if tagged else UNTAGGED_COLUMNS
+        return await self.run(
+            _write_aio, records, columns, batch_id, run_id, reason, len(records), source, direct
+        )
 
     async def write_dead_letters(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Insert dead-letter rows (one transaction); a key already there is skipped."""
@@ -371,6 +426,7 @@ async def _migrate_aio(conn: asyncpg.Connection) -> int:
 async def _write_aio(
     conn: asyncpg.Connection,
     records: list[tuple[Any, ...]],
+    columns: Sequence[str],
     batch_id: str,
     run_id: str,
     reason: str,
@@ -382,7 +438,7 @@ async def _write_aio(
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "outcomes", schema_name=SCHEMA, records=records, columns=OUTCOME_COLUMNS
+                    "outcomes", schema_name=SCHEMA, records=records, columns=columns
                 )
                 await conn.execute(LOG_BATCH, batch_id, run_id, reason, size, source)
             return size
@@ -391,7 +447,7 @@ async def _write_aio(
                 raise
             log.debug("batch %s: a key is already stored; merging through the staging table", batch_id)
     async with conn.transaction():
-        await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=OUTCOME_COLUMNS)
+        await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=columns)
         inserted: int = await conn.fetchval(MERGE_STAGED, batch_id, run_id, reason, size, source)
     return inserted
 
@@ -430,6 +486,4 @@ async def _fetchval_aio(conn: asyncpg.Connection, query: str, *args: Any) -> Any
 
 def utcnow() -> datetime:
     """Timezone-aware now, as stored in timestamptz columns."""
-    from datetime import UTC
-
     return datetime.now(UTC)

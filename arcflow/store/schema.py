@@ -9,7 +9,8 @@ from __future__ import annotations
 
 SCHEMA = "arcflow"
 
-#: Columns of ``arcflow.outcomes`` that a batch writes, in COPY order.
+#: Columns of ``arcflow.outcomes`` that a batch writes, in COPY order.  ``tags`` is
+#: last so that a batch without tags can leave it out (see :data:`UNTAGGED_COLUMNS`).
 OUTCOME_COLUMNS = (
     "run_id",
     "scenario_id",
@@ -26,9 +27,13 @@ OUTCOME_COLUMNS = (
     "executor",
     "worker",
     "scenario_hash",
-    "tags",
     "batch_id",
+    "tags",
 )
+
+#: The COPY columns of a batch in which no outcome has tags: the column's default
+#: (``'{}'``) fills it, and the client does not encode an empty array per row.
+UNTAGGED_COLUMNS = OUTCOME_COLUMNS[:-1]
 
 MIGRATIONS: list[str] = [
     # 1: runs, outcomes, dead letters, batches
@@ -118,7 +123,7 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
     run_id text, scenario_id text, attempt integer, status text, final boolean,
     score double precision, output jsonb, error_type text, error_message text,
     started_at timestamptz, finished_at timestamptz, duration_ms double precision,
-    executor jsonb, worker text, scenario_hash text, tags text[], batch_id text
+    executor jsonb, worker text, scenario_hash text, batch_id text, tags text[] DEFAULT '{{}}'
 ) ON COMMIT DELETE ROWS
 """
 
