@@ -107,6 +107,9 @@ class RuntimeConfig:
     outcome_buffer: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_range(0)))
     #: Batches waiting for the writer (batcher -> writer).
     batch_buffer: int = attrs.field(default=1, validator=_int_range(0, 16))
+    #: Database connections the writer writes through, one batch each at a time: while
+    #: one waits for its commit to reach the disk, the next copies its batch.
+    writer_connections: int = attrs.field(default=2, validator=_int_range(1, 8))
     #: Default per-scenario timeout in seconds (a scenario's own timeout_s wins).
     timeout: float | None = attrs.field(default=None, validator=_optional_positive)
     #: Attempts per scenario; error and timeout outcomes are retried up to this many.

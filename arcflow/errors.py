@@ -118,6 +118,13 @@ class DataWriteError(WriteError):
     kind = "data"
 
 
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` and its nested exception groups, in order (``[exc]`` if not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_exceptions(inner)]
+    return [exc]
+
+
 def sole_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
     """The ArcflowError a task group raised, when every leaf of ``group`` is one.
 
@@ -125,15 +132,6 @@ def sole_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
     see ``DatabaseUnavailable``, not a group around it.  None when any leaf is
     something else (a pending ``Cancelled`` among them must keep propagating).
     """
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
+    leaves = leaf_exceptions(group)
     errors = [e for e in leaves if isinstance(e, ArcflowError)]
     return errors[0] if errors and len(errors) == len(leaves) else None

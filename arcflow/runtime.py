@@ -230,10 +230,14 @@ class Runtime:
                 await self.executor.start()
                 stack.push_async_callback(self._close_executor)
             await self.journal.open()
-            writer_store = Store(self._dsn, statement_timeout=cfg.statement_timeout)
-            stack.push_async_callback(writer_store.aclose)
+            writer_stores = [
+                Store(self._dsn, statement_timeout=cfg.statement_timeout)
+                for _ in range(cfg.writer_connections)
+            ]
+            for writer_store in writer_stores:
+                stack.push_async_callback(writer_store.aclose)
             writer = Writer(
-                writer_store,
+                writer_stores,
                 self.journal,
                 self.breaker,
                 run_id=self.run_id,
@@ -554,9 +558,9 @@ class Runtime:
     def _rescue(self) -> None:
         """Last resort after a drain timeout: move every in-memory outcome to the journal."""
         outcomes: list[Outcome] = []
-        if self.writer_state.in_flight is not None:
-            outcomes.extend(self.writer_state.in_flight.outcomes)
-            self.writer_state.in_flight = None
+        for batch in self.writer_state.in_flight.values():
+            outcomes.extend(batch.outcomes)
+        self.writer_state.in_flight.clear()
         outcomes.extend(self._batcher_pending)
         self._batcher_pending.clear()
         for recv in (self._batch_recv, self._outcome_recv):

@@ -159,6 +159,10 @@ class Settings:
     journal_max_bytes: int = _opt(
         1 << 30, "int", "spill journal cap in bytes", check=_via(lambda v: RuntimeConfig(journal_max_bytes=v)), metavar="N"
     )
+    writer_connections: int = _opt(
+        2, "int", "database connections the writer writes batches through (1-8)",
+        check=_via(lambda v: RuntimeConfig(writer_connections=v)), metavar="N",
+    )
     adaptive_batching: bool = _opt(
         False, "bool", "adjust the batch size between the bounds from the measured write latency (AIMD)"
     )
@@ -210,6 +214,7 @@ class Settings:
             grace=self.grace,
             data_dir=self.data_dir,
             journal_max_bytes=self.journal_max_bytes,
+            writer_connections=self.writer_connections,
             retry=RetryPolicy(max_retries=self.max_retries),
             breaker=BreakerConfig(failure_threshold=self.breaker_threshold, cooldown=self.breaker_cooldown),
         )

@@ -20,6 +20,15 @@ The failure ladder, per batch:
    the journal is replayed through the same path and then cleared.  While the
    journal is at its size cap the writer does not pull new batches, so
    backpressure reaches the producers and nothing is dropped.
+
+The writer runs one lane per database connection (``writer_connections``,
+default 2), each pulling the next batch from the same channel and taking it
+down the ladder above.  While one connection waits for its commit to reach
+the disk, the other copies the next batch, so a batch's round trips and fsync
+no longer bound the throughput.  The lanes share the breaker and the journal;
+appends, replays and clears of the journal hold one lock, so a replay's clear
+can never drop a batch another lane spilled meanwhile.  Batches may therefore
+commit out of order; each is still one transaction.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import trio
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import RetryPolicy
-from .errors import DataWriteError, TransientWriteError
+from .errors import DataWriteError, TransientWriteError, leaf_exceptions
 from .journal import SpillJournal
 from .models import Batch, FlushReason, Outcome
 from .stats import Counters
@@ -48,8 +57,8 @@ log = logging.getLogger("arcflow.writer")
 class WriterState:
     """State that outlives one writer incarnation (owned by the runtime, not the actor)."""
 
-    #: The batch being handled; a restarted writer handles it first, so it is not lost.
-    in_flight: Batch | None = None
+    #: The batch each lane is handling; a restarted writer handles them first, so none is lost.
+    in_flight: dict[int, Batch] = attrs.field(factory=dict)
     #: Set at shutdown: the journal cap no longer stops the writer from pulling.
     draining: bool = False
 
@@ -61,11 +70,13 @@ class Writer:
     Escalates: bugs (anything not classified transient or data) and journal I/O
     errors, by raising; the supervisor restarts it with ``WriterState`` intact.
     Closes: nothing; the supervisor owns the batch channel's receive end.
+
+    ``store`` is one :class:`Store` or a sequence of them: one lane per store.
     """
 
     def __init__(
         self,
-        store: Store,
+        store: Store | Sequence[Store],
         journal: SpillJournal,
         breaker: CircuitBreaker,
         *,
@@ -76,7 +87,12 @@ class Writer:
         on_batch_written: Callable[[Batch, int, float], None] | None = None,
         final_replay_timeout: float = 30.0,
     ) -> None:
-        self.store = store
+        self.stores: tuple[Store, ...] = (store,) if isinstance(store, Store) else tuple(store)
+        if not self.stores:
+            raise ValueError("a writer needs at least one store")
+        #: The first lane's store (replays at start-up go through it).
+        self.store = self.stores[0]
+        self._journal_lock = trio.Lock()
         self.final_replay_timeout = final_replay_timeout
         self.journal = journal
         self.breaker = breaker
@@ -97,18 +113,42 @@ class Writer:
     ) -> None:
         """Handle batches until ``batches`` is closed and drained, then empty the journal if it can."""
         task_status.started()
-        if state.in_flight is not None:
+        try:
+            async with trio.open_nursery() as lanes:
+                for lane, store in enumerate(self.stores):
+                    lanes.start_soon(self._lane, lane, store, batches, state)
+        except BaseExceptionGroup as group:
+            # A lane crashed: the supervisor restarts the writer on its first error
+            # (a cancellation among the leaves must keep propagating as it is).
+            leaves = leaf_exceptions(group)
+            if not all(isinstance(leaf, Exception) for leaf in leaves):
+                raise
+            for other in leaves[1:]:
+                log.error("run %s: another writer lane failed too: %r", self.run_id, other)
+            raise leaves[0] from None
+        await self._final_replay()
+
+    async def _lane(
+        self,
+        lane: int,
+        store: Store,
+        batches: trio.MemoryReceiveChannel[Batch],
+        state: WriterState,
+    ) -> None:
+        """One connection's loop: pull a batch, take it down the ladder, until the input ends."""
+        restarted = state.in_flight.get(lane)
+        if restarted is not None:
             log.warning(
                 "run %s batch %s: writer restarted; handling the in-flight batch first",
                 self.run_id,
-                state.in_flight.id,
+                restarted.id,
             )
-            await self.handle(state.in_flight)
-            state.in_flight = None
+            await self.handle(restarted, store)
+            del state.in_flight[lane]
         while True:
             if self.journal.pending_batches and self.journal.full and not state.draining:
                 # At the cap: stop pulling; probe until the journal drains.
-                if not await self.replay():
+                if not await self.replay(store):
                     await trio.sleep_until(self._next_probe_time())
                 continue
             if self.journal.pending_batches:
@@ -119,17 +159,16 @@ class Writer:
                     except trio.EndOfChannel:
                         break
                 if batch is None:
-                    await self.replay()
+                    await self.replay(store)
                     continue
             else:
                 try:
                     batch = await batches.receive()
                 except trio.EndOfChannel:
                     break
-            state.in_flight = batch
-            await self.handle(batch)
-            state.in_flight = None
-        await self._final_replay()
+            state.in_flight[lane] = batch
+            await self.handle(batch, store)
+            del state.in_flight[lane]
 
     async def _final_replay(self) -> None:
         """Input is closed: keep probing until the journal is empty or the time is up.
@@ -160,11 +199,12 @@ class Writer:
             return self.breaker.reopen_at
         return trio.current_time() + self.breaker.config.cooldown
 
-    async def handle(self, batch: Batch) -> None:
-        """Write ``batch`` or, if the database cannot take it now, spill it."""
+    async def handle(self, batch: Batch, store: Store | None = None) -> None:
+        """Write ``batch`` (through ``store``, default the first) or, if the database cannot take it now, spill it."""
+        store = store or self.store
         if self.breaker.allow():
             try:
-                await self._write_isolating(batch.outcomes, batch.id, batch.reason.value, "live", 1)
+                await self._write_isolating(store, batch.outcomes, batch.id, batch.reason.value, "live", 1)
             except TransientWriteError as exc:
                 log.warning(
                     "run %s batch %s: giving up writing for now (%s); spilling %d outcomes",
@@ -175,14 +215,15 @@ class Writer:
                 )
             else:
                 self.counters.batches_written += 1
-                if self.journal.pending_batches:
-                    await self.replay()
+                if self.journal.pending_batches and not self._journal_lock.locked():
+                    await self.replay(store)  # (unless another lane is at the journal now)
                 return
         await self.spill(batch)
 
     async def spill(self, batch: Batch) -> None:
         """Append ``batch`` to the journal (durable when this returns)."""
-        await self.journal.append(batch)
+        async with self._journal_lock:
+            await self.journal.append(batch)
         self.counters.spilled_batches += 1
         self.counters.spilled_outcomes += len(batch)
         log.info(
@@ -194,20 +235,27 @@ class Writer:
             self.journal.size,
         )
 
-    async def replay(self) -> bool:
-        """Write every journal batch to PostgreSQL, then clear the journal.
+    async def replay(self, store: Store | None = None) -> bool:
+        """Write every journal batch to PostgreSQL (through ``store``), then clear the journal.
 
         Returns False (journal kept) if the breaker refuses or a write fails
         transiently; replaying again later is safe since writes are idempotent.
+        Holds the journal lock throughout: no lane appends between the read and the clear.
         """
         if not self.journal.pending_batches:
             return True
+        async with self._journal_lock:
+            return await self._replay_locked(store or self.store)
+
+    async def _replay_locked(self, store: Store) -> bool:
+        if not self.journal.pending_batches:
+            return True  # another lane replayed it while this one waited for the lock
         if not self.breaker.allow():
             return False
         count = 0
         try:
             async for batch in self.journal.batches():
-                await self._write_isolating(batch.outcomes, batch.id, batch.reason.value, "replay", 1)
+                await self._write_isolating(store, batch.outcomes, batch.id, batch.reason.value, "replay", 1)
                 count += len(batch)
         except TransientWriteError as exc:
             log.warning("run %s: journal replay interrupted (%s); will retry", self.run_id, exc)
@@ -222,16 +270,16 @@ class Writer:
     # -- the ladder -------------------------------------------------------------------------------
 
     async def _write_isolating(
-        self, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str, depth: int
+        self, store: Store, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str, depth: int
     ) -> None:
         """Write ``outcomes``; on a data error bisect until poison records stand alone."""
         try:
-            await self._write_with_retry(outcomes, batch_id, reason, source)
+            await self._write_with_retry(store, outcomes, batch_id, reason, source)
             return
         except DataWriteError as exc:
             self.breaker.record_success()
             if len(outcomes) == 1:
-                await self._dead_letter(outcomes[0], batch_id, exc, depth)
+                await self._dead_letter(store, outcomes[0], batch_id, exc, depth)
                 return
             log.info(
                 "run %s batch %s: data error (%s); bisecting %d outcomes",
@@ -241,11 +289,11 @@ class Writer:
                 len(outcomes),
             )
         mid = len(outcomes) // 2
-        await self._write_isolating(outcomes[:mid], f"{batch_id}.0", reason, source, depth + 1)
-        await self._write_isolating(outcomes[mid:], f"{batch_id}.1", reason, source, depth + 1)
+        await self._write_isolating(store, outcomes[:mid], f"{batch_id}.0", reason, source, depth + 1)
+        await self._write_isolating(store, outcomes[mid:], f"{batch_id}.1", reason, source, depth + 1)
 
     async def _write_with_retry(
-        self, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str
+        self, store: Store, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str
     ) -> None:
         """One transaction, retried on transient failures; raises when the budget is spent."""
         started = trio.current_time()
@@ -256,7 +304,7 @@ class Writer:
                 # A live batch's first try cannot find its keys stored (unless a restarted
                 # writer retries a committed batch): COPY straight into outcomes.  A replay or a
                 # retry after an ambiguous failure may find them: merge through staging.
-                inserted = await self.store.write_outcomes(
+                inserted = await store.write_outcomes(
                     outcomes,
                     batch_id=batch_id,
                     run_id=self.run_id,
@@ -306,7 +354,7 @@ class Writer:
             return
 
     async def _dead_letter(
-        self, outcome: Outcome, batch_id: str, exc: DataWriteError, attempts: int
+        self, store: Store, outcome: Outcome, batch_id: str, exc: DataWriteError, attempts: int
     ) -> None:
         payload = json.dumps(outcome.to_json(), default=repr)
         row: dict[str, Any] = {
@@ -323,7 +371,7 @@ class Writer:
         retry = 0
         while True:
             try:
-                await self.store.write_dead_letters([row])
+                await store.write_dead_letters([row])
                 break
             except TransientWriteError as exc2:
                 self.breaker.record_failure(str(exc2))

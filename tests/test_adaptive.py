@@ -143,6 +143,8 @@ def test_cli_adaptive_batching_moves_the_stored_batch_sizes(
         "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score", "--db", dsn,
         "--run-id", run_id, "--data-dir", str(tmp_path), "--json", "--adaptive-batching",
         "--batch-size", "20", "--min-batch-size", "10", "--max-batch-size", "200", "--target-latency", target,
+        # One writer connection: batches commit in the order the controller sized them.
+        "--writer-connections", "1",
     ])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["written"] == 300

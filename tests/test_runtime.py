@@ -115,26 +115,30 @@ async def test_backpressure_bounds_every_channel(dsn: str, run_id: str, db_query
             "LOCK TABLE arcflow.outcomes IN ACCESS EXCLUSIVE MODE"
         )
         accepted = 0
-        async with arcflow.Runtime(
-            arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=5, concurrency=2,
-            work_buffer=4, outcome_buffer=3, batch_buffer=1, data_dir=tmp_path,
-        ) as rt:
-            with trio.move_on_after(2):
-                while True:
-                    await rt.submit(Scenario(id=f"s{accepted}", input={"n": accepted}))
-                    accepted += 1
-            stats = rt.statistics()
-            # writer holds 1 batch, 1 batch queued, batcher holds a full batch (5),
-            # outcome channel full (3), producers blocked holding 1 each, work channel full (4).
-            assert stats.work_queue == 4
-            assert stats.outcome_queue == 3
-            assert stats.batch_queue == 1
-            assert stats.written == 0
-            assert accepted == 5 + 5 + 5 + 3 + 2 + 4
-            with pytest.raises(trio.WouldBlock):
-                rt.submit_nowait(Scenario(id="one-more", input={"n": 0}))
-            await trio_asyncio.aio_as_trio(tx.rollback)()
-            await trio_asyncio.aio_as_trio(locker.close)()
+        try:
+            async with arcflow.Runtime(
+                arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=5, concurrency=2,
+                work_buffer=4, outcome_buffer=3, batch_buffer=1, writer_connections=2, data_dir=tmp_path,
+            ) as rt:
+                with trio.move_on_after(2):
+                    while True:
+                        await rt.submit(Scenario(id=f"s{accepted}", input={"n": accepted}))
+                        accepted += 1
+                stats = rt.statistics()
+                # each of the 2 writer connections holds a batch, 1 batch queued, the batcher
+                # holds a full batch (5), outcome channel full (3), producers blocked holding
+                # 1 each, work channel full (4).
+                assert stats.work_queue == 4
+                assert stats.outcome_queue == 3
+                assert stats.batch_queue == 1
+                assert stats.written == 0
+                assert accepted == 2 * 5 + 5 + 5 + 3 + 2 + 4
+                with pytest.raises(trio.WouldBlock):
+                    rt.submit_nowait(Scenario(id="one-more", input={"n": 0}))
+                await trio_asyncio.aio_as_trio(tx.rollback)()
+        finally:
+            # Release the lock even when an assertion failed, or every later test would wait on it.
+            locker.terminate()
     rows = await db_query("SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id)
     assert rows[0]["c"] == accepted
 
