@@ -11,7 +11,8 @@ loop (``asyncio.SelectorEventLoop``; not trio-asyncio's), with asyncpg:
   ``executemany``'s every ``batch_size`` rows or ``flush_interval`` seconds,
   in a transaction; a failed write is retried (reconnecting) until it works.
 * :func:`raw_copy` -- the ceiling: ``copy_records_to_table`` of rows built
-  beforehand, in batches of the same size; no scenarios, no runtime at all.
+  beforehand, in batches of the same size; no scenarios, no runtime at all
+  (one connection; the ingest benchmark also reports it over two).
 
 Run the batcher on a scenario file in a process of its own (the memory
 benchmark does)::
@@ -218,18 +219,31 @@ class AsyncioBatcher:
 # -- raw COPY ceiling -------------------------------------------------------------------------------
 
 
-async def raw_copy(dsn: str, records: list[tuple[Any, ...]], *, batch_size: int) -> dict[str, Any]:
-    """COPY pre-built rows straight into arcflow.outcomes, ``batch_size`` rows per COPY."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        t0 = time.perf_counter()
-        for i in range(0, len(records), batch_size):
+async def raw_copy(
+    dsn: str, records: list[tuple[Any, ...]], *, batch_size: int, connections: int = 1
+) -> dict[str, Any]:
+    """COPY pre-built rows straight into arcflow.outcomes, ``batch_size`` rows per COPY.
+
+    With ``connections > 1`` each connection takes the next chunk as soon as its
+    last COPY committed, so one commit's fsync overlaps another's COPY (as
+    arcflow's writer lanes do).
+    """
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    starts = iter(range(0, len(records), batch_size))
+
+    async def lane(conn: asyncpg.Connection) -> None:
+        for i in starts:
             await conn.copy_records_to_table(
                 "outcomes", schema_name="arcflow", records=records[i : i + batch_size], columns=COLUMNS
             )
+
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane(c) for c in conns))
         elapsed = time.perf_counter() - t0
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
     return {"records": len(records), "elapsed_s": elapsed}
 
 

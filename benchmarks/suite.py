@@ -36,11 +36,14 @@ ARCFLOW = "arcflow"
 ARCFLOW_FILE = "arcflow (run_file)"
 ARCFLOW_C100 = "arcflow, concurrency 100"
 ARCFLOW_PLAIN = "arcflow, await submit()"
-#: Extra arcflow variants measured at batch 1,000 only (how feeding and concurrency matter).
-VARIANTS = [ARCFLOW_FILE, ARCFLOW_C100, ARCFLOW_PLAIN]
+ARCFLOW_ONE_CONN = "arcflow, 1 writer connection"
 ASYNCIO = "asyncio batcher"
 PER_RECORD = "per-record INSERT"
 RAW_COPY = "raw COPY"
+RAW_COPY_2 = "raw COPY, 2 connections"
+#: Extra variants measured at batch 1,000 only: how feeding, concurrency and the writer's
+#: connections matter, and the raw COPY ceiling with as many connections as arcflow's writer.
+VARIANTS = [ARCFLOW_FILE, ARCFLOW_C100, ARCFLOW_PLAIN, ARCFLOW_ONE_CONN, RAW_COPY_2]
 SEED_RATE = 4.0  # records/s, the seed's Modal-bound recorder
 
 
@@ -107,11 +110,13 @@ def ingest(ctx: Context) -> dict[str, Any]:
     jsonl = workloads.write_jsonl(ctx.tmp / f"ingest-{n}.jsonl", n)
     copy_rows: dict[str, list[Any]] = {}
 
-    def raw(bs: int) -> Callable[[], float]:
+    def raw(bs: int, connections: int = 1) -> Callable[[], float]:
         def go() -> float:
             run_id = ctx.run_id("copy")
             rows = baselines.prebuilt_rows(run_id, items)  # built before the clock starts
-            out = baselines.run_asyncio(baselines.raw_copy(ctx.db.dsn, rows, batch_size=bs))
+            out = baselines.run_asyncio(
+                baselines.raw_copy(ctx.db.dsn, rows, batch_size=bs, connections=connections)
+            )
             _check_rows(ctx, run_id, n)
             copy_rows.clear()
             return float(out["records"] / out["elapsed_s"])
@@ -136,13 +141,16 @@ def ingest(ctx: Context) -> dict[str, Any]:
         _check_rows(ctx, run_id, n_insert)
         return float(out["records"] / out["elapsed_s"])
 
-    def arc(bs: int, *, from_file: bool = False, conc: int = concurrency, plain: bool = False) -> Callable[[], float]:
+    def arc(
+        bs: int, *, from_file: bool = False, conc: int = concurrency, plain: bool = False, **options: Any
+    ) -> Callable[[], float]:
         def go() -> float:
             if from_file:
-                out = arcflow_side.run(ctx.db.dsn, path=jsonl, batch_size=bs, concurrency=conc)
+                out = arcflow_side.run(ctx.db.dsn, path=jsonl, batch_size=bs, concurrency=conc, **options)
             else:
                 out = arcflow_side.run(
-                    ctx.db.dsn, scenarios=scenarios, batch_size=bs, concurrency=conc, plain_submit=plain
+                    ctx.db.dsn, scenarios=scenarios, batch_size=bs, concurrency=conc, plain_submit=plain,
+                    **options,
                 )
             _check_rows(ctx, out["run_id"], n)
             return float(out["records"] / out["elapsed_s"])
@@ -158,6 +166,8 @@ def ingest(ctx: Context) -> dict[str, Any]:
                 systems[ARCFLOW_FILE] = arc(bs, from_file=True)
                 systems[ARCFLOW_C100] = arc(bs, conc=100)
                 systems[ARCFLOW_PLAIN] = arc(bs, plain=True)
+                systems[ARCFLOW_ONE_CONN] = arc(bs, writer_connections=1)
+                systems[RAW_COPY_2] = raw(bs, connections=2)
             for name in _rotated(list(systems), r):
                 ctx.db.reset()
                 rate = systems[name]()
