@@ -54,6 +54,9 @@ from .writer import Writer, WriterState
 
 log = logging.getLogger("arcflow.runtime")
 
+#: Seconds the drain waits for cancelled actors to unwind before rescuing what is in memory.
+_UNWIND_TIMEOUT = 5.0
+
 
 def new_run_id() -> str:
     """A fresh run id: sortable by time, unique."""
@@ -552,7 +555,10 @@ class Runtime:
             )
             if self._pipeline_scope is not None:
                 self._pipeline_scope.cancel()
-            await trio.lowlevel.checkpoint()
+            # Let the actors unwind first (a journal write or truncation in a worker thread
+            # finishes before its task does), so the rescue's append cannot race them.
+            with trio.move_on_after(_UNWIND_TIMEOUT):
+                await self._pipeline_done.wait()
             self._rescue()
 
     def _rescue(self) -> None:

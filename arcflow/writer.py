@@ -143,8 +143,9 @@ class Writer:
                 self.run_id,
                 restarted.id,
             )
-            await self.handle(restarted, store)
-            del state.in_flight[lane]
+            written = await self.handle(restarted, store)
+            self._done(state, lane, restarted)
+            await self._catch_up(store, written)
         while True:
             if self.journal.pending_batches and self.journal.full and not state.draining:
                 # At the cap: stop pulling; probe until the journal drains.
@@ -167,8 +168,20 @@ class Writer:
                 except trio.EndOfChannel:
                     break
             state.in_flight[lane] = batch
-            await self.handle(batch, store)
+            written = await self.handle(batch, store)
+            self._done(state, lane, batch)
+            await self._catch_up(store, written)
+
+    @staticmethod
+    def _done(state: WriterState, lane: int, batch: Batch) -> None:
+        """``batch`` is written or spilled: no longer in flight (unless a rescue already took it)."""
+        if state.in_flight.get(lane) is batch:
             del state.in_flight[lane]
+
+    async def _catch_up(self, store: Store, written: bool) -> None:
+        """After a write went through, replay the journal (unless another lane is at it now)."""
+        if written and self.journal.pending_batches and not self._journal_lock.locked():
+            await self.replay(store)
 
     async def _final_replay(self) -> None:
         """Input is closed: keep probing until the journal is empty or the time is up.
@@ -199,8 +212,11 @@ class Writer:
             return self.breaker.reopen_at
         return trio.current_time() + self.breaker.config.cooldown
 
-    async def handle(self, batch: Batch, store: Store | None = None) -> None:
-        """Write ``batch`` (through ``store``, default the first) or, if the database cannot take it now, spill it."""
+    async def handle(self, batch: Batch, store: Store | None = None) -> bool:
+        """Write ``batch`` (through ``store``, default the first) or, if the database cannot take it now, spill it.
+
+        Returns True if it was written, False if it was spilled.
+        """
         store = store or self.store
         if self.breaker.allow():
             try:
@@ -215,10 +231,9 @@ class Writer:
                 )
             else:
                 self.counters.batches_written += 1
-                if self.journal.pending_batches and not self._journal_lock.locked():
-                    await self.replay(store)  # (unless another lane is at the journal now)
-                return
+                return True
         await self.spill(batch)
+        return False
 
     async def spill(self, batch: Batch) -> None:
         """Append ``batch`` to the journal (durable when this returns)."""

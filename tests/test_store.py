@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
@@ -144,11 +144,22 @@ _aware = st.datetimes(
 )
 
 
+class _NoOffset(tzinfo):
+    """A tzinfo that knows no offset: Python (and asyncpg) treat such datetimes as naive."""
+
+    def utcoffset(self, dt: datetime | None) -> None:
+        return None
+
+
 async def test_timestamptz_codec_sends_what_asyncpg_sends(store: Store, db_query: Any) -> None:
     """The store's connection sends the instants asyncpg's own codec sends: aware, naive, dates, infinities."""
     rng = random.Random(7)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    values: list[Any] = [datetime.max, datetime.min, date(2026, 11, 22), datetime(2026, 11, 22, 12, 0)]
+    values: list[Any] = [
+        datetime.max, datetime.min, datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC),
+        date(2026, 11, 22), date(2026, 7, 1), datetime(2026, 11, 22, 12, 0), datetime(2026, 7, 1, 12, 0),
+        datetime(2026, 7, 1, 12, 0, tzinfo=_NoOffset()),
+    ]
     for _ in range(200):
         instant = epoch + timedelta(microseconds=rng.randrange(-(2**55), 2**55))
         offset = timezone(timedelta(minutes=rng.randrange(-14 * 60, 14 * 60)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import asyncpg
@@ -108,21 +108,39 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _PG_INFINITY = 0x7FFF_FFFF_FFFF_FFFF
 _PG_NEGATIVE_INFINITY = -0x8000_0000_0000_0000
+# asyncpg sends any value landing on datetime.max's or datetime.min's microsecond as an infinity.
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
+_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
+
+
+def _micros(value: datetime) -> tuple[int]:
+    micros = (value - _PG_EPOCH) // _MICROSECOND
+    if micros == _MAX_MICROS:
+        return (_PG_INFINITY,)
+    if micros == _MIN_MICROS:
+        return (_PG_NEGATIVE_INFINITY,)
+    return (micros,)
 
 
 def encode_timestamptz(value: Any) -> tuple[int]:
     """A timestamptz parameter as (microseconds since 2000-01-01 UTC,), as asyncpg would send it."""
     if type(value) is datetime and value.tzinfo is not None:
-        return ((value - _PG_EPOCH) // _MICROSECOND,)
+        try:
+            return _micros(value)
+        except TypeError:
+            pass  # a tzinfo without an offset: naive, below
     if isinstance(value, datetime):
-        if value == datetime.max:
-            return (_PG_INFINITY,)
-        if value == datetime.min:
-            return (_PG_NEGATIVE_INFINITY,)
-        # Naive: local time, as asyncpg reads it.
-        return ((value.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND,)
+        if value.utcoffset() is None:  # naive (or a tzinfo without an offset): local time
+            wall = value.replace(tzinfo=None)
+            if wall == datetime.max:
+                return (_PG_INFINITY,)
+            if wall == datetime.min:
+                return (_PG_NEGATIVE_INFINITY,)
+        return _micros(value.astimezone(UTC))
     if isinstance(value, date):
-        return encode_timestamptz(datetime(value.year, value.month, value.day).astimezone(UTC))
+        # asyncpg reads a date as midnight at the current local UTC offset.
+        offset = datetime.now(UTC).astimezone().utcoffset() or timedelta(0)
+        return _micros(datetime(value.year, value.month, value.day, tzinfo=timezone(offset)))
     raise TypeError(f"expected a datetime.date or datetime.datetime instance, got {type(value).__name__!r}")
 
 
