@@ -101,3 +101,30 @@ async def test_replay_never_truncates_a_batch_spilled_meanwhile(
     assert [b.id async for b in journal.batches()] == ["new"]
     rows = await db_query("SELECT scenario_id FROM arcflow.outcomes WHERE run_id = $1", run_id)
     assert [r["scenario_id"] for r in rows] == ["s1"]
+
+
+async def test_lane_finishing_a_batch_a_rescue_already_took_does_not_crash(
+    aio_loop: Any, dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
+    """A batch rescued from in_flight while its lane still writes it: the lane ends cleanly, the row is stored once."""
+    gate, arrived = trio.Event(), []
+    store = GatedStore(dsn, gate, arrived)
+    await store.migrate()
+    journal = SpillJournal(tmp_path / "j")
+    await journal.open()
+    writer = Writer([store], journal, CircuitBreaker(), run_id=run_id)
+    state = WriterState()
+    send, recv = trio.open_memory_channel[Batch](1)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run, recv, state)
+            send.send_nowait(_batch("b1", run_id, 1))
+            send.close()
+            while not arrived:
+                await trio.sleep(0.01)
+            assert [b.id for b in state.in_flight.values()] == ["b1"]
+            state.in_flight.clear()  # what Runtime._rescue does after a drain timeout
+            gate.set()
+    await store.aclose()
+    rows = await db_query("SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id)
+    assert rows[0]["c"] == 1
