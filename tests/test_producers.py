@@ -210,6 +210,10 @@ async def test_host_cancel_records_every_accepted_scenario(
     by_id = {r["scenario_id"]: (r["status"], r["final"]) for r in result}
     assert sorted(by_id) == sorted(accepted)
     statuses = {status for status, _final in by_id.values()}
-    assert statuses <= {"passed", "cancelled"} and "cancelled" in statuses
+    assert statuses <= {"passed", "cancelled"}
     assert all(not final for status, final in by_id.values() if status == "cancelled")
-    assert sum(1 for status, _ in by_id.values() if status == "cancelled") >= 24
+    # The 30 s scenarios (all but each submitter's first) were running or queued: all cancelled.
+    # A 10 ms one may pass, even if it was still running when the host cancelled.
+    slow = [sid for sid in accepted if not sid.endswith("-000")]
+    assert len(slow) >= 20
+    assert all(by_id[sid] == ("cancelled", False) for sid in slow)
