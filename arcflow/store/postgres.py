@@ -126,9 +126,13 @@ def encode_timestamptz(value: Any) -> tuple[int]:
     """A timestamptz parameter as (microseconds since 2000-01-01 UTC,), as asyncpg would send it."""
     if type(value) is datetime and value.tzinfo is not None:
         try:
-            return _micros(value)
+            micros = (value - _PG_EPOCH) // _MICROSECOND
         except TypeError:
             pass  # a tzinfo without an offset: naive, below
+        else:
+            if _MIN_MICROS < micros < _MAX_MICROS:  # the hot path: one subtraction, one comparison
+                return (micros,)
+            return _micros(value)
     if isinstance(value, datetime):
         if value.utcoffset() is None:  # naive (or a tzinfo without an offset): local time
             wall = value.replace(tzinfo=None)
