@@ -172,7 +172,17 @@ async def test_timestamptz_codec_sends_what_asyncpg_sends(store: Store, db_query
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(_aware, st.datetimes(), st.dates(), st.just(datetime.max), st.just(datetime.min)))
+# Naive values a day inside datetime's range: Python itself cannot put a local time at its
+# very edges in UTC (nor can asyncpg).
+@given(
+    st.one_of(
+        _aware,
+        st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+        st.dates(min_value=date(1, 1, 2), max_value=date(9999, 12, 30)),
+        st.just(datetime.max),
+        st.just(datetime.min),
+    )
+)
 def test_timestamptz_codec_round_trips(value: Any) -> None:
     """Decoding what the encoder sends gives back the same instant, in UTC."""
     if isinstance(value, datetime) and value in (datetime.max, datetime.min):
