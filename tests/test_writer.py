@@ -34,6 +34,19 @@ def _batch(batch_id: str, run_id: str, *ns: int) -> Batch:
     return Batch(batch_id, tuple(outcome(n, run_id=run_id) for n in ns), FlushReason.SIZE)
 
 
+async def _writer(stores: list[Store], tmp_path: Path, run_id: str) -> Writer:
+    """A writer over ``stores`` (schema migrated) with an empty journal in ``tmp_path``."""
+    await stores[0].migrate()
+    journal = SpillJournal(tmp_path / "j")
+    await journal.open()
+    return Writer(stores, journal, CircuitBreaker(), run_id=run_id)
+
+
+async def _until_arrived(arrived: list[str], count: int) -> None:
+    while len(arrived) < count:
+        await trio.sleep(0.01)
+
+
 @pytest.fixture
 async def aio_loop() -> Any:
     import trio_asyncio
@@ -46,12 +59,9 @@ async def test_lanes_write_batches_side_by_side(
     aio_loop: Any, dsn: str, run_id: str, tmp_path: Path, db_query: Any
 ) -> None:
     """With two connections, a second batch is in PostgreSQL's hands before the first one commits."""
-    gate, arrived = trio.Event(), []
-    stores = [GatedStore(dsn, gate, arrived) for _ in range(2)]
-    await stores[0].migrate()
-    journal = SpillJournal(tmp_path / "j")
-    await journal.open()
-    writer = Writer(stores, journal, CircuitBreaker(), run_id=run_id)
+    gate, arrived = trio.Event(), list[str]()
+    stores: list[Store] = [GatedStore(dsn, gate, arrived) for _ in range(2)]
+    writer = await _writer(stores, tmp_path, run_id)
     send, recv = trio.open_memory_channel[Batch](2)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -59,8 +69,7 @@ async def test_lanes_write_batches_side_by_side(
             send.send_nowait(_batch("b1", run_id, 1, 2))
             send.send_nowait(_batch("b2", run_id, 3))
             send.close()
-            while len(arrived) < 2:
-                await trio.sleep(0.01)
+            await _until_arrived(arrived, 2)
             gate.set()
     for store in stores:
         await store.aclose()
@@ -74,13 +83,11 @@ async def test_replay_never_truncates_a_batch_spilled_meanwhile(
     aio_loop: Any, dsn: str, run_id: str, tmp_path: Path, db_query: Any
 ) -> None:
     """A lane spilling while another replays waits until the replay has truncated: its batch stays."""
-    gate, arrived = trio.Event(), []
+    gate, arrived = trio.Event(), list[str]()
     store = GatedStore(dsn, gate, arrived)
-    await store.migrate()
-    journal = SpillJournal(tmp_path / "j")
-    await journal.open()
+    writer = await _writer([store, Store(dsn)], tmp_path, run_id)
+    journal = writer.journal
     await journal.append(_batch("old", run_id, 1))
-    writer = Writer([store, Store(dsn)], journal, CircuitBreaker(), run_id=run_id)
     spilled = trio.Event()
 
     async def spill_new() -> None:
@@ -89,8 +96,7 @@ async def test_replay_never_truncates_a_batch_spilled_meanwhile(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.replay)
-        while not arrived:
-            await trio.sleep(0.01)
+        await _until_arrived(arrived, 1)
         nursery.start_soon(spill_new)
         with trio.move_on_after(0.5):
             await spilled.wait()
@@ -107,12 +113,9 @@ async def test_lane_finishing_a_batch_a_rescue_already_took_does_not_crash(
     aio_loop: Any, dsn: str, run_id: str, tmp_path: Path, db_query: Any
 ) -> None:
     """A batch rescued from in_flight while its lane still writes it: the lane ends cleanly, the row is stored once."""
-    gate, arrived = trio.Event(), []
+    gate, arrived = trio.Event(), list[str]()
     store = GatedStore(dsn, gate, arrived)
-    await store.migrate()
-    journal = SpillJournal(tmp_path / "j")
-    await journal.open()
-    writer = Writer([store], journal, CircuitBreaker(), run_id=run_id)
+    writer = await _writer([store], tmp_path, run_id)
     state = WriterState()
     send, recv = trio.open_memory_channel[Batch](1)
     with trio.fail_after(10):
@@ -120,8 +123,7 @@ async def test_lane_finishing_a_batch_a_rescue_already_took_does_not_crash(
             nursery.start_soon(writer.run, recv, state)
             send.send_nowait(_batch("b1", run_id, 1))
             send.close()
-            while not arrived:
-                await trio.sleep(0.01)
+            await _until_arrived(arrived, 1)
             assert [b.id for b in state.in_flight.values()] == ["b1"]
             state.in_flight.clear()  # what Runtime._rescue does after a drain timeout
             gate.set()
