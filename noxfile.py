@@ -33,14 +33,15 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (with the async rules), flake8-async and mypy."""
+    """ruff (the async rules and the formatter), flake8-async and mypy."""
     session.install("-e", ".[dev]")
-    session.run("ruff", "check", "arcflow", "tests", "benchmarks", "examples")
+    session.run("ruff", "check", "arcflow", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "arcflow", "tests", "benchmarks", "examples", "noxfile.py"
+    )
     # The standalone flake8-async takes files, not a directory.
     sources = sorted(glob.glob("arcflow/**/*.py", recursive=True))
-    session.run(
-        "flake8-async", f"--startable-in-context-manager={','.join(STARTABLE)}", *sources
-    )
+    session.run("flake8-async", f"--startable-in-context-manager={','.join(STARTABLE)}", *sources)
     session.run("mypy", "arcflow")
 
 

@@ -36,7 +36,9 @@ from .models import Batch
 
 def _fraction(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    _check(ok and 0 < value < 1, attribute.name, value, "must be a number between 0 and 1 (exclusive)")
+    _check(
+        ok and 0 < value < 1, attribute.name, value, "must be a number between 0 and 1 (exclusive)"
+    )
 
 
 @attrs.frozen

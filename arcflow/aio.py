@@ -128,7 +128,9 @@ class AsyncioRuntime:
 
     def __init__(self, runtime: Runtime, *, buffer: int = 256) -> None:
         if not isinstance(runtime, Runtime):
-            raise TypeError(f"AsyncioRuntime needs an arcflow.Runtime, got {type(runtime).__name__}")
+            raise TypeError(
+                f"AsyncioRuntime needs an arcflow.Runtime, got {type(runtime).__name__}"
+            )
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
             raise ConfigError(f"invalid buffer={buffer!r}: must be a whole number >= 1")
         self._runtime = runtime
@@ -261,7 +263,9 @@ class AsyncioRuntime:
             raise RuntimeError("AsyncioRuntime.start() has not finished")
         if self._state is _State.RUNNING:
             self._state = _State.CLOSING
-            self._fail_waiters(RuntimeClosed("the runtime is stopping; submit()/record() are refused"))
+            self._fail_waiters(
+                RuntimeClosed("the runtime is stopping; submit()/record() are refused")
+            )
             self._post(self._request_stop, cancelled)
         interrupted = await self._wait_finished()
         self._state = _State.CLOSED
@@ -437,7 +441,9 @@ class AsyncioRuntime:
         if not self._started.done():
             self._started.set_result(failure)
 
-    def _host_finished(self, failure: BaseException | None, stats: RuntimeStatistics | None) -> None:
+    def _host_finished(
+        self, failure: BaseException | None, stats: RuntimeStatistics | None
+    ) -> None:
         assert self._finished is not None
         self._final_statistics = stats
         if self._state is _State.RUNNING:  # the runtime ended on its own (it failed)
@@ -662,7 +668,9 @@ class AsyncioRuntime:
                 acks.append((accepted, spill_error))
             else:
                 self.not_started += 1
-                acks.append((accepted, RuntimeClosed("the runtime stopped before taking the scenario")))
+                acks.append(
+                    (accepted, RuntimeClosed("the runtime stopped before taking the scenario"))
+                )
         self._to_host(self._host_acks, acks)
 
 

@@ -99,10 +99,16 @@ def _add_option(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
 
 def _add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
     group = parser.add_argument_group(
-        "configuration", "also ARCFLOW_* variables or arcflow.toml; precedence: flags > environment > file > defaults"
+        "configuration",
+        "also ARCFLOW_* variables or arcflow.toml; precedence: flags > environment > file > defaults",
     )
-    group.add_argument("--config", type=Path, metavar="FILE", help="config file (default: ./arcflow.toml, then "
-                       "[tool.arcflow] in ./pyproject.toml; $ARCFLOW_CONFIG)")
+    group.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="config file (default: ./arcflow.toml, then "
+        "[tool.arcflow] in ./pyproject.toml; $ARCFLOW_CONFIG)",
+    )
     for key in keys:
         _add_option(group, OPTIONS[key])  # type: ignore[arg-type]
 
@@ -123,36 +129,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("scenarios", type=Path, help="JSONL file, one scenario per line")
     run.add_argument("--run-id", help="id of this run (default: a new one)")
-    run.add_argument("--resume", metavar="RUN_ID", help="continue RUN_ID: replay its journal, skip finished scenarios")
-    run.add_argument("--force", action="store_true", help="with --resume: accept scenarios whose content changed")
-    run.add_argument("--retry-errors", action="store_true", help="with --resume: also re-run error and timeout outcomes")
-    run.add_argument("--json", action="store_true", help="print the summary as one JSON object, nothing else on stdout")
-    run.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress display)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue RUN_ID: replay its journal, skip finished scenarios",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="with --resume: accept scenarios whose content changed"
+    )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="with --resume: also re-run error and timeout outcomes",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object, nothing else on stdout",
+    )
+    run.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors (no progress display)"
+    )
     _add_settings(run, list(OPTIONS))
     run.set_defaults(func=cmd_run)
 
-    runs = sub.add_parser("runs", help="list runs", description="List runs, newest first, with counts by status "
-                          "(latest attempt of each scenario).")
+    runs = sub.add_parser(
+        "runs",
+        help="list runs",
+        description="List runs, newest first, with counts by status "
+        "(latest attempt of each scenario).",
+    )
     runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
     runs.add_argument("--suite", help="only runs of this suite")
-    runs.add_argument("--status", help="only runs with this status (running, finished, stopped, failed, incomplete)")
-    runs.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
+    runs.add_argument(
+        "--status",
+        help="only runs with this status (running, finished, stopped, failed, incomplete)",
+    )
+    runs.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output format (default table)",
+    )
     _add_settings(runs, READ_KEYS)
     runs.set_defaults(func=cmd_runs)
 
-    report = sub.add_parser("report", help="report one run", description="One run's pass rate, counts by status and "
-                            "by tag, slowest scenarios, errors by type and batch statistics.")
+    report = sub.add_parser(
+        "report",
+        help="report one run",
+        description="One run's pass rate, counts by status and "
+        "by tag, slowest scenarios, errors by type and batch statistics.",
+    )
     report.add_argument("run_id", metavar="RUN_ID", help="the run (see `python -m arcflow runs`)")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
-    report.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with charts")
-    report.add_argument("--slowest", type=int, default=10, metavar="N", help="how many slowest attempts (default 10)")
+    report.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output format (default table)",
+    )
+    report.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write a self-contained HTML page with charts",
+    )
+    report.add_argument(
+        "--slowest",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many slowest attempts (default 10)",
+    )
     _add_settings(report, READ_KEYS)
     report.set_defaults(func=cmd_report)
 
-    config = sub.add_parser("config", help="print the effective configuration",
-                            description="Print every option's effective value and where it came from "
-                            "(flag, environment, file or default), secrets redacted.")
-    config.add_argument("--format", choices=("toml", "json"), default="toml", help="output format (default toml)")
+    config = sub.add_parser(
+        "config",
+        help="print the effective configuration",
+        description="Print every option's effective value and where it came from "
+        "(flag, environment, file or default), secrets redacted.",
+    )
+    config.add_argument(
+        "--format", choices=("toml", "json"), default="toml", help="output format (default toml)"
+    )
     _add_settings(config, list(OPTIONS))
     config.set_defaults(func=cmd_config)
     return parser
@@ -182,7 +241,9 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"{summary['in_journal_batches']} batches still there"
         )
     if summary["retries"] or summary["breaker_transitions"]:
-        lines.append(f"  retries       {summary['retries']}; breaker {summary['breaker_transitions'] or 'never opened'}")
+        lines.append(
+            f"  retries       {summary['retries']}; breaker {summary['breaker_transitions'] or 'never opened'}"
+        )
     if summary["restarts"]:
         lines.append(f"  restarts      {summary['restarts']}")
     out.write("\n".join(lines) + "\n")
@@ -241,7 +302,10 @@ async def _watch_signals(rt: Runtime, state: dict[str, bool], *, task_status: An
                 rt.request_stop()
             else:
                 state["hard"] = True
-                print(f"arcflow: {signal.Signals(signum).name} again: cancelling running scenarios", file=sys.stderr)
+                print(
+                    f"arcflow: {signal.Signals(signum).name} again: cancelling running scenarios",
+                    file=sys.stderr,
+                )
                 rt.cancel_running()
 
 
@@ -299,17 +363,27 @@ class Observers:
             run_id = batch.outcomes[0].run_id if batch.outcomes else "-"
             batch_log.debug(
                 "run %s batch %s: wrote %d new rows of %d (%s) in %.1f ms",
-                run_id, batch.id, inserted, len(batch), batch.reason.value, latency * 1000,
+                run_id,
+                batch.id,
+                inserted,
+                len(batch),
+                batch.reason.value,
+                latency * 1000,
             )
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """Hooks, and the adaptive batch size if this runtime can take it."""
-        kwargs: dict[str, Any] = {"on_batch_written": self.on_batch_written, "on_outcome": self.on_outcome}
+        kwargs: dict[str, Any] = {
+            "on_batch_written": self.on_batch_written,
+            "on_outcome": self.on_outcome,
+        }
         if self.adaptive is not None:
             if "batch_size_source" in inspect.signature(Runtime).parameters:
                 kwargs["batch_size_source"] = self.adaptive.current
             else:  # pragma: no cover - until the runtime takes a batch size source
-                log.warning("adaptive batching: this runtime cannot change its batch size yet; it stays fixed")
+                log.warning(
+                    "adaptive batching: this runtime cannot change its batch size yet; it stays fixed"
+                )
         return kwargs
 
     def start(self, rt: Runtime, nursery: trio.Nursery, total: int | None) -> None:
@@ -335,7 +409,10 @@ class Observers:
 
 async def _linger(seconds: float) -> None:
     """Keep the process (and the metrics endpoint) up for ``seconds``, or until a signal."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, trio.move_on_after(seconds):
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        trio.move_on_after(seconds),
+    ):
         async for _ in signals:
             return
 
@@ -391,7 +468,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_observed(
-    args: argparse.Namespace, settings: Settings, config: Any, executor: Any, suite: Any, observers: Observers
+    args: argparse.Namespace,
+    settings: Settings,
+    config: Any,
+    executor: Any,
+    suite: Any,
+    observers: Observers,
 ) -> int:
     state = {"stopping": False, "hard": False}
     rt = Runtime(
@@ -449,7 +531,9 @@ async def _run_observed(
     return EXIT_OK
 
 
-def _banner(rt: Runtime, args: argparse.Namespace, count: int, kind: str, observers: Observers) -> None:
+def _banner(
+    rt: Runtime, args: argparse.Namespace, count: int, kind: str, observers: Observers
+) -> None:
     print(
         f"arcflow: run {rt.run_id}: {count} scenarios from {args.scenarios}, "
         f"executor {kind}, database {rt.redacted_dsn}",
@@ -469,7 +553,13 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-_USAGE_ERRORS = (ScenarioFileError, ExecutorSpecError, ConfigError, ResumeError, DatabaseUnavailable)
+_USAGE_ERRORS = (
+    ScenarioFileError,
+    ExecutorSpecError,
+    ConfigError,
+    ResumeError,
+    DatabaseUnavailable,
+)
 
 
 def _load(args: argparse.Namespace) -> Settings | None:
@@ -477,7 +567,9 @@ def _load(args: argparse.Namespace) -> Settings | None:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"arcflow: error: {redact_text(str(exc), getattr(args, 'db', None))}", file=sys.stderr)
+        print(
+            f"arcflow: error: {redact_text(str(exc), getattr(args, 'db', None))}", file=sys.stderr
+        )
         return None
     configure_logging(settings.log_level, settings.log_format)
     return settings
@@ -564,7 +656,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report, format_report, render_html
 
     if args.slowest < 0:
-        print(f"arcflow: error: invalid --slowest={args.slowest}: must be a whole number >= 0", file=sys.stderr)
+        print(
+            f"arcflow: error: invalid --slowest={args.slowest}: must be a whole number >= 0",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
 
     async def work(store: Any, _settings: Settings) -> None:
@@ -573,7 +668,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             try:
                 await trio.Path(args.html).write_text(render_html(report), encoding="utf-8")
             except OSError as exc:
-                raise ConfigError(f"cannot write the HTML report to {args.html}: {exc.strerror or exc}") from None
+                raise ConfigError(
+                    f"cannot write the HTML report to {args.html}: {exc.strerror or exc}"
+                ) from None
             print(f"arcflow: wrote {args.html}", file=sys.stderr)
         _write(sys.stdout, format_report(report, args.format))
 
@@ -584,7 +681,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"arcflow: error: {redact_text(str(exc), getattr(args, 'db', None))}", file=sys.stderr)
+        print(
+            f"arcflow: error: {redact_text(str(exc), getattr(args, 'db', None))}", file=sys.stderr
+        )
         return EXIT_USAGE
     if args.format == "json":
         body = {

@@ -38,7 +38,9 @@ def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    _check(ok and value >= 0 and math.isfinite(value), attribute.name, value, "must be a number >= 0")
+    _check(
+        ok and value >= 0 and math.isfinite(value), attribute.name, value, "must be a number >= 0"
+    )
 
 
 def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -102,9 +104,13 @@ class RuntimeConfig:
     #: ...or when its oldest outcome has waited this many seconds.
     flush_interval: float = attrs.field(default=30.0, validator=_positive)
     #: Bound of the scenario channel (source -> producers); default min(2 x concurrency, 32).
-    work_buffer: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_range(1)))
+    work_buffer: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_int_range(1))
+    )
     #: Bound of the outcome channel (producers -> batcher); default batch_size.
-    outcome_buffer: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_range(0)))
+    outcome_buffer: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_int_range(0))
+    )
     #: Batches waiting for the writer (batcher -> writer).
     batch_buffer: int = attrs.field(default=1, validator=_int_range(0, 16))
     #: Database connections the writer writes through, one batch each at a time: while

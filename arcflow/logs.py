@@ -27,8 +27,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-_RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("arcflow_log_run_id", default=None)
-_BATCH_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("arcflow_log_batch_id", default=None)
+_RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "arcflow_log_run_id", default=None
+)
+_BATCH_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "arcflow_log_batch_id", default=None
+)
 
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -38,7 +42,11 @@ _PLACEHOLDER = re.compile(
 )
 
 #: Attributes every LogRecord has; anything else was passed with ``extra=``.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 #: Marks the handlers :func:`configure_logging` installed, so calling it again replaces them.
 _MARK = "_arcflow_handler"

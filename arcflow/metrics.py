@@ -49,9 +49,43 @@ BREAKER_STATES = ("closed", "open", "half_open")
 STATUSES = ("passed", "failed", "error", "timeout", "cancelled")
 FLUSH_REASONS = ("size", "deadline", "shutdown")
 
-BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000)
+BATCH_SIZE_BUCKETS = (
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+)
 
 
 def _require_client() -> Any:
@@ -87,37 +121,72 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
     def gauge(name: str, doc: str, value: float) -> Any:
         return GaugeMetricFamily(name, doc, value=value)
 
-    def labelled(cls: Any, name: str, doc: str, label: str, values: dict[str, int], known: tuple[str, ...] = ()) -> Any:
+    def labelled(
+        cls: Any,
+        name: str,
+        doc: str,
+        label: str,
+        values: dict[str, int],
+        known: tuple[str, ...] = (),
+    ) -> Any:
         family = cls(name, doc, labels=[label])
         for key in sorted(set(known) | set(values)):
             family.add_metric([key], values.get(key, 0))
         return family
 
-    yield counter("arcflow_scenarios_submitted", "Scenarios accepted by the source or submit().", s.submitted)
-    yield counter("arcflow_scenarios_completed", "Scenarios whose last attempt has finished.", s.completed)
-    yield labelled(
-        CounterMetricFamily, "arcflow_scenarios", "Scenario outcomes produced, by status (every attempt counts).",
-        "status", s.by_status, STATUSES,
-    )
-    yield counter("arcflow_records_written", "Outcome rows inserted into arcflow.outcomes.", s.written)
     yield counter(
-        "arcflow_records_already_written", "Outcomes whose key was already stored (retried or replayed writes).",
+        "arcflow_scenarios_submitted", "Scenarios accepted by the source or submit().", s.submitted
+    )
+    yield counter(
+        "arcflow_scenarios_completed", "Scenarios whose last attempt has finished.", s.completed
+    )
+    yield labelled(
+        CounterMetricFamily,
+        "arcflow_scenarios",
+        "Scenario outcomes produced, by status (every attempt counts).",
+        "status",
+        s.by_status,
+        STATUSES,
+    )
+    yield counter(
+        "arcflow_records_written", "Outcome rows inserted into arcflow.outcomes.", s.written
+    )
+    yield counter(
+        "arcflow_records_already_written",
+        "Outcomes whose key was already stored (retried or replayed writes).",
         s.already_written,
     )
     yield labelled(
-        CounterMetricFamily, "arcflow_batches", "Batches flushed by the batcher, by reason.",
-        "reason", s.by_flush_reason, FLUSH_REASONS,
+        CounterMetricFamily,
+        "arcflow_batches",
+        "Batches flushed by the batcher, by reason.",
+        "reason",
+        s.by_flush_reason,
+        FLUSH_REASONS,
     )
     yield counter("arcflow_batches_written", "Batches written to PostgreSQL.", s.batches_written)
     yield counter(
-        "arcflow_write_transactions", "Write transactions committed (batches, bisected parts, replays).",
+        "arcflow_write_transactions",
+        "Write transactions committed (batches, bisected parts, replays).",
         s.write_transactions,
     )
-    yield counter("arcflow_write_retries", "Whole-batch write retries after transient failures.", s.retries)
-    yield counter("arcflow_dead_letters", "Outcomes stored in arcflow.dead_letters.", s.dead_lettered)
-    yield counter("arcflow_spilled_outcomes", "Outcomes appended to the spill journal.", s.spilled_outcomes)
-    yield counter("arcflow_replayed_outcomes", "Outcomes replayed from the spill journal.", s.replayed_outcomes)
-    yield labelled(CounterMetricFamily, "arcflow_restarts", "Actor restarts, by actor.", "actor", s.restarts)
+    yield counter(
+        "arcflow_write_retries", "Whole-batch write retries after transient failures.", s.retries
+    )
+    yield counter(
+        "arcflow_dead_letters", "Outcomes stored in arcflow.dead_letters.", s.dead_lettered
+    )
+    yield counter(
+        "arcflow_spilled_outcomes", "Outcomes appended to the spill journal.", s.spilled_outcomes
+    )
+    yield counter(
+        "arcflow_replayed_outcomes",
+        "Outcomes replayed from the spill journal.",
+        s.replayed_outcomes,
+    )
+    yield labelled(
+        CounterMetricFamily, "arcflow_restarts", "Actor restarts, by actor.", "actor", s.restarts
+    )
     transitions = CounterMetricFamily(
         "arcflow_breaker_transitions", "Circuit-breaker transitions.", labels=["from", "to"]
     )
@@ -126,23 +195,36 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
         transitions.add_metric([old, new], value)
     yield transitions
 
-    depth = GaugeMetricFamily("arcflow_channel_depth", "Items queued in a channel.", labels=["channel"])
+    depth = GaugeMetricFamily(
+        "arcflow_channel_depth", "Items queued in a channel.", labels=["channel"]
+    )
     depth.add_metric(["work"], s.work_queue)
     depth.add_metric(["outcomes"], s.outcome_queue)
     depth.add_metric(["batches"], s.batch_queue)
     yield depth
-    yield gauge("arcflow_pending_records", "Outcomes waiting in the batcher's partial batch.", s.pending_in_batcher)
+    yield gauge(
+        "arcflow_pending_records",
+        "Outcomes waiting in the batcher's partial batch.",
+        s.pending_in_batcher,
+    )
     yield gauge("arcflow_running_scenarios", "Scenarios running now.", s.running)
-    state = GaugeMetricFamily("arcflow_breaker_state", "1 for the breaker's current state.", labels=["state"])
+    state = GaugeMetricFamily(
+        "arcflow_breaker_state", "1 for the breaker's current state.", labels=["state"]
+    )
     for name in BREAKER_STATES:
         state.add_metric([name], 1.0 if s.breaker_state == name else 0.0)
     yield state
     yield gauge("arcflow_journal_bytes", "Bytes in the spill journal.", s.journal_bytes)
     yield gauge(
-        "arcflow_batch_size", "Current batch size limit (moves with adaptive batching).",
+        "arcflow_batch_size",
+        "Current batch size limit (moves with adaptive batching).",
         batch_size if batch_size is not None else s.batch_size,
     )
-    yield gauge("arcflow_last_write_latency_seconds", "Latency of the last committed write.", s.last_write_latency)
+    yield gauge(
+        "arcflow_last_write_latency_seconds",
+        "Latency of the last committed write.",
+        s.last_write_latency,
+    )
     yield gauge("arcflow_elapsed_seconds", "Seconds since the run started.", s.elapsed)
     info = GaugeMetricFamily("arcflow_run_info", "The run being measured.", labels=["run_id"])
     info.add_metric([s.run_id], 1.0)
@@ -165,16 +247,22 @@ class MetricsExporter:
         self._batch_size = batch_size
         self.registry = client.CollectorRegistry(auto_describe=False)
         self.batch_sizes = client.Histogram(
-            "arcflow_batch_size_records", "Records per committed write transaction.",
-            buckets=BATCH_SIZE_BUCKETS, registry=self.registry,
+            "arcflow_batch_size_records",
+            "Records per committed write transaction.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
         )
         self.write_latency = client.Histogram(
-            "arcflow_write_latency_seconds", "Latency of committed write transactions.",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "arcflow_write_latency_seconds",
+            "Latency of committed write transactions.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.scenario_duration = client.Histogram(
-            "arcflow_scenario_duration_seconds", "Duration of scenario attempts.",
-            buckets=DURATION_BUCKETS, registry=self.registry,
+            "arcflow_scenario_duration_seconds",
+            "Duration of scenario attempts.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_StatsCollector(self))
         self._source: StatsSource | None = None
@@ -190,7 +278,9 @@ class MetricsExporter:
         """Start serving in a daemon thread (raises ConfigError if the address is taken)."""
         client = _require_client()
         try:
-            self._server, self._thread = client.start_http_server(self.port, addr=self.host, registry=self.registry)
+            self._server, self._thread = client.start_http_server(
+                self.port, addr=self.host, registry=self.registry
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {self.host}:{self.port} (metrics_port): {exc.strerror or exc}"

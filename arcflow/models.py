@@ -15,6 +15,7 @@ import attrs
 _sha256 = hashlib.sha256
 _EMPTY_CONTENT_TAIL = ',"metadata":{},"tags":[],"timeout_s":null}'
 
+
 class Status(enum.StrEnum):
     """How a scenario ended.
 
@@ -67,7 +68,9 @@ def _make_fast_canonical() -> Callable[[Any, int], list[str] | tuple[str, ...]] 
         def default(o: Any) -> Any:
             raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
 
-        encoder = c_make_encoder(None, default, encode_basestring, None, ":", ",", True, False, True)
+        encoder = c_make_encoder(
+            None, default, encode_basestring, None, ":", ",", True, False, True
+        )
         sample = {"b": [1, 2.5, None, True, "é\n"], "a": {"y": float("inf"), "x": ""}}
         if "".join(encoder(sample, 0)) != _canonical_json_slow(sample):  # pragma: no cover
             return None

@@ -426,7 +426,9 @@ class Producer:
                 self.on_outcome(outcome)
             pending = None
 
-    async def _recover(self, outcomes: trio.MemorySendChannel[Outcome], state: ProducerState) -> None:
+    async def _recover(
+        self, outcomes: trio.MemorySendChannel[Outcome], state: ProducerState
+    ) -> None:
         """Finish what a cancellation (``cancel_running`` or a timeout) interrupted."""
         phase, self._phase = self._phase, _IDLE
         scenario = state.current
@@ -471,4 +473,3 @@ _SLICE_S = 0.0003
 #: Producers waiting on the work channel before others rest instead (see ProducerPool).
 _RECEIVERS = 2
 _STATUS_VALUE = {status: status.value for status in Status}
-

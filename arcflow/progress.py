@@ -163,7 +163,10 @@ class ProgressModel:
             self._breaker(s),
             self._journal(s),
             Field("dead letters", f"{s.dead_lettered:,}", "bold red" if s.dead_lettered else ""),
-            Field("queues", f"work {s.work_queue} · outcomes {s.outcome_queue} · batches {s.batch_queue}"),
+            Field(
+                "queues",
+                f"work {s.work_queue} · outcomes {s.outcome_queue} · batches {s.batch_queue}",
+            ),
         ]
 
     def _scenarios(self, s: RuntimeStatistics, rate: float) -> Field:
@@ -238,7 +241,9 @@ def plain_line(fields: list[Field]) -> str:
 class PlainProgress:
     """One plain line every ``interval`` seconds (CI, pipes)."""
 
-    def __init__(self, model: ProgressModel, stream: TextIO | None = None, *, interval: float = 10.0) -> None:
+    def __init__(
+        self, model: ProgressModel, stream: TextIO | None = None, *, interval: float = 10.0
+    ) -> None:
         self.model = model
         self.stream = stream
         self.interval = interval
@@ -308,7 +313,9 @@ class RichProgress:
         if self.title:
             grid.add_row("run", Text(self.title, style="bold"))
         total = self.model.total
-        grid.add_row("", ProgressBar(total=float(total or 0) or None, completed=stats.completed, width=50))
+        grid.add_row(
+            "", ProgressBar(total=float(total or 0) or None, completed=stats.completed, width=50)
+        )
         for field in self.model.fields(stats):
             grid.add_row(field.label, Text(field.text, style=field.style))
         return grid
@@ -338,7 +345,9 @@ class RichProgress:
 Progress = PlainProgress | RichProgress
 
 
-def choose_mode(mode: str, *, quiet: bool, json_summary: bool, stdout_tty: bool, stderr_tty: bool) -> str:
+def choose_mode(
+    mode: str, *, quiet: bool, json_summary: bool, stdout_tty: bool, stderr_tty: bool
+) -> str:
     """Resolve ``--progress auto`` to ``rich``, ``plain`` or ``off``.
 
     The display goes to stderr.  ``auto``: rich when stderr is a terminal and

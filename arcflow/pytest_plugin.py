@@ -107,9 +107,7 @@ def arcflow_options(arcflow_dsn: str, arcflow_run_id: str, tmp_path: Path) -> di
 
 
 @pytest.fixture
-def arcflow_outcomes(
-    arcflow_dsn: str, arcflow_run_id: str
-) -> Callable[..., list[dict[str, Any]]]:
+def arcflow_outcomes(arcflow_dsn: str, arcflow_run_id: str) -> Callable[..., list[dict[str, Any]]]:
     """``arcflow_outcomes(run_id=None)`` -> the outcome rows of the test's run, as dicts."""
 
     def read(run_id: str | None = None) -> list[dict[str, Any]]:

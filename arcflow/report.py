@@ -61,7 +61,9 @@ ORDER BY r.started_at DESC, r.run_id
 LIMIT $1
 """
 
-BY_STATUS_SQL = f"WITH latest AS ({_LATEST}) SELECT status, count(*) AS n FROM latest GROUP BY status"
+BY_STATUS_SQL = (
+    f"WITH latest AS ({_LATEST}) SELECT status, count(*) AS n FROM latest GROUP BY status"
+)
 
 BY_TAG_SQL = f"""
 WITH latest AS ({_LATEST})
@@ -139,7 +141,9 @@ async def _connect_for_reading(db: str | None, data_dir: Path | str) -> Store:
     try:
         await store.connect()
         if await store.fetchval("SELECT to_regclass('arcflow.runs')") is None:
-            raise DatabaseUnavailable(f"no arcflow runs in {redact_dsn(dsn)}: the arcflow schema does not exist")
+            raise DatabaseUnavailable(
+                f"no arcflow runs in {redact_dsn(dsn)}: the arcflow schema does not exist"
+            )
     except TransientWriteError as exc:
         await store.aclose()
         raise DatabaseUnavailable(
@@ -189,7 +193,9 @@ async def build_report(store: Store, run_id: str, *, slowest: int = 10) -> Repor
     """Read one run's report from the database (raises ConfigError if there is no such run)."""
     run = await store.get_run(run_id)
     if run is None:
-        raise ConfigError(f"no run {run_id!r} in the database; `python -m arcflow runs` lists the runs there")
+        raise ConfigError(
+            f"no run {run_id!r} in the database; `python -m arcflow runs` lists the runs there"
+        )
     by_status = {s: 0 for s in STATUSES}
     by_status.update({r["status"]: r["n"] for r in await store.fetch(BY_STATUS_SQL, run_id)})
     attempts = (await store.fetch(ATTEMPTS_SQL, run_id))[0]
@@ -252,7 +258,9 @@ async def _batch_stats(store: Store, run_id: str) -> dict[str, Any]:
     return row
 
 
-def throughput_series(points: Sequence[tuple[float, int]], *, max_buckets: int = 60) -> list[dict[str, Any]]:
+def throughput_series(
+    points: Sequence[tuple[float, int]], *, max_buckets: int = 60
+) -> list[dict[str, Any]]:
     """Rows written per bucket of time; at most ``max_buckets`` buckets of at least 1 s."""
     if not points:
         return []
@@ -286,18 +294,34 @@ def text_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     raw = [list(row) for row in rows]
     body = [[_cell(v) for v in row] for row in raw]
     numeric = [
-        all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in raw if r[i] is not None)
+        all(
+            isinstance(r[i], int | float) and not isinstance(r[i], bool)
+            for r in raw
+            if r[i] is not None
+        )
         for i in range(len(headers))
     ]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in body)])
 
 
-RUN_COLUMNS = ("run_id", "suite", "status", "started_at", "finished_at", "scenarios", "done", *STATUSES)
+RUN_COLUMNS = (
+    "run_id",
+    "suite",
+    "status",
+    "started_at",
+    "finished_at",
+    "scenarios",
+    "done",
+    *STATUSES,
+)
 
 
 def format_runs(runs: Sequence[Mapping[str, Any]], fmt: str) -> str:
@@ -361,28 +385,57 @@ def _report_text(r: Report) -> str:
         f"  started     {_cell(run['started_at'])}   finished {_cell(run['finished_at'])}",
         f"  pass rate   {'-' if rate is None else f'{rate * 100:.1f}%'} "
         f"({totals['passed']:,} of {totals['scenarios_with_outcome']:,} scenarios"
-        + (f", {totals['scenarios_planned']:,} planned" if totals["scenarios_planned"] is not None else "")
+        + (
+            f", {totals['scenarios_planned']:,} planned"
+            if totals["scenarios_planned"] is not None
+            else ""
+        )
         + f"; {totals['attempts']:,} attempts; {totals['dead_letters']:,} dead letters)",
         "",
         "by status (latest attempt of each scenario)",
         _indent(text_table(("status", "scenarios"), list(r.by_status.items()))),
     ]
     if r.by_tag:
-        out += ["", "by tag", _indent(text_table(
-            ("tag", "scenarios", *STATUSES, "pass rate"),
-            [[t["tag"], t["scenarios"], *(t[s] for s in STATUSES), _pct(t["pass_rate"])] for t in r.by_tag],
-        ))]
+        out += [
+            "",
+            "by tag",
+            _indent(
+                text_table(
+                    ("tag", "scenarios", *STATUSES, "pass rate"),
+                    [
+                        [t["tag"], t["scenarios"], *(t[s] for s in STATUSES), _pct(t["pass_rate"])]
+                        for t in r.by_tag
+                    ],
+                )
+            ),
+        ]
     if r.slowest:
-        out += ["", f"slowest {len(r.slowest)} attempts", _indent(text_table(
-            ("scenario", "attempt", "status", "duration ms"),
-            [[s["scenario_id"], s["attempt"], s["status"], s["duration_ms"]] for s in r.slowest],
-        ))]
+        out += [
+            "",
+            f"slowest {len(r.slowest)} attempts",
+            _indent(
+                text_table(
+                    ("scenario", "attempt", "status", "duration ms"),
+                    [
+                        [s["scenario_id"], s["attempt"], s["status"], s["duration_ms"]]
+                        for s in r.slowest
+                    ],
+                )
+            ),
+        ]
     out += ["", "errors by type (every attempt)"]
     if r.errors:
-        out.append(_indent(text_table(
-            ("type", "attempts", "scenarios", "example"),
-            [[e["error_type"], e["attempts"], e["scenarios"], _example(e)] for e in r.errors],
-        )))
+        out.append(
+            _indent(
+                text_table(
+                    ("type", "attempts", "scenarios", "example"),
+                    [
+                        [e["error_type"], e["attempts"], e["scenarios"], _example(e)]
+                        for e in r.errors
+                    ],
+                )
+            )
+        )
     else:
         out.append("  none")
     b = r.batches
@@ -428,7 +481,9 @@ def _csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(headers)
     for row in rows:
-        writer.writerow(["" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row])
+        writer.writerow(
+            ["" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row]
+        )
     return buf.getvalue()
 
 
@@ -475,20 +530,41 @@ def render_html(report: Report) -> str:
         _throughput_svg(r.throughput),
     ]
     if r.by_tag:
-        parts += ["<h2>By tag</h2>", _html_table(
-            ("tag", "scenarios", *STATUSES, "pass rate"),
-            [[t["tag"], t["scenarios"], *(t[s] for s in STATUSES), _pct(t["pass_rate"])] for t in r.by_tag],
-        )]
+        parts += [
+            "<h2>By tag</h2>",
+            _html_table(
+                ("tag", "scenarios", *STATUSES, "pass rate"),
+                [
+                    [t["tag"], t["scenarios"], *(t[s] for s in STATUSES), _pct(t["pass_rate"])]
+                    for t in r.by_tag
+                ],
+            ),
+        ]
     if r.slowest:
-        parts += ["<h2>Slowest attempts</h2>", _html_table(
-            ("scenario", "attempt", "status", "duration ms"),
-            [[s["scenario_id"], s["attempt"], s["status"], s["duration_ms"]] for s in r.slowest],
-        )]
+        parts += [
+            "<h2>Slowest attempts</h2>",
+            _html_table(
+                ("scenario", "attempt", "status", "duration ms"),
+                [
+                    [s["scenario_id"], s["attempt"], s["status"], s["duration_ms"]]
+                    for s in r.slowest
+                ],
+            ),
+        ]
     parts.append("<h2>Errors by type</h2>")
     parts.append(
         _html_table(
             ("type", "attempts", "scenarios", "example scenario", "example message"),
-            [[x["error_type"], x["attempts"], x["scenarios"], x["example_scenario"], x["example_message"]] for x in r.errors],
+            [
+                [
+                    x["error_type"],
+                    x["attempts"],
+                    x["scenarios"],
+                    x["example_scenario"],
+                    x["example_message"],
+                ]
+                for x in r.errors
+            ],
         )
         if r.errors
         else "<p>none</p>"
@@ -497,8 +573,28 @@ def render_html(report: Report) -> str:
     parts += [
         "<h2>Batches</h2>",
         _html_table(
-            ("batches", "rows inserted", "records sent", "min size", "mean size", "max size", "span s", "rows/s"),
-            [[b["batches"], b["inserted"], b["records"], b["min_size"], b["mean_size"], b["max_size"], b["span_s"], b["rows_per_s"]]],
+            (
+                "batches",
+                "rows inserted",
+                "records sent",
+                "min size",
+                "mean size",
+                "max size",
+                "span s",
+                "rows/s",
+            ),
+            [
+                [
+                    b["batches"],
+                    b["inserted"],
+                    b["records"],
+                    b["min_size"],
+                    b["mean_size"],
+                    b["max_size"],
+                    b["span_s"],
+                    b["rows_per_s"],
+                ]
+            ],
         ),
         f'<p class="muted">by reason: {e(_pairs(b["by_reason"]))}; by source: {e(_pairs(b["by_source"]))}</p>',
         "</body></html>",
@@ -512,7 +608,8 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td{cls(v)}>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td{cls(v)}>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -544,7 +641,9 @@ def _status_svg(by_status: Mapping[str, int], width: int = 600, height: int = 28
     )
 
 
-def _throughput_svg(series: Sequence[Mapping[str, Any]], width: int = 600, height: int = 180) -> str:
+def _throughput_svg(
+    series: Sequence[Mapping[str, Any]], width: int = 600, height: int = 180
+) -> str:
     """Bars of rows written per second, per time bucket."""
     if not series:
         return "<p>no batches written</p>"

@@ -82,7 +82,9 @@ def parse_line(text: str, path: Path | str, lineno: int) -> Scenario | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ScenarioFileError(path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+        raise ScenarioFileError(
+            path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}"
+        ) from None
     return parse_scenario(data, path, lineno)
 
 

@@ -106,7 +106,10 @@ class Settings:
     """The effective options of one invocation, and where each value came from."""
 
     executor: str | None = _opt(
-        None, "str", "python:MODULE:FUNCTION, process:'COMMAND ARGS' or modal:'COMMAND ARGS'", metavar="SPEC"
+        None,
+        "str",
+        "python:MODULE:FUNCTION, process:'COMMAND ARGS' or modal:'COMMAND ARGS'",
+        metavar="SPEC",
     )
     db: str | None = _opt(
         None,
@@ -118,83 +121,173 @@ class Settings:
     data_dir: Path = _opt(  # noqa: RUF009 - an attrs field; Path is immutable
         Path(".arcflow"), "path", "embedded database and journals", metavar="DIR"
     )
-    concurrency: int = _opt(8, "int", "scenarios running at once", check=_via(lambda v: RuntimeConfig(concurrency=v)))
+    concurrency: int = _opt(
+        8, "int", "scenarios running at once", check=_via(lambda v: RuntimeConfig(concurrency=v))
+    )
     batch_size: int = _opt(
-        100, "int", "outcomes per batch, 1..100000 (with adaptive batching: the starting size)",
+        100,
+        "int",
+        "outcomes per batch, 1..100000 (with adaptive batching: the starting size)",
         check=_via(lambda v: RuntimeConfig(batch_size=v)),
     )
     flush_interval: float = _opt(
-        30.0, "float", "seconds a batch may wait", check=_via(lambda v: RuntimeConfig(flush_interval=v)), metavar="S"
+        30.0,
+        "float",
+        "seconds a batch may wait",
+        check=_via(lambda v: RuntimeConfig(flush_interval=v)),
+        metavar="S",
     )
     timeout: float | None = _opt(
-        None, "optional_float", "per-scenario timeout in seconds", check=_via(lambda v: RuntimeConfig(timeout=v)), metavar="S"
+        None,
+        "optional_float",
+        "per-scenario timeout in seconds",
+        check=_via(lambda v: RuntimeConfig(timeout=v)),
+        metavar="S",
     )
-    attempts: int = _opt(1, "int", "attempts for error/timeout outcomes", check=_via(lambda v: RuntimeConfig(attempts=v)))
+    attempts: int = _opt(
+        1,
+        "int",
+        "attempts for error/timeout outcomes",
+        check=_via(lambda v: RuntimeConfig(attempts=v)),
+    )
     grace: float = _opt(
-        30.0, "float", "seconds running scenarios get after Ctrl-C", check=_via(lambda v: RuntimeConfig(grace=v)), metavar="S"
+        30.0,
+        "float",
+        "seconds running scenarios get after Ctrl-C",
+        check=_via(lambda v: RuntimeConfig(grace=v)),
+        metavar="S",
     )
-    modal_app: str = _opt("arcflow", "str", "modal: executor: app looked up or created by name", metavar="NAME")
+    modal_app: str = _opt(
+        "arcflow", "str", "modal: executor: app looked up or created by name", metavar="NAME"
+    )
     modal_image: str | None = _opt(
-        None, "str", "modal: executor: registry image tag (unset: Debian slim with --modal-pip)", metavar="TAG"
+        None,
+        "str",
+        "modal: executor: registry image tag (unset: Debian slim with --modal-pip)",
+        metavar="TAG",
     )
-    modal_pip: str | None = _opt(None, "str", "modal: executor: pip packages for the Debian slim image, comma-separated", metavar="PKGS")
-    modal_secrets: str | None = _opt(None, "str", "modal: executor: Modal secret names, comma-separated", metavar="NAMES")
-    modal_cpu: float | None = _opt(None, "optional_float", "modal: executor: CPU cores per sandbox", metavar="N")
-    modal_memory: int | None = _opt(None, "optional_int", "modal: executor: memory per sandbox in MiB", metavar="MIB")
+    modal_pip: str | None = _opt(
+        None,
+        "str",
+        "modal: executor: pip packages for the Debian slim image, comma-separated",
+        metavar="PKGS",
+    )
+    modal_secrets: str | None = _opt(
+        None, "str", "modal: executor: Modal secret names, comma-separated", metavar="NAMES"
+    )
+    modal_cpu: float | None = _opt(
+        None, "optional_float", "modal: executor: CPU cores per sandbox", metavar="N"
+    )
+    modal_memory: int | None = _opt(
+        None, "optional_int", "modal: executor: memory per sandbox in MiB", metavar="MIB"
+    )
     modal_creation_rate: float = _opt(
-        4.0, "float", "modal: executor: sandbox creations per second at most", check=_positive, metavar="N"
+        4.0,
+        "float",
+        "modal: executor: sandbox creations per second at most",
+        check=_positive,
+        metavar="N",
     )
     modal_max_starting: int = _opt(
-        16, "int", "modal: executor: sandboxes starting at once at most", check=_positive, metavar="N"
+        16,
+        "int",
+        "modal: executor: sandboxes starting at once at most",
+        check=_positive,
+        metavar="N",
     )
     max_retries: int = _opt(
-        3, "int", "retries of a failed batch write", check=_via(lambda v: RetryPolicy(max_retries=v))
+        3,
+        "int",
+        "retries of a failed batch write",
+        check=_via(lambda v: RetryPolicy(max_retries=v)),
     )
     breaker_threshold: int = _opt(
-        5, "int", "failures that open the breaker", check=_via(lambda v: BreakerConfig(failure_threshold=v))
+        5,
+        "int",
+        "failures that open the breaker",
+        check=_via(lambda v: BreakerConfig(failure_threshold=v)),
     )
     breaker_cooldown: float = _opt(
-        5.0, "float", "seconds before a probe", check=_via(lambda v: BreakerConfig(cooldown=v)), metavar="S"
+        5.0,
+        "float",
+        "seconds before a probe",
+        check=_via(lambda v: BreakerConfig(cooldown=v)),
+        metavar="S",
     )
     journal_max_bytes: int = _opt(
-        1 << 30, "int", "spill journal cap in bytes", check=_via(lambda v: RuntimeConfig(journal_max_bytes=v)), metavar="N"
+        1 << 30,
+        "int",
+        "spill journal cap in bytes",
+        check=_via(lambda v: RuntimeConfig(journal_max_bytes=v)),
+        metavar="N",
     )
     writer_connections: int = _opt(
-        2, "int", "database connections the writer writes batches through (1-8)",
-        check=_via(lambda v: RuntimeConfig(writer_connections=v)), metavar="N",
+        2,
+        "int",
+        "database connections the writer writes batches through (1-8)",
+        check=_via(lambda v: RuntimeConfig(writer_connections=v)),
+        metavar="N",
     )
     adaptive_batching: bool = _opt(
-        False, "bool", "adjust the batch size between the bounds from the measured write latency (AIMD)"
+        False,
+        "bool",
+        "adjust the batch size between the bounds from the measured write latency (AIMD)",
     )
     min_batch_size: int = _opt(
-        10, "int", "adaptive batching: smallest batch", check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v))
+        10,
+        "int",
+        "adaptive batching: smallest batch",
+        check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v)),
     )
     max_batch_size: int = _opt(
-        10_000, "int", "adaptive batching: largest batch", check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v))
+        10_000,
+        "int",
+        "adaptive batching: largest batch",
+        check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v)),
     )
     target_latency: float = _opt(
-        0.5, "float", "adaptive batching: seconds one batch write should take",
-        check=_via(lambda v: AdaptiveConfig(target_latency=v)), metavar="S",
+        0.5,
+        "float",
+        "adaptive batching: seconds one batch write should take",
+        check=_via(lambda v: AdaptiveConfig(target_latency=v)),
+        metavar="S",
     )
     progress: str = _opt(
-        "auto", "choice",
+        "auto",
+        "choice",
         "live display: auto (rich on a terminal, plain lines otherwise), rich, plain or off",
         choices=PROGRESS_MODES,
     )
     progress_interval: float = _opt(
-        10.0, "float", "seconds between plain progress lines",
-        check=_positive, metavar="S",
+        10.0,
+        "float",
+        "seconds between plain progress lines",
+        check=_positive,
+        metavar="S",
     )
     metrics_port: int | None = _opt(
-        None, "optional_int", "serve Prometheus metrics on this port (0: any free port)", check=_port, metavar="PORT"
+        None,
+        "optional_int",
+        "serve Prometheus metrics on this port (0: any free port)",
+        check=_port,
+        metavar="PORT",
     )
-    metrics_host: str = _opt("127.0.0.1", "str", "address the metrics endpoint binds to", metavar="HOST")
+    metrics_host: str = _opt(
+        "127.0.0.1", "str", "address the metrics endpoint binds to", metavar="HOST"
+    )
     metrics_linger: float = _opt(
-        0.0, "float", "seconds the metrics endpoint keeps serving the final values after the run",
-        check=_non_negative, metavar="S",
+        0.0,
+        "float",
+        "seconds the metrics endpoint keeps serving the final values after the run",
+        check=_non_negative,
+        metavar="S",
     )
-    log_level: str = _opt("WARNING", "choice", "DEBUG, INFO, WARNING, ERROR or CRITICAL", choices=LOG_LEVELS)
-    log_format: str = _opt("human", "choice", "human or json (one JSON object per line)", choices=LOG_FORMATS)
+    log_level: str = _opt(
+        "WARNING", "choice", "DEBUG, INFO, WARNING, ERROR or CRITICAL", choices=LOG_LEVELS
+    )
+    log_format: str = _opt(
+        "human", "choice", "human or json (one JSON object per line)", choices=LOG_FORMATS
+    )
 
     #: Where each value came from: ``default``, a file location, an environment variable or a flag.
     sources: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
@@ -216,13 +309,17 @@ class Settings:
             journal_max_bytes=self.journal_max_bytes,
             writer_connections=self.writer_connections,
             retry=RetryPolicy(max_retries=self.max_retries),
-            breaker=BreakerConfig(failure_threshold=self.breaker_threshold, cooldown=self.breaker_cooldown),
+            breaker=BreakerConfig(
+                failure_threshold=self.breaker_threshold, cooldown=self.breaker_cooldown
+            ),
         )
 
     def adaptive_config(self) -> AdaptiveConfig:
         """Bounds and target of adaptive batching."""
         return AdaptiveConfig(
-            minimum=self.min_batch_size, maximum=self.max_batch_size, target_latency=self.target_latency
+            minimum=self.min_batch_size,
+            maximum=self.max_batch_size,
+            target_latency=self.target_latency,
         )
 
     def effective(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:
@@ -270,7 +367,14 @@ def _specs() -> dict[str, OptionSpec]:
             continue
         m = field.metadata
         specs[field.name] = OptionSpec(
-            field.name, m["kind"], field.default, m["help"], m["check"], m["choices"], m["secret"], m["metavar"]
+            field.name,
+            m["kind"],
+            field.default,
+            m["help"],
+            m["check"],
+            m["choices"],
+            m["secret"],
+            m["metavar"],
         )
     return specs
 
@@ -317,7 +421,9 @@ def _from_text(spec: OptionSpec, text: str) -> Any:
 def _from_toml(spec: OptionSpec, value: Any) -> Any:
     """Check a TOML (or already parsed) value's type; raise ValueError saying what is expected."""
     kind = spec.kind
-    if kind.startswith("optional_") and (value is None or (isinstance(value, str) and value.lower() == "none")):
+    if kind.startswith("optional_") and (
+        value is None or (isinstance(value, str) and value.lower() == "none")
+    ):
         return None
     if kind in ("int", "optional_int"):
         if not _is_int(value):

@@ -220,7 +220,9 @@ class Writer:
         store = store or self.store
         if self.breaker.allow():
             try:
-                await self._write_isolating(store, batch.outcomes, batch.id, batch.reason.value, "live", 1)
+                await self._write_isolating(
+                    store, batch.outcomes, batch.id, batch.reason.value, "live", 1
+                )
             except TransientWriteError as exc:
                 log.warning(
                     "run %s batch %s: giving up writing for now (%s); spilling %d outcomes",
@@ -270,7 +272,9 @@ class Writer:
         count = 0
         try:
             async for batch in self.journal.batches():
-                await self._write_isolating(store, batch.outcomes, batch.id, batch.reason.value, "replay", 1)
+                await self._write_isolating(
+                    store, batch.outcomes, batch.id, batch.reason.value, "replay", 1
+                )
                 count += len(batch)
         except TransientWriteError as exc:
             log.warning("run %s: journal replay interrupted (%s); will retry", self.run_id, exc)
@@ -279,13 +283,21 @@ class Writer:
             self.breaker.release_probe()
         await self.journal.clear()
         self.counters.replayed_outcomes += count
-        log.info("run %s: replayed %d outcomes from the journal; journal cleared", self.run_id, count)
+        log.info(
+            "run %s: replayed %d outcomes from the journal; journal cleared", self.run_id, count
+        )
         return True
 
     # -- the ladder -------------------------------------------------------------------------------
 
     async def _write_isolating(
-        self, store: Store, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str, depth: int
+        self,
+        store: Store,
+        outcomes: Sequence[Outcome],
+        batch_id: str,
+        reason: str,
+        source: str,
+        depth: int,
     ) -> None:
         """Write ``outcomes``; on a data error bisect until poison records stand alone."""
         try:
@@ -304,8 +316,12 @@ class Writer:
                 len(outcomes),
             )
         mid = len(outcomes) // 2
-        await self._write_isolating(store, outcomes[:mid], f"{batch_id}.0", reason, source, depth + 1)
-        await self._write_isolating(store, outcomes[mid:], f"{batch_id}.1", reason, source, depth + 1)
+        await self._write_isolating(
+            store, outcomes[:mid], f"{batch_id}.0", reason, source, depth + 1
+        )
+        await self._write_isolating(
+            store, outcomes[mid:], f"{batch_id}.1", reason, source, depth + 1
+        )
 
     async def _write_with_retry(
         self, store: Store, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str

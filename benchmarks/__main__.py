@@ -26,8 +26,20 @@ from .suite import BENCHMARKS, ROOT, Context
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "arcflow"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "arcflow"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -45,9 +57,15 @@ def _machine() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run (CI)")
-    parser.add_argument("--db", help="PostgreSQL DSN of a dedicated database (default: a throwaway server)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, one round: a smoke run (CI)"
+    )
+    parser.add_argument(
+        "--db", help="PostgreSQL DSN of a dedicated database (default: a throwaway server)"
+    )
     parser.add_argument(
         "--allow-truncate",
         action="store_true",
@@ -60,8 +78,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only these benchmarks (repeat or comma-separate): {', '.join(BENCHMARKS)}",
     )
-    parser.add_argument("--rounds", type=int, default=None, help="rounds of the timed comparisons (default 3; 1 with --quick)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of the timed comparisons (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="results folder",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -98,16 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return profile(args)
     started = time.perf_counter()
-    log(f"arcflow benchmarks: {', '.join(args.only)} ({'quick' if args.quick else 'full'}, {args.rounds} round(s))")
+    log(
+        f"arcflow benchmarks: {', '.join(args.only)} ({'quick' if args.quick else 'full'}, {args.rounds} round(s))"
+    )
     db = BenchDB(args.db, allow_truncate=args.allow_truncate)
     ctx = Context(db=db, quick=args.quick, rounds=args.rounds, log=log)
     results: dict[str, Any] = {"benchmarks": {}}
     try:
-        log(f"database: {'given with --db' if args.db else 'throwaway server'}, PostgreSQL {db.server_version()}")
+        log(
+            f"database: {'given with --db' if args.db else 'throwaway server'}, PostgreSQL {db.server_version()}"
+        )
         # Warm up (imports, connections, the schema) before anything is timed.
         from . import arcflow_side, workloads
 
-        arcflow_side.run(db.dsn, scenarios=workloads.make_scenarios(100), batch_size=50, concurrency=4)
+        arcflow_side.run(
+            db.dsn, scenarios=workloads.make_scenarios(100), batch_size=50, concurrency=4
+        )
         for name in args.only:
             log(f"[{name}]")
             t0 = time.perf_counter()
@@ -120,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "postgres": db.server_version(),
             "postgres_settings": db.settings(),
-            "database": "given with --db" if args.db else "throwaway server (arcflow.testing.TemporaryPostgres)",
+            "database": "given with --db"
+            if args.db
+            else "throwaway server (arcflow.testing.TemporaryPostgres)",
             "quick": args.quick,
             "rounds": args.rounds,
             "only": args.only,
@@ -133,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(markdown(results))
     log("wrote " + ", ".join(str(p) for p in paths.values()))
-    failed = [t["target"] for r in results["benchmarks"].values() for t in r.get("targets", []) if not t["met"]]
+    failed = [
+        t["target"]
+        for r in results["benchmarks"].values()
+        for t in r.get("targets", [])
+        if not t["met"]
+    ]
     if failed:
         log("targets not met: " + "; ".join(failed))
     return 0
@@ -153,7 +194,9 @@ def profile(args: argparse.Namespace) -> int:
     try:
         n = 20_000 if args.quick else 100_000
         scenarios = workloads.make_scenarios(n)
-        arcflow_side.run(db.dsn, scenarios=workloads.make_scenarios(100), batch_size=50, concurrency=4)
+        arcflow_side.run(
+            db.dsn, scenarios=workloads.make_scenarios(100), batch_size=50, concurrency=4
+        )
         db.reset()
         profiler = Profiler(interval=0.0005)
         profiler.start()
@@ -165,7 +208,9 @@ def profile(args: argparse.Namespace) -> int:
     (args.out / "profile-ingest.txt").write_text(profiler.output_text(unicode=True, show_all=False))
     (args.out / "profile-ingest.html").write_text(profiler.output_html())
     print(profiler.output_text(unicode=True))
-    print(f"{out['records']:,} records in {out['elapsed_s']:.2f} s under the profiler; wrote {args.out}/profile-ingest.txt, .html")
+    print(
+        f"{out['records']:,} records in {out['elapsed_s']:.2f} s under the profiler; wrote {args.out}/profile-ingest.txt, .html"
+    )
     return 0
 
 

@@ -68,7 +68,9 @@ def run(
     async def main() -> None:
         with tempfile.TemporaryDirectory(prefix="arcflow-bench-") as data_dir:
             rt = arcflow.Runtime(
-                executor=PythonExecutor(function, name=f"benchmarks.workloads:{getattr(function, '__name__', 'fn')}"),
+                executor=PythonExecutor(
+                    function, name=f"benchmarks.workloads:{getattr(function, '__name__', 'fn')}"
+                ),
                 db=dsn,
                 run_id=run_id,
                 batch_size=batch_size,

@@ -112,7 +112,9 @@ class AsyncioBatcher:
         self.starts: list[float] = []
         self.ends: list[float] = []
 
-    async def run(self, items: Iterable[dict[str, Any]] | AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    async def run(
+        self, items: Iterable[dict[str, Any]] | AsyncIterator[dict[str, Any]]
+    ) -> dict[str, Any]:
         conn: asyncpg.Connection | None = await asyncpg.connect(self.dsn)
         todo: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         rows: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue(maxsize=self.batch_size)
@@ -129,13 +131,17 @@ class AsyncioBatcher:
                 if self.record_times:
                     self.ends.append(time.perf_counter())
                 digest = content_hash(data)
-                await rows.put(outcome_row(self.run_id, data, started, now(), name, "", scenario_hash=digest))
+                await rows.put(
+                    outcome_row(self.run_id, data, started, now(), name, "", scenario_hash=digest)
+                )
                 self.completed += 1
 
         async def write(batch: list[tuple[Any, ...]]) -> None:
             nonlocal conn
             batch_id = uuid.uuid4().hex[:16]
-            batch = [(*row[:-2], batch_id, row[-1]) for row in batch]  # COLUMNS end with batch_id, tags
+            batch = [
+                (*row[:-2], batch_id, row[-1]) for row in batch
+            ]  # COLUMNS end with batch_id, tags
             while True:
                 try:
                     if conn is None or conn.is_closed():
@@ -234,7 +240,10 @@ async def raw_copy(
     async def lane(conn: asyncpg.Connection) -> None:
         for i in starts:
             await conn.copy_records_to_table(
-                "outcomes", schema_name="arcflow", records=records[i : i + batch_size], columns=COLUMNS
+                "outcomes",
+                schema_name="arcflow",
+                records=records[i : i + batch_size],
+                columns=COLUMNS,
             )
 
     try:

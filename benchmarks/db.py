@@ -72,7 +72,9 @@ class BenchDB:
                     "SELECT pg_reload_conf()",
                 )
             )
-            run_asyncio(_execute(admin, "CREATE DATABASE arcflow_bench", "CREATE DATABASE arcflow_rt"))
+            run_asyncio(
+                _execute(admin, "CREATE DATABASE arcflow_bench", "CREATE DATABASE arcflow_rt")
+            )
             run_asyncio(_execute(admin, "ALTER DATABASE arcflow_rt SET log_statement = 'all'"))
             self.dsn = with_database(admin, "arcflow_bench")
             self.rt_dsn = with_database(admin, "arcflow_rt")
@@ -87,7 +89,11 @@ class BenchDB:
     def close(self) -> None:
         if self.pg is None:
             try:  # leave a dedicated --db as empty as it was found
-                run_asyncio(_execute(self.dsn, "TRUNCATE arcflow.outcomes, arcflow.batches, arcflow.dead_letters"))
+                run_asyncio(
+                    _execute(
+                        self.dsn, "TRUNCATE arcflow.outcomes, arcflow.batches, arcflow.dead_letters"
+                    )
+                )
             except Exception:
                 pass
         if self.pg is not None:
@@ -111,7 +117,9 @@ class BenchDB:
 
     def settings(self) -> dict[str, str]:
         names = ["fsync", "synchronous_commit", "full_page_writes", "shared_buffers"]
-        rows = run_asyncio(_fetch(self.dsn, "SELECT name, setting FROM pg_settings WHERE name = ANY($1)", names))
+        rows = run_asyncio(
+            _fetch(self.dsn, "SELECT name, setting FROM pg_settings WHERE name = ANY($1)", names)
+        )
         return {r["name"]: r["setting"] for r in rows}
 
     # -- between measurements ---------------------------------------------------------------------

@@ -42,7 +42,9 @@ async def serve(listen: int, target: int, delay: float) -> None:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", target)
         await asyncio.gather(
-            _pipe(client_r, server_w, delay), _pipe(server_r, client_w, delay), return_exceptions=True
+            _pipe(client_r, server_w, delay),
+            _pipe(server_r, client_w, delay),
+            return_exceptions=True,
         )
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen)
@@ -54,7 +56,9 @@ async def serve(listen: int, target: int, delay: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
-        sys.stderr.write("usage: python -m benchmarks.delay_proxy LISTEN_PORT TARGET_PORT DELAY_S\n")
+        sys.stderr.write(
+            "usage: python -m benchmarks.delay_proxy LISTEN_PORT TARGET_PORT DELAY_S\n"
+        )
         return 2
     try:
         asyncio.run(serve(int(args[0]), int(args[1]), float(args[2])))

@@ -51,19 +51,47 @@ def count_rows(pg: TemporaryPostgres, run_id: str) -> tuple[int, int, int]:
 
 
 def run_once(
-    pg: TemporaryPostgres, work: Path, suite: Path, *, run_id: str, outage_at: float | None, outage_s: float,
-    concurrency: int, batch_size: int,
+    pg: TemporaryPostgres,
+    work: Path,
+    suite: Path,
+    *,
+    run_id: str,
+    outage_at: float | None,
+    outage_s: float,
+    concurrency: int,
+    batch_size: int,
 ) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
     cmd = [
-        sys.executable, "-m", "arcflow", "run", str(suite), "--executor", "python:faulty_exec:slow",
-        "--db", pg.dsn, "--run-id", run_id, "--concurrency", str(concurrency),
-        "--batch-size", str(batch_size), "--flush-interval", "1", "--data-dir", str(work),
-        "--breaker-cooldown", "1", "--json", "--quiet",
+        sys.executable,
+        "-m",
+        "arcflow",
+        "run",
+        str(suite),
+        "--executor",
+        "python:faulty_exec:slow",
+        "--db",
+        pg.dsn,
+        "--run-id",
+        run_id,
+        "--concurrency",
+        str(concurrency),
+        "--batch-size",
+        str(batch_size),
+        "--flush-interval",
+        "1",
+        "--data-dir",
+        str(work),
+        "--breaker-cooldown",
+        "1",
+        "--json",
+        "--quiet",
     ]
     journal = work / "journal" / f"{run_id}.journal"
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ps = psutil.Process(proc.pid)
     peak_rss = 0
     journal_peak = 0
@@ -101,23 +129,40 @@ def run_once(
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "rss_during_outage_mb": (
             [round(min(rss_during_outage) / 2**20, 1), round(max(rss_during_outage) / 2**20, 1)]
-            if rss_during_outage else None
+            if rss_during_outage
+            else None
         ),
         "journal_peak_mb": round(journal_peak / 2**20, 2),
-        "outage_window_s": [round(stopped_at, 2), round(restarted_at, 2)] if stopped_at and restarted_at else None,
+        "outage_window_s": [round(stopped_at, 2), round(restarted_at, 2)]
+        if stopped_at and restarted_at
+        else None,
         "journal_empty_after_return_s": (
-            round(emptied_at - restarted_at, 2) if emptied_at is not None and restarted_at is not None else None
+            round(emptied_at - restarted_at, 2)
+            if emptied_at is not None and restarted_at is not None
+            else None
         ),
-        "summary": {k: summary.get(k) for k in ("written", "spilled_outcomes", "replayed_outcomes",
-                                                "breaker_transitions", "throughput_per_s")},
+        "summary": {
+            k: summary.get(k)
+            for k in (
+                "written",
+                "spilled_outcomes",
+                "replayed_outcomes",
+                "breaker_transitions",
+                "throughput_per_s",
+            )
+        },
         "stderr_tail": err[-500:] if proc.returncode else "",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scenarios", type=int, default=50_000)
-    parser.add_argument("--outage", type=float, default=20.0, help="seconds the database is stopped")
+    parser.add_argument(
+        "--outage", type=float, default=20.0, help="seconds the database is stopped"
+    )
     parser.add_argument("--outage-at", type=float, default=8.0, help="seconds into the run")
     parser.add_argument("--sleep", type=float, default=0.02, help="seconds each scenario takes")
     parser.add_argument("--concurrency", type=int, default=50)
@@ -131,8 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         write_suite(suite, args.scenarios, args.sleep)
         for name, outage_at in (("baseline", None), ("outage", args.outage_at)):
             run_id = f"drill-{name}-{int(time.time())}"
-            r = run_once(pg, work, suite, run_id=run_id, outage_at=outage_at, outage_s=args.outage,
-                         concurrency=args.concurrency, batch_size=args.batch_size)
+            r = run_once(
+                pg,
+                work,
+                suite,
+                run_id=run_id,
+                outage_at=outage_at,
+                outage_s=args.outage,
+                concurrency=args.concurrency,
+                batch_size=args.batch_size,
+            )
             rows, distinct, dups = count_rows(pg, run_id)
             r["rows"] = rows
             r["lost"] = args.scenarios - distinct
@@ -141,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {json.dumps(r)}", flush=True)
     base, out = results["baseline"], results["outage"]
     results["rss_ratio_outage_vs_baseline"] = round(out["peak_rss_mb"] / base["peak_rss_mb"], 3)
-    print(json.dumps({k: results[k] for k in ("scenarios", "outage_s", "rss_ratio_outage_vs_baseline")}))
+    print(
+        json.dumps(
+            {k: results[k] for k in ("scenarios", "outage_s", "rss_ratio_outage_vs_baseline")}
+        )
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0 if out["lost"] == 0 and out["duplicated"] == 0 and out["exit_code"] == 0 else 1

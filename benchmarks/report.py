@@ -77,7 +77,11 @@ def markdown(results: dict[str, Any]) -> str:
             rows.append([label, *[_fmt(r["ratios"][str(bs)][key], 2) for bs in r["batch_sizes"]]])
         out += [_table(header, rows), ""]
         variants = [
-            [name, f"**{_fmt(v['median'])}** ({_fmt(v['min'])}-{_fmt(v['max'])})", _fmt(r["ratios"]["1000"].get(f"{name}/raw_copy"), 2)]
+            [
+                name,
+                f"**{_fmt(v['median'])}** ({_fmt(v['min'])}-{_fmt(v['max'])})",
+                _fmt(r["ratios"]["1000"].get(f"{name}/raw_copy"), 2),
+            ]
             for name in VARIANT_ORDER
             if (v := r["records_per_s"]["1000"].get(name))
         ]
@@ -104,8 +108,21 @@ def markdown(results: dict[str, Any]) -> str:
         for name in SYSTEM_ORDER:
             v = r["systems"].get(name)
             if v:
-                rows.append([name, _fmt(v["commits_per_1000"], 2), _fmt(v["statements_per_1000"], 1), _fmt(v["commits_per_batch"], 2)])
-        out += [_table(["system", "transactions / 1,000", "statements / 1,000", "transactions / batch"], rows), ""]
+                rows.append(
+                    [
+                        name,
+                        _fmt(v["commits_per_1000"], 2),
+                        _fmt(v["statements_per_1000"], 1),
+                        _fmt(v["commits_per_batch"], 2),
+                    ]
+                )
+        out += [
+            _table(
+                ["system", "transactions / 1,000", "statements / 1,000", "transactions / batch"],
+                rows,
+            ),
+            "",
+        ]
     if "latency" in b:
         r = b["latency"]
         out += [
@@ -129,7 +146,15 @@ def markdown(results: dict[str, Any]) -> str:
                 ])  # fmt: skip
         out += [
             _table(
-                ["system", "records/s", "/ bound", "steady records/s", "steady / bound", "ideal makespan / makespan", "/ seed's 4/s"],
+                [
+                    "system",
+                    "records/s",
+                    "/ bound",
+                    "steady records/s",
+                    "steady / bound",
+                    "ideal makespan / makespan",
+                    "/ seed's 4/s",
+                ],
                 rows,
             ),
             "",
@@ -148,8 +173,18 @@ def markdown(results: dict[str, Any]) -> str:
         for name in SYSTEM_ORDER:
             v = r["systems"].get(name)
             if v:
-                rows.append([name, _fmt(v[small]["peak_rss_mb"], 1), _fmt(v[large]["peak_rss_mb"], 1), _fmt(r["large_over_small"][name], 3)])
-        out += [_table(["system", f"{int(small):,} (MB)", f"{int(large):,} (MB)", "ratio"], rows), ""]
+                rows.append(
+                    [
+                        name,
+                        _fmt(v[small]["peak_rss_mb"], 1),
+                        _fmt(v[large]["peak_rss_mb"], 1),
+                        _fmt(r["large_over_small"][name], 3),
+                    ]
+                )
+        out += [
+            _table(["system", f"{int(small):,} (MB)", f"{int(large):,} (MB)", "ratio"], rows),
+            "",
+        ]
     if "trickle" in b:
         r = b["trickle"]
         out += [
@@ -189,15 +224,35 @@ def markdown(results: dict[str, Any]) -> str:
                         _fmt(v["lost"]), _fmt(v["duplicated"]),
                     ])  # fmt: skip
             out += [
-                _table(["system", "before: completed / written per s", "during", "after", "lost", "duplicated"], rows),
+                _table(
+                    [
+                        "system",
+                        "before: completed / written per s",
+                        "during",
+                        "after",
+                        "lost",
+                        "duplicated",
+                    ],
+                    rows,
+                ),
                 "",
             ]
     out += ["## Targets", ""]
     rows = []
     for name, r in b.items():
         for t in r.get("targets", []):
-            aim = f" (aim {t['aim']:g}: {'met' if t['aim_met'] else 'not met'})" if "aim" in t else ""
-            rows.append([name, t["target"], _fmt(t["value"], 3) if isinstance(t["value"], float) else _fmt(t["value"]), f"{t['goal']:g}", ("met" if t["met"] else "**not met**") + aim])
+            aim = (
+                f" (aim {t['aim']:g}: {'met' if t['aim_met'] else 'not met'})" if "aim" in t else ""
+            )
+            rows.append(
+                [
+                    name,
+                    t["target"],
+                    _fmt(t["value"], 3) if isinstance(t["value"], float) else _fmt(t["value"]),
+                    f"{t['goal']:g}",
+                    ("met" if t["met"] else "**not met**") + aim,
+                ]
+            )
     out += [_table(["benchmark", "target", "value", "goal", ""], rows), ""]
     if results.get("chart"):
         out += [f"![records/s against batch size]({results['chart']})", ""]
@@ -220,7 +275,11 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     markers = {"arcflow": "o", "asyncio batcher": "s", "raw COPY": "^"}
     for name in SYSTEM_ORDER:
-        pts = [(bs, r["records_per_s"][str(bs)][name]) for bs in sizes if name in r["records_per_s"][str(bs)]]
+        pts = [
+            (bs, r["records_per_s"][str(bs)][name])
+            for bs in sizes
+            if name in r["records_per_s"][str(bs)]
+        ]
         if not pts:
             continue
         if name == "per-record INSERT":

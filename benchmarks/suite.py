@@ -76,7 +76,9 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b and not math.isnan(a) and not math.isnan(b) else None
 
 
-def _target(name: str, value: float | None, goal: float, *, higher: bool = True, aim: float | None = None) -> dict[str, Any]:
+def _target(
+    name: str, value: float | None, goal: float, *, higher: bool = True, aim: float | None = None
+) -> dict[str, Any]:
     met = value is not None and (value >= goal if higher else value <= goal)
     out: dict[str, Any] = {"target": name, "value": value, "goal": goal, "met": bool(met)}
     if aim is not None:
@@ -93,7 +95,9 @@ def _rotated(names: list[str], r: int) -> list[str]:
 def _check_rows(ctx: Context, run_id: str, expected: int, dsn: str | None = None) -> None:
     rows, distinct = ctx.db.rows(run_id, dsn)
     if rows != expected or distinct != expected:
-        raise RuntimeError(f"run {run_id}: expected {expected} rows, found {rows} ({distinct} distinct)")
+        raise RuntimeError(
+            f"run {run_id}: expected {expected} rows, found {rows} ({distinct} distinct)"
+        )
 
 
 # -- 1. ingest -------------------------------------------------------------------------------------
@@ -127,7 +131,11 @@ def ingest(ctx: Context) -> dict[str, Any]:
         def go() -> float:
             run_id = ctx.run_id("aio")
             b = baselines.AsyncioBatcher(
-                ctx.db.dsn, run_id=run_id, batch_size=bs, flush_interval=30.0, concurrency=concurrency
+                ctx.db.dsn,
+                run_id=run_id,
+                batch_size=bs,
+                flush_interval=30.0,
+                concurrency=concurrency,
             )
             out = baselines.run_asyncio(b.run(items))
             _check_rows(ctx, run_id, n)
@@ -137,19 +145,32 @@ def ingest(ctx: Context) -> dict[str, Any]:
 
     def per_record() -> float:
         run_id = ctx.run_id("ins")
-        out = baselines.run_asyncio(baselines.per_record_insert(ctx.db.dsn, items[:n_insert], run_id=run_id))
+        out = baselines.run_asyncio(
+            baselines.per_record_insert(ctx.db.dsn, items[:n_insert], run_id=run_id)
+        )
         _check_rows(ctx, run_id, n_insert)
         return float(out["records"] / out["elapsed_s"])
 
     def arc(
-        bs: int, *, from_file: bool = False, conc: int = concurrency, plain: bool = False, **options: Any
+        bs: int,
+        *,
+        from_file: bool = False,
+        conc: int = concurrency,
+        plain: bool = False,
+        **options: Any,
     ) -> Callable[[], float]:
         def go() -> float:
             if from_file:
-                out = arcflow_side.run(ctx.db.dsn, path=jsonl, batch_size=bs, concurrency=conc, **options)
+                out = arcflow_side.run(
+                    ctx.db.dsn, path=jsonl, batch_size=bs, concurrency=conc, **options
+                )
             else:
                 out = arcflow_side.run(
-                    ctx.db.dsn, scenarios=scenarios, batch_size=bs, concurrency=conc, plain_submit=plain,
+                    ctx.db.dsn,
+                    scenarios=scenarios,
+                    batch_size=bs,
+                    concurrency=conc,
+                    plain_submit=plain,
                     **options,
                 )
             _check_rows(ctx, out["run_id"], n)
@@ -160,7 +181,11 @@ def ingest(ctx: Context) -> dict[str, Any]:
     runs: dict[int, dict[str, list[float]]] = {bs: {} for bs in sizes}
     for r in range(ctx.rounds):
         for bs in sizes:
-            systems: dict[str, Callable[[], float]] = {RAW_COPY: raw(bs), ASYNCIO: batcher(bs), ARCFLOW: arc(bs)}
+            systems: dict[str, Callable[[], float]] = {
+                RAW_COPY: raw(bs),
+                ASYNCIO: batcher(bs),
+                ARCFLOW: arc(bs),
+            }
             if bs == 1_000:
                 systems[PER_RECORD] = per_record
                 systems[ARCFLOW_FILE] = arc(bs, from_file=True)
@@ -172,7 +197,9 @@ def ingest(ctx: Context) -> dict[str, Any]:
                 ctx.db.reset()
                 rate = systems[name]()
                 runs[bs].setdefault(name, []).append(rate)
-                ctx.log(f"  ingest round {r + 1}/{ctx.rounds} batch {bs:>6}: {name:<20} {rate:>10,.0f} records/s")
+                ctx.log(
+                    f"  ingest round {r + 1}/{ctx.rounds} batch {bs:>6}: {name:<20} {rate:>10,.0f} records/s"
+                )
 
     per_record_median = _median(runs[1_000][PER_RECORD])
     table: dict[str, Any] = {}
@@ -202,7 +229,11 @@ def ingest(ctx: Context) -> dict[str, Any]:
         "ratios": ratios,
         "targets": [
             _target("arcflow / raw COPY at batch 1,000", r1000["arcflow/raw_copy"], 0.6, aim=0.8),
-            _target("arcflow / per-record INSERT at batch 1,000", r1000["arcflow/per_record_insert"], 30.0),
+            _target(
+                "arcflow / per-record INSERT at batch 1,000",
+                r1000["arcflow/per_record_insert"],
+                30.0,
+            ),
         ],
     }
 
@@ -235,13 +266,19 @@ def roundtrips(ctx: Context) -> dict[str, Any]:
         db.reset(dsn)
         before = db.counters()
         if name == ARCFLOW:
-            out = arcflow_side.run(dsn, scenarios=workloads.make_scenarios(n), batch_size=bs, concurrency=100)
+            out = arcflow_side.run(
+                dsn, scenarios=workloads.make_scenarios(n), batch_size=bs, concurrency=100
+            )
             run_id = out["run_id"]
         elif name == ASYNCIO:
-            b = baselines.AsyncioBatcher(dsn, run_id=run_id, batch_size=bs, flush_interval=30.0, concurrency=100)
+            b = baselines.AsyncioBatcher(
+                dsn, run_id=run_id, batch_size=bs, flush_interval=30.0, concurrency=100
+            )
             baselines.run_asyncio(b.run(items))
         elif name == RAW_COPY:
-            baselines.run_asyncio(baselines.raw_copy(dsn, baselines.prebuilt_rows(run_id, items), batch_size=bs))
+            baselines.run_asyncio(
+                baselines.raw_copy(dsn, baselines.prebuilt_rows(run_id, items), batch_size=bs)
+            )
         else:
             baselines.run_asyncio(baselines.per_record_insert(dsn, items, run_id=run_id))
         after = db.counters()
@@ -275,7 +312,10 @@ def roundtrips(ctx: Context) -> dict[str, Any]:
     return {
         "description": "marginal database work per 1,000 records at batch size 1,000",
         "batch_size": bs,
-        "counters": {"transactions": "pg_stat_database.xact_commit", "statements": db.statement_source},
+        "counters": {
+            "transactions": "pg_stat_database.xact_commit",
+            "statements": db.statement_source,
+        },
         "systems": results,
         "targets": [_target("arcflow write transactions per batch", arc, 1.0, higher=False)],
     }
@@ -297,7 +337,9 @@ def _ideal_makespan(durations: list[float], slots: int) -> float:
     return end
 
 
-def _latency_stats(starts: list[float], ends: list[float], t0: float, concurrency: int, mean: float) -> dict[str, float]:
+def _latency_stats(
+    starts: list[float], ends: list[float], t0: float, concurrency: int, mean: float
+) -> dict[str, float]:
     """Steady-state completion rate: from the concurrency-th completion to the last start."""
     ends = sorted(ends)
     last_start = max(starts)
@@ -306,7 +348,10 @@ def _latency_stats(starts: list[float], ends: list[float], t0: float, concurrenc
     a = ends[concurrency - 1]
     done = sum(1 for e in ends if a < e <= last_start)
     window = last_start - a
-    return {"steady_records_per_s": done / window if window > 0 else math.nan, "steady_window_s": window}
+    return {
+        "steady_records_per_s": done / window if window > 0 else math.nan,
+        "steady_window_s": window,
+    }
 
 
 def latency(ctx: Context) -> dict[str, Any]:
@@ -318,7 +363,8 @@ def latency(ctx: Context) -> dict[str, Any]:
     rng = random.Random(42)
     sleeps = [round(rng.uniform(low, high), 4) for _ in range(n)]
     items: list[dict[str, Any]] = [
-        {"id": workloads.scenario_id(i), "input": {"i": i, "sleep": s}} for i, s in enumerate(sleeps)
+        {"id": workloads.scenario_id(i), "input": {"i": i, "sleep": s}}
+        for i, s in enumerate(sleeps)
     ]
     scenarios = [Scenario(id=str(d["id"]), input=d["input"]) for d in items]
     mean = statistics.fmean(sleeps)
@@ -328,7 +374,9 @@ def latency(ctx: Context) -> dict[str, Any]:
     def arc() -> dict[str, float]:
         rec = workloads.StartRecorder()
         t0 = time.perf_counter()
-        out = arcflow_side.run(ctx.db.dsn, scenarios=scenarios, function=rec, batch_size=100, concurrency=concurrency)
+        out = arcflow_side.run(
+            ctx.db.dsn, scenarios=scenarios, function=rec, batch_size=100, concurrency=concurrency
+        )
         _check_rows(ctx, out["run_id"], n)
         stats = _latency_stats(rec.starts, rec.ends, t0, concurrency, mean)
         return {"records_per_s": n / out["elapsed_s"], "makespan_s": out["elapsed_s"], **stats}
@@ -428,7 +476,9 @@ def _peak_rss_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:6])}... exited {proc.returncode}: {err.read().decode()[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(cmd[:6])}... exited {proc.returncode}: {err.read().decode()[-2000:]}"
+            )
     return peak, seconds, stdout
 
 
@@ -476,7 +526,9 @@ def memory(ctx: Context) -> dict[str, Any]:
             m = systems[key]()
             runs[key].append(m)
             name, count = key.split("|")
-            ctx.log(f"  memory round {r + 1}/{rounds}: {name:<16} {int(count):>9,} scenarios: peak RSS {m['peak_rss_mb']:.1f} MB")
+            ctx.log(
+                f"  memory round {r + 1}/{rounds}: {name:<16} {int(count):>9,} scenarios: peak RSS {m['peak_rss_mb']:.1f} MB"
+            )
     table: dict[str, dict[str, Any]] = {}
     for key, ms in runs.items():
         name, count = key.split("|")
@@ -486,7 +538,9 @@ def memory(ctx: Context) -> dict[str, Any]:
             "runs": ms,
         }
     small, large = (str(s) for s in sizes)
-    growth = {name: _ratio(v[large]["peak_rss_mb"], v[small]["peak_rss_mb"]) for name, v in table.items()}
+    growth = {
+        name: _ratio(v[large]["peak_rss_mb"], v[small]["peak_rss_mb"]) for name, v in table.items()
+    }
     return {
         "description": "peak RSS (VmHWM) of a separate process per run, arcflow via its CLI",
         "scenarios": sizes,
@@ -494,7 +548,11 @@ def memory(ctx: Context) -> dict[str, Any]:
         "import_floor_mb": round(floor, 1),
         "systems": table,
         "large_over_small": growth,
-        "targets": [_target(f"arcflow peak RSS {large} / {small} scenarios", growth[ARCFLOW], 1.10, higher=False)],
+        "targets": [
+            _target(
+                f"arcflow peak RSS {large} / {small} scenarios", growth[ARCFLOW], 1.10, higher=False
+            )
+        ],
     }
 
 
@@ -530,7 +588,9 @@ def trickle(ctx: Context) -> dict[str, Any]:
                 await trio.sleep_until(start + i * interval)
                 await rt.submit(Scenario(id=workloads.scenario_id(i), input={"i": i}))
 
-        out = arcflow_side.run(ctx.db.dsn, batch_size=100, concurrency=4, flush_interval=flush, during=drip)
+        out = arcflow_side.run(
+            ctx.db.dsn, batch_size=100, concurrency=4, flush_interval=flush, during=drip
+        )
         _check_rows(ctx, out["run_id"], n)
         return latencies(out["run_id"])
 
@@ -544,7 +604,9 @@ def trickle(ctx: Context) -> dict[str, Any]:
                 await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
                 yield workloads.scenario_dict(i)
 
-        b = baselines.AsyncioBatcher(ctx.db.dsn, run_id=run_id, batch_size=100, flush_interval=flush, concurrency=4)
+        b = baselines.AsyncioBatcher(
+            ctx.db.dsn, run_id=run_id, batch_size=100, flush_interval=flush, concurrency=4
+        )
         baselines.run_asyncio(b.run(drip()))
         _check_rows(ctx, run_id, n)
         return latencies(run_id)
@@ -570,7 +632,10 @@ def trickle(ctx: Context) -> dict[str, Any]:
             "p50_ms": round(_median(p50s) * 1000, 1),
             "p99_ms": round(_median(p99s) * 1000, 1),
             "max_ms": round(_median(maxs) * 1000, 1),
-            "runs": [{"p50_ms": round(a * 1000, 1), "p99_ms": round(b * 1000, 1)} for a, b in zip(p50s, p99s, strict=True)],
+            "runs": [
+                {"p50_ms": round(a * 1000, 1), "p99_ms": round(b * 1000, 1)}
+                for a, b in zip(p50s, p99s, strict=True)
+            ],
         }
     return {
         "description": "recorded_at (the write transaction's start, server clock) minus finished_at (client clock, same host)",
@@ -579,14 +644,23 @@ def trickle(ctx: Context) -> dict[str, Any]:
         "outcomes": n,
         "rounds": rounds,
         "systems": table,
-        "targets": [_target("arcflow p99 (ms) <= flush interval + 100 ms", table[ARCFLOW]["p99_ms"], flush * 1000 + 100, higher=False)],
+        "targets": [
+            _target(
+                "arcflow p99 (ms) <= flush interval + 100 ms",
+                table[ARCFLOW]["p99_ms"],
+                flush * 1000 + 100,
+                higher=False,
+            )
+        ],
     }
 
 
 # -- 6. outage --------------------------------------------------------------------------------------
 
 
-def _phase_rates(samples: list[tuple[float, int, int]], edges: list[float]) -> dict[str, dict[str, float]]:
+def _phase_rates(
+    samples: list[tuple[float, int, int]], edges: list[float]
+) -> dict[str, dict[str, float]]:
     """Completed and written per second between consecutive ``edges`` (seconds since start)."""
 
     def at(t: float) -> tuple[int, int]:
@@ -601,14 +675,19 @@ def _phase_rates(samples: list[tuple[float, int, int]], edges: list[float]) -> d
     for name, (a, b) in zip(names, itertools.pairwise(edges), strict=False):
         (c0, w0), (c1, w1) = at(a), at(b)
         span = max(b - a, 1e-9)
-        out[name] = {"completed_per_s": round((c1 - c0) / span, 1), "written_per_s": round((w1 - w0) / span, 1)}
+        out[name] = {
+            "completed_per_s": round((c1 - c0) / span, 1),
+            "written_per_s": round((w1 - w0) / span, 1),
+        }
     return out
 
 
 def outage(ctx: Context) -> dict[str, Any]:
     """A steady stream of short scenarios while the database is stopped, then started again."""
     if not ctx.db.can_stop:
-        return {"skipped": "needs the benchmark's own server (run without --db) to stop and start it"}
+        return {
+            "skipped": "needs the benchmark's own server (run without --db) to stop and start it"
+        }
     before, down, after = (1.5, 2.0, 2.0) if ctx.quick else (10.0, 10.0, 10.0)
     sleep, concurrency = 0.01, 50
     db = ctx.db
@@ -652,7 +731,9 @@ def outage(ctx: Context) -> dict[str, Any]:
                 await feed_done.wait()
                 # let the drain finish while still sampling
                 nursery.cancel_scope.deadline = trio.current_time() + 0.0
-            samples.append((trio.current_time() - t0, rt.statistics().completed, rt.statistics().written))
+            samples.append(
+                (trio.current_time() - t0, rt.statistics().completed, rt.statistics().written)
+            )
 
         out = arcflow_side.run(
             db.dsn, batch_size=1_000, concurrency=concurrency, flush_interval=1.0,
@@ -668,7 +749,9 @@ def outage(ctx: Context) -> dict[str, Any]:
             "replayed_outcomes": out["replayed_outcomes"],
             "retries": out["retries"],
             "breaker_transitions": out["breaker_transitions"],
-            "phases": _phase_rates(samples, [0.0, marks["stopped"], marks["started"], before + down + after]),
+            "phases": _phase_rates(
+                samples, [0.0, marks["stopped"], marks["started"], before + down + after]
+            ),
             "marks_s": {k: round(v, 2) for k, v in marks.items()},
             "last_commit_s": round(out["elapsed_s"], 2),
         }
@@ -723,7 +806,9 @@ def outage(ctx: Context) -> dict[str, Any]:
             "lost": b.completed - distinct,
             "duplicated": rows - distinct,
             "failed_writes": res["failed_writes"],
-            "phases": _phase_rates(samples, [0.0, marks["stopped"], marks["started"], before + down + after]),
+            "phases": _phase_rates(
+                samples, [0.0, marks["stopped"], marks["started"], before + down + after]
+            ),
             "marks_s": {k: round(v, 2) for k, v in marks.items()},
         }
 

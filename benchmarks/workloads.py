@@ -22,7 +22,9 @@ from arcflow import Scenario
 from arcflow.store.schema import OUTCOME_COLUMNS
 
 #: Executor details stored with each baseline row (arcflow stores its own).
-BASELINE_EXECUTOR = json.dumps({"kind": "python", "function": "benchmarks.workloads:noop"}, separators=(",", ":"))
+BASELINE_EXECUTOR = json.dumps(
+    {"kind": "python", "function": "benchmarks.workloads:noop"}, separators=(",", ":")
+)
 
 COLUMNS = OUTCOME_COLUMNS
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
@@ -46,7 +48,9 @@ def make_scenarios(n: int) -> list[Scenario]:
     return [Scenario(id=scenario_id(i), input={"i": i}) for i in range(n)]
 
 
-def write_jsonl(path: Path, n: int, *, sleep: tuple[float, float] | None = None, seed: int = 7) -> Path:
+def write_jsonl(
+    path: Path, n: int, *, sleep: tuple[float, float] | None = None, seed: int = 7
+) -> Path:
     """Write ``n`` scenarios to ``path`` (optionally each with a random ``sleep`` in seconds)."""
     rng = random.Random(seed)
     with path.open("w", encoding="utf-8") as f:

@@ -29,7 +29,9 @@ def _via_port(dsn: str, port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.writer_lanes")
     parser.add_argument("--scenarios", type=int, default=100_000)
-    parser.add_argument("--delay-ms", type=float, default=0.5, help="added each way by the proxy (default 0.5)")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.5, help="added each way by the proxy (default 0.5)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
@@ -42,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         assert target is not None
         listen = free_port()
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.delay_proxy", str(listen), str(target), str(args.delay_ms / 1000)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.delay_proxy",
+                str(listen),
+                str(target),
+                str(args.delay_ms / 1000),
+            ],
             stdout=subprocess.PIPE,
         )
         assert proxy.stdout is not None
@@ -51,16 +60,25 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = workloads.make_scenarios(args.scenarios)
         rates: dict[tuple[str, int], list[float]] = {}
         for link, dsn in links.items():
-            arcflow_side.run(dsn, scenarios=scenarios[:2_000], batch_size=1_000, concurrency=8)  # warm up
+            arcflow_side.run(
+                dsn, scenarios=scenarios[:2_000], batch_size=1_000, concurrency=8
+            )  # warm up
             for r in range(args.rounds):
                 for connections in (1, 2) if r % 2 == 0 else (2, 1):
                     db.reset()
                     out = arcflow_side.run(
-                        dsn, scenarios=scenarios, batch_size=1_000, concurrency=8, writer_connections=connections
+                        dsn,
+                        scenarios=scenarios,
+                        batch_size=1_000,
+                        concurrency=8,
+                        writer_connections=connections,
                     )
                     rate = out["records"] / out["elapsed_s"]
                     rates.setdefault((link, connections), []).append(rate)
-                    print(f"  {link:<18} writer_connections={connections}  {rate:>10,.0f} records/s", flush=True)
+                    print(
+                        f"  {link:<18} writer_connections={connections}  {rate:>10,.0f} records/s",
+                        flush=True,
+                    )
         print("\n| link | 1 connection | 2 connections | 2 / 1 |\n|---|---|---|---|")
         for link in links:
             one = statistics.median(rates[(link, 1)])

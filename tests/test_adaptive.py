@@ -18,11 +18,20 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def outcome(i: int) -> Outcome:
-    return Outcome(run_id="r", scenario_id=f"s{i}", attempt=1, status=Status.PASSED, started_at=T0, finished_at=T0)
+    return Outcome(
+        run_id="r",
+        scenario_id=f"s{i}",
+        attempt=1,
+        status=Status.PASSED,
+        started_at=T0,
+        finished_at=T0,
+    )
 
 
 def controller(initial: int = 100, **kw: object) -> AdaptiveBatchSize:
-    cfg = AdaptiveConfig(**{"minimum": 10, "maximum": 1000, "target_latency": 0.5, "step": 10, **kw})  # type: ignore[arg-type]
+    cfg = AdaptiveConfig(
+        **{"minimum": 10, "maximum": 1000, "target_latency": 0.5, "step": 10, **kw}
+    )  # type: ignore[arg-type]
     return AdaptiveBatchSize(cfg, initial=initial)
 
 
@@ -76,7 +85,9 @@ def test_default_step_is_a_tenth_of_the_starting_size() -> None:
 
 def test_converges_near_the_target_latency() -> None:
     """With latency proportional to size, AIMD oscillates around the size that meets the target."""
-    c = AdaptiveBatchSize(AdaptiveConfig(minimum=10, maximum=100_000, target_latency=0.5), initial=100)
+    c = AdaptiveBatchSize(
+        AdaptiveConfig(minimum=10, maximum=100_000, target_latency=0.5), initial=100
+    )
     per_record = 0.001  # 1 ms per record: the target is met at 500 records
     sizes = []
     for _ in range(300):
@@ -91,7 +102,9 @@ def test_bad_bounds_are_config_errors() -> None:
     """min > max, or a starting size outside the bounds, names the values."""
     with pytest.raises(ConfigError, match="minimum=50 and maximum=10"):
         AdaptiveConfig(minimum=50, maximum=10)
-    with pytest.raises(ConfigError, match="batch_size=5: with adaptive batching it must be between"):
+    with pytest.raises(
+        ConfigError, match="batch_size=5: with adaptive batching it must be between"
+    ):
         AdaptiveBatchSize(AdaptiveConfig(minimum=10), initial=5)
     with pytest.raises(ConfigError, match="target_latency"):
         AdaptiveConfig(target_latency=0)
@@ -129,8 +142,14 @@ async def test_batcher_follows_the_controller(autojump_clock: trio.testing.MockC
 
 @pytest.mark.parametrize(("target", "grows"), [("60", True), ("0.000001", False)])
 def test_cli_adaptive_batching_moves_the_stored_batch_sizes(
-    dsn: str, run_id: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    target: str, grows: bool, db_query_sync: Any,
+    dsn: str,
+    run_id: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    grows: bool,
+    db_query_sync: Any,
 ) -> None:
     """`run --adaptive-batching`: fast writes grow the batches in arcflow.batches, slow ones shrink them."""
     import json
@@ -139,17 +158,38 @@ def test_cli_adaptive_batching_moves_the_stored_batch_sizes(
     from arcflow import cli
 
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
-    code = cli.main([
-        "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score", "--db", dsn,
-        "--run-id", run_id, "--data-dir", str(tmp_path), "--json", "--adaptive-batching",
-        "--batch-size", "20", "--min-batch-size", "10", "--max-batch-size", "200", "--target-latency", target,
-        # One writer connection: batches commit in the order the controller sized them.
-        "--writer-connections", "1",
-    ])
+    code = cli.main(
+        [
+            "run",
+            "examples/quickstart.jsonl",
+            "--executor",
+            "python:examples.quickstart:score",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--data-dir",
+            str(tmp_path),
+            "--json",
+            "--adaptive-batching",
+            "--batch-size",
+            "20",
+            "--min-batch-size",
+            "10",
+            "--max-batch-size",
+            "200",
+            "--target-latency",
+            target,
+            # One writer connection: batches commit in the order the controller sized them.
+            "--writer-connections",
+            "1",
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["written"] == 300
     rows = db_query_sync(
-        "SELECT size FROM arcflow.batches WHERE run_id = $1 AND reason = 'size' ORDER BY written_at, batch_id", run_id
+        "SELECT size FROM arcflow.batches WHERE run_id = $1 AND reason = 'size' ORDER BY written_at, batch_id",
+        run_id,
     )
     sizes = [r["size"] for r in rows]
     assert sizes[0] == 20

@@ -56,7 +56,15 @@ def test_quick_benchmark_writes_results(tmp_path: Path) -> None:
     assert set(outage["phases"]) == {"before", "during", "after"}
 
     md = (tmp_path / "latest.md").read_text()
-    for heading in ("Ingest", "Round trips", "Latency-bound", "Memory", "Trickle", "Outage", "Targets"):
+    for heading in (
+        "Ingest",
+        "Round trips",
+        "Latency-bound",
+        "Memory",
+        "Trickle",
+        "Outage",
+        "Targets",
+    ):
         assert heading in md
     if importlib.util.find_spec("matplotlib") is not None:  # the bench extra; CI installs dev only
         assert (tmp_path / "latest.png").stat().st_size > 1000

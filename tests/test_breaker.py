@@ -38,7 +38,9 @@ class Model:
     def failure(self, now: float) -> None:
         self.failures += 1
         self.probing = False
-        if self.state == "half_open" or (self.state == "closed" and self.failures >= self.threshold):
+        if self.state == "half_open" or (
+            self.state == "closed" and self.failures >= self.threshold
+        ):
             self.state, self.opened_at = "open", now
 
 

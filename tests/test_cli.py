@@ -42,19 +42,41 @@ async def test_happy_path_json(dsn: str, run_id: str, db_query: Any, tmp_path: P
 
     proc = await trio.to_thread.run_sync(
         lambda: run_cli(
-            "run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, "--run-id", run_id,
-            "--batch-size", "40", "--concurrency", "16", "--json", "--data-dir", str(tmp_path),
+            "run",
+            str(EXAMPLE),
+            "--executor",
+            SCORE,
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--batch-size",
+            "40",
+            "--concurrency",
+            "16",
+            "--json",
+            "--data-dir",
+            str(tmp_path),
         )
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    for key in ("run_id", "scenarios", "written", "dead_lettered", "batches", "by_status", "by_flush_reason"):
+    for key in (
+        "run_id",
+        "scenarios",
+        "written",
+        "dead_lettered",
+        "batches",
+        "by_status",
+        "by_flush_reason",
+    ):
         assert key in summary
     assert summary["run_id"] == run_id
     assert summary["scenarios"] == summary["written"] == 300
     assert summary["batches"] == 8 and summary["by_flush_reason"] == {"size": 7, "shutdown": 1}
     rows = await db_query(
-        "SELECT status, count(*) AS c FROM arcflow.outcomes WHERE run_id = $1 GROUP BY status", run_id
+        "SELECT status, count(*) AS c FROM arcflow.outcomes WHERE run_id = $1 GROUP BY status",
+        run_id,
     )
     assert {r["status"]: r["c"] for r in rows} == summary["by_status"]
 
@@ -71,16 +93,23 @@ def test_version_and_help() -> None:
     [
         (['{"id": "a"}', '{"id": "b"', '{"id": "c"}'], ":2: invalid JSON"),
         (['{"id": "a"}', '{"input": {}}'], ':2: missing "id"'),
-        (['{"id": "a"}', '{"id": "b"}', '{"id": "a"}'], ":3: duplicate scenario id 'a' (first on line 1)"),
+        (
+            ['{"id": "a"}', '{"id": "b"}', '{"id": "a"}'],
+            ":3: duplicate scenario id 'a' (first on line 1)",
+        ),
         (['{"id": "a", "tags": "x"}'], ':1: "tags" must be a list'),
         (['{"id": "a", "color": 1}'], ":1: unknown keys ['color']"),
         ([], "no scenarios"),
     ],
 )
-def test_bad_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[str], needle: str) -> None:
+def test_bad_scenario_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[str], needle: str
+) -> None:
     """A malformed scenario file exits 2 naming the file and line, before any database work."""
     path = write_lines(tmp_path / "s.jsonl", lines)
-    code = main(["run", str(path), "--executor", SCORE, "--db", "postgresql://nobody@127.0.0.1:1/x"])
+    code = main(
+        ["run", str(path), "--executor", SCORE, "--db", "postgresql://nobody@127.0.0.1:1/x"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert str(path) in err and needle in err
@@ -136,7 +165,9 @@ def test_non_numeric_option_is_usage_error() -> None:
 def test_unreachable_database_redacts_password(tmp_path: Path) -> None:
     """An unreachable database exits 2 before any scenario runs, and the password never shows."""
     dsn = f"postgresql://alice:hunter2-secret@127.0.0.1:{free_port()}/db"
-    proc = run_cli("run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, "--data-dir", str(tmp_path))
+    proc = run_cli(
+        "run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, "--data-dir", str(tmp_path)
+    )
     assert proc.returncode == 2
     assert "cannot reach the database" in proc.stderr
     assert "hunter2-secret" not in proc.stderr + proc.stdout
@@ -144,16 +175,35 @@ def test_unreachable_database_redacts_password(tmp_path: Path) -> None:
 
 
 def test_modal_without_credentials_fails_before_any_scenario(
-    dsn: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    dsn: str,
+    run_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """modal: with no Modal credentials exits 2 at start, before any scenario, saying how to provide them."""
     for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_CONFIG_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    code = main([
-        "run", str(EXAMPLE), "--executor", "modal:python score.py", "--db", dsn, "--run-id", run_id,
-        "--modal-cpu", "0.5", "--modal-secrets", "a, b", "--data-dir", str(tmp_path), "--quiet",
-    ])
+    code = main(
+        [
+            "run",
+            str(EXAMPLE),
+            "--executor",
+            "modal:python score.py",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--modal-cpu",
+            "0.5",
+            "--modal-secrets",
+            "a, b",
+            "--data-dir",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "MODAL_TOKEN_ID" in err and "modal token new" in err

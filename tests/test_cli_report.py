@@ -32,12 +32,27 @@ def rows(dsn: str, sql: str, *args: Any) -> list[Any]:
 
 
 @pytest.fixture
-def finished_run(dsn: str, run_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+def finished_run(
+    dsn: str, run_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
     """The bundled example run to the end through the command line; its --json summary."""
-    code = cli.main([
-        "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score",
-        "--db", dsn, "--run-id", run_id, "--data-dir", str(tmp_path), "--batch-size", "64", "--json",
-    ])
+    code = cli.main(
+        [
+            "run",
+            "examples/quickstart.jsonl",
+            "--executor",
+            "python:examples.quickstart:score",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--data-dir",
+            str(tmp_path),
+            "--batch-size",
+            "64",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     summary: dict[str, Any] = json.loads(out)
@@ -55,16 +70,25 @@ def test_runs_lists_the_finished_run_with_counts_from_the_rows(
     assert row["started_at"] and row["finished_at"]
     counted = {
         r["status"]: r["n"]
-        for r in rows(dsn, "SELECT status, count(*) AS n FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1", run_id)
+        for r in rows(
+            dsn,
+            "SELECT status, count(*) AS n FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1",
+            run_id,
+        )
     }
     assert row["done"] == sum(counted.values()) == 300 == row["scenarios"]
     for status in ("passed", "failed", "error", "timeout", "cancelled"):
         assert row[status] == counted.get(status, 0) == finished_run["by_status"].get(status, 0)
 
 
-def test_runs_table_and_csv(dsn: str, run_id: str, finished_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_runs_table_and_csv(
+    dsn: str, run_id: str, finished_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     """The table has a header and the run's line; csv parses with the documented columns."""
-    assert cli.main(["runs", "--db", dsn, "--suite", "examples/quickstart.jsonl", "--limit", "1000"]) == 0
+    assert (
+        cli.main(["runs", "--db", dsn, "--suite", "examples/quickstart.jsonl", "--limit", "1000"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:4] == ["run", "suite", "status", "started"]
     line = next(line for line in table.splitlines() if line.startswith(run_id))
@@ -96,18 +120,28 @@ def test_report_json_matches_the_rows(
     assert {t["tag"]: (t["scenarios"], t["passed"]) for t in report["by_tag"]} == {
         r["tag"]: (r["n"], r["p"]) for r in tag_rows
     }
-    slowest = rows(dsn, "SELECT max(duration_ms) AS m FROM arcflow.outcomes WHERE run_id = $1", run_id)[0]["m"]
+    slowest = rows(
+        dsn, "SELECT max(duration_ms) AS m FROM arcflow.outcomes WHERE run_id = $1", run_id
+    )[0]["m"]
     assert len(report["slowest"]) == 5 and report["slowest"][0]["duration_ms"] == slowest
     assert report["errors"] == []
 
-    batches = rows(dsn, "SELECT count(*) AS n, sum(inserted) AS rows FROM arcflow.batches WHERE run_id = $1", run_id)[0]
+    batches = rows(
+        dsn,
+        "SELECT count(*) AS n, sum(inserted) AS rows FROM arcflow.batches WHERE run_id = $1",
+        run_id,
+    )[0]
     assert report["batches"]["batches"] == batches["n"] == finished_run["write_transactions"]
     assert report["batches"]["inserted"] == batches["rows"] == finished_run["written"] == 300
     assert report["batches"]["by_reason"] == finished_run["by_flush_reason"]
 
 
 def test_report_table_csv_and_html(
-    dsn: str, run_id: str, finished_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dsn: str,
+    run_id: str,
+    finished_run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The default table, --format csv, and --html FILE writing a self-contained page."""
     page = tmp_path / "report.html"
@@ -125,13 +159,20 @@ def test_report_table_csv_and_html(
     assert ["status", "passed", "scenarios", str(passed)] in records
 
 
-def test_report_of_an_unknown_run_exits_2(dsn: str, finished_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_of_an_unknown_run_exits_2(
+    dsn: str, finished_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     """An unknown run id is exit 2 with a message pointing at `runs`."""
     assert cli.main(["report", "no-such-run", "--db", dsn]) == 2
-    assert "no run 'no-such-run' in the database; `python -m arcflow runs` lists" in capsys.readouterr().err
+    assert (
+        "no run 'no-such-run' in the database; `python -m arcflow runs` lists"
+        in capsys.readouterr().err
+    )
 
 
-def test_unreachable_database_exits_2_without_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_database_exits_2_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`runs` against a database that is down is exit 2, and the password is never shown."""
     from arcflow.testing import free_port
 

@@ -10,10 +10,19 @@ from arcflow.store.dsn import EMBEDDED, redact_dsn, redact_text, resolve_dsn
 @pytest.mark.parametrize(
     ("dsn", "shown"),
     [
-        ("postgresql://alice:s3cret@db.example:5432/app", "postgresql://alice:***@db.example:5432/app"),
+        (
+            "postgresql://alice:s3cret@db.example:5432/app",
+            "postgresql://alice:***@db.example:5432/app",
+        ),
         ("postgresql://alice@db/app", "postgresql://alice@db/app"),
-        ("postgresql://postgres:@/postgres?host=/tmp/x", "postgresql://postgres@/postgres?host=/tmp/x"),
-        ("postgres://u:p%40ss@h/d?password=zz&sslmode=require", "postgres://u:***@h/d?password=***&sslmode=require"),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/x",
+            "postgresql://postgres@/postgres?host=/tmp/x",
+        ),
+        (
+            "postgres://u:p%40ss@h/d?password=zz&sslmode=require",
+            "postgres://u:***@h/d?password=***&sslmode=require",
+        ),
         ("host=h port=5 password=secret user=u", "host=h port=5 password=*** user=u"),
         (None, "(from PG* environment)"),
     ],

@@ -109,7 +109,12 @@ def test_import_arcflow_leaves_the_host_asyncio_alone(dsn: str, tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if k != "ARCFLOW_DB"}
     proc = subprocess.run(
         [sys.executable, "-c", program, dsn, str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -221,7 +226,12 @@ async def _host_cancelled(dsn: str, run_id: str, data_dir: str) -> dict[str, Any
         while True:
             await pool.execute("INSERT INTO host_app.events VALUES ($1, $2)", run_id, n)
             host["inserts"] += 1
-            assert await pool.fetchval("SELECT count(*) FROM host_app.events WHERE run_id = $1", run_id) == n + 1
+            assert (
+                await pool.fetchval(
+                    "SELECT count(*) FROM host_app.events WHERE run_id = $1", run_id
+                )
+                == n + 1
+            )
             if rt.running:
                 host["queries_while_running"] += 1
             n += 1
@@ -238,9 +248,12 @@ async def _host_cancelled(dsn: str, run_id: str, data_dir: str) -> dict[str, Any
             i += 1
 
     async def service() -> None:
-        async with arcflow.aio.open_runtime(
-            db=dsn, run_id=run_id, batch_size=64, flush_interval=600, data_dir=data_dir
-        ) as rt, asyncio.TaskGroup() as tg:
+        async with (
+            arcflow.aio.open_runtime(
+                db=dsn, run_id=run_id, batch_size=64, flush_interval=600, data_dir=data_dir
+            ) as rt,
+            asyncio.TaskGroup() as tg,
+        ):
             tg.create_task(own_db_work(rt))
             for k in range(40):
                 tg.create_task(recorder(rt, k))
@@ -278,7 +291,11 @@ async def _host_submit(dsn: str, run_id: str, data_dir: str) -> dict[str, Any]:
 
     submitted = 0
     async with arcflow.aio.open_runtime(
-        arcflow.HostExecutor(double), dsn, run_id=run_id, concurrency=16, batch_size=50,
+        arcflow.HostExecutor(double),
+        dsn,
+        run_id=run_id,
+        concurrency=16,
+        batch_size=50,
         data_dir=data_dir,
     ) as rt:
 
@@ -312,8 +329,16 @@ async def _host_backpressure(dsn: str, run_id: str, data_dir: str, kind: str) ->
     conn, tx = await _lock_outcomes(dsn)
     executor = arcflow.testing.FailingExecutor() if kind == "submit" else None
     runtime = arcflow.Runtime(
-        executor, dsn, run_id=run_id, batch_size=5, concurrency=2, work_buffer=4,
-        outcome_buffer=3, batch_buffer=1, flush_interval=600, data_dir=data_dir,
+        executor,
+        dsn,
+        run_id=run_id,
+        batch_size=5,
+        concurrency=2,
+        work_buffer=4,
+        outcome_buffer=3,
+        batch_buffer=1,
+        flush_interval=600,
+        data_dir=data_dir,
     )
     accepted: list[str] = []
     answer: dict[str, Any] = {}
@@ -365,8 +390,15 @@ async def _host_spill(dsn: str, run_id: str, data_dir: str) -> dict[str, Any]:
     accepted: list[str] = []
     full = asyncio.Event()
     runtime = arcflow.Runtime(
-        db=dsn, run_id=run_id, batch_size=5, outcome_buffer=3, batch_buffer=1,
-        flush_interval=600, shutdown_timeout=1.0, grace=0.0, data_dir=data_dir,
+        db=dsn,
+        run_id=run_id,
+        batch_size=5,
+        outcome_buffer=3,
+        batch_buffer=1,
+        flush_interval=600,
+        shutdown_timeout=1.0,
+        grace=0.0,
+        data_dir=data_dir,
     )  # grace=0: a cancelled drain's budget is shutdown_timeout + grace (see runtime._drain)
     rt = arcflow.AsyncioRuntime(runtime, buffer=8)
 

@@ -17,7 +17,9 @@ async def test_open_runtime_is_a_runtime_and_record_only_needs_no_executor(
     dsn: str, run_id: str, db_query: Any, tmp_path: Path
 ) -> None:
     """open_runtime() without an executor records outcomes; submit() is refused; the exit drains."""
-    rt = arcflow.open_runtime(db=dsn, run_id=run_id, batch_size=10, flush_interval=600, data_dir=tmp_path)
+    rt = arcflow.open_runtime(
+        db=dsn, run_id=run_id, batch_size=10, flush_interval=600, data_dir=tmp_path
+    )
     assert isinstance(rt, arcflow.Runtime)
     async with rt:
         for i in range(25):
@@ -82,7 +84,12 @@ async def test_trio_host_submitting_from_many_tasks_then_cancelled_writes_every_
     accepted: list[str] = []
     with trio.move_on_after(1.0) as host:
         async with arcflow.open_runtime(
-            executor, dsn, run_id=run_id, concurrency=8, batch_size=20, flush_interval=600,
+            executor,
+            dsn,
+            run_id=run_id,
+            concurrency=8,
+            batch_size=20,
+            flush_interval=600,
             data_dir=tmp_path,
         ) as rt:
 
@@ -122,7 +129,9 @@ async def _lock_outcomes(dsn: str) -> tuple[Any, Any]:
     conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(dsn)
     tx = conn.transaction()
     await trio_asyncio.aio_as_trio(tx.start)()
-    await trio_asyncio.aio_as_trio(conn.execute)("LOCK TABLE arcflow.outcomes IN ACCESS EXCLUSIVE MODE")
+    await trio_asyncio.aio_as_trio(conn.execute)(
+        "LOCK TABLE arcflow.outcomes IN ACCESS EXCLUSIVE MODE"
+    )
     return conn, tx
 
 
@@ -141,8 +150,16 @@ async def test_trio_backpressure_stalled_writer_makes_hand_over_wait_and_nowait_
         executor = FailingExecutor() if kind == "submit" else None
         accepted = 0
         async with arcflow.open_runtime(
-            executor, dsn, run_id=run_id, batch_size=5, concurrency=2, work_buffer=4,
-            outcome_buffer=3, batch_buffer=1, flush_interval=600, data_dir=tmp_path,
+            executor,
+            dsn,
+            run_id=run_id,
+            batch_size=5,
+            concurrency=2,
+            work_buffer=4,
+            outcome_buffer=3,
+            batch_buffer=1,
+            flush_interval=600,
+            data_dir=tmp_path,
         ) as rt:
 
             async def hand_over(i: int) -> None:

@@ -23,7 +23,8 @@ except ConfigError:
     CREDENTIALS = None
 
 pytestmark = pytest.mark.skipif(
-    CREDENTIALS is None, reason="no Modal credentials here (set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)"
+    CREDENTIALS is None,
+    reason="no Modal credentials here (set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)",
 )
 
 # Reads the scenario on stdin, echoes its id, passes; sleeps when asked (for the timeout case).
@@ -35,10 +36,16 @@ COMMAND = [
 ]
 
 
-async def test_live_sandboxes_record_real_ids(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_live_sandboxes_record_real_ids(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """Real sandboxes run scenarios; outcomes carry real sandbox ids; a timeout terminates its sandbox."""
-    executor = ModalExecutor(COMMAND, ModalConfig(app_name="arcflow-tests", max_creations_per_second=2))
-    async with arcflow.Runtime(executor, dsn, run_id=run_id, concurrency=3, data_dir=tmp_path) as rt:
+    executor = ModalExecutor(
+        COMMAND, ModalConfig(app_name="arcflow-tests", max_creations_per_second=2)
+    )
+    async with arcflow.Runtime(
+        executor, dsn, run_id=run_id, concurrency=3, data_dir=tmp_path
+    ) as rt:
         for i in range(3):
             await rt.submit(arcflow.Scenario(id=f"live-{i}"))
         await rt.submit(arcflow.Scenario(id="live-slow", input={"sleep": 120}, timeout_s=20))
@@ -50,7 +57,10 @@ async def test_live_sandboxes_record_real_ids(dsn: str, run_id: str, db_query: A
 
     by_id = {r["scenario_id"]: (r["status"], json.loads(r["executor"])) for r in rows}
     assert {k: v[0] for k, v in by_id.items()} == {
-        "live-0": "passed", "live-1": "passed", "live-2": "passed", "live-slow": "timeout",
+        "live-0": "passed",
+        "live-1": "passed",
+        "live-2": "passed",
+        "live-slow": "timeout",
     }
     for status, details in by_id.values():
         if status == "passed":

@@ -50,9 +50,21 @@ async def test_fastapi_example_records_one_outcome_per_request_and_loses_nothing
     }
     log = (tmp_path / "uvicorn.log").open("w+")
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app",
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.fastapi_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -61,8 +73,14 @@ async def test_fastapi_example_records_one_outcome_per_request_and_loses_nothing
             assert health["run_id"] == run_id
 
             async def post(i: int) -> None:
-                body = {"id": f"req-{i:03d}", "status": "failed" if i % 10 == 0 else "passed",
-                        "score": i / 1000, "output": {"i": i}, "tags": ["http"], "duration_ms": 3}
+                body = {
+                    "id": f"req-{i:03d}",
+                    "status": "failed" if i % 10 == 0 else "passed",
+                    "score": i / 1000,
+                    "output": {"i": i},
+                    "tags": ["http"],
+                    "duration_ms": 3,
+                }
                 response = await client.post("/results", json=body)
                 assert response.status_code == 200, response.text
                 assert response.json() == {"run_id": run_id, "id": f"req-{i:03d}"}
@@ -109,6 +127,9 @@ async def test_fastapi_example_records_one_outcome_per_request_and_loses_nothing
         " GROUP BY reason ORDER BY reason",
         run_id,
     )
-    assert [(b["reason"], b["n"], b["rows"]) for b in batches] == [("shutdown", 1, 30), ("size", 4, 200)]
+    assert [(b["reason"], b["n"], b["rows"]) for b in batches] == [
+        ("shutdown", 1, 30),
+        ("size", 4, 200),
+    ]
     run = await db_query("SELECT status, suite FROM arcflow.runs WHERE run_id = $1", run_id)
     assert (run[0]["status"], run[0]["suite"]) == ("finished", "fastapi-example")

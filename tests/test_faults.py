@@ -68,12 +68,21 @@ FAST_RETRY = RetryPolicy(max_retries=2, base_delay=0.05, max_delay=0.2, max_elap
 FAST_BREAKER = BreakerConfig(failure_threshold=2, cooldown=0.5)
 
 
-async def test_database_stopped_mid_run(own_pg: TemporaryPostgres, run_id: str, tmp_path: Path) -> None:
+async def test_database_stopped_mid_run(
+    own_pg: TemporaryPostgres, run_id: str, tmp_path: Path
+) -> None:
     """DB down longer than the retry budget: breaker opens, journal used, then replayed; exactly once."""
     n = 400
     async with arcflow.Runtime(
-        arcflow.PythonExecutor(slow), own_pg.dsn, run_id=run_id, batch_size=10, concurrency=8,
-        flush_interval=0.3, retry=FAST_RETRY, breaker=FAST_BREAKER, data_dir=tmp_path,
+        arcflow.PythonExecutor(slow),
+        own_pg.dsn,
+        run_id=run_id,
+        batch_size=10,
+        concurrency=8,
+        flush_interval=0.3,
+        retry=FAST_RETRY,
+        breaker=FAST_BREAKER,
+        data_dir=tmp_path,
         statement_timeout=2,
     ) as rt:
 
@@ -93,7 +102,9 @@ async def test_database_stopped_mid_run(own_pg: TemporaryPostgres, run_id: str, 
     stats = rt.statistics()
     counts = await final_counts(own_pg.dsn, run_id)
     assert len(counts) == n and set(counts.values()) == {1}
-    rows = await query(own_pg.dsn, "SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id)
+    rows = await query(
+        own_pg.dsn, "SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id
+    )
     assert rows[0]["c"] == n
     assert stats.spilled_batches >= 3 and stats.replayed_outcomes >= 30
     assert stats.breaker_transitions.get("closed->open", 0) >= 1
@@ -106,8 +117,12 @@ async def test_proxy_drops_and_stalls(dsn: str, run_id: str, tmp_path: Path) -> 
     """Through a proxy dropping and stalling connections at random (seeded): one row per scenario."""
     target = urlsplit(dsn)
     proxy = FaultyProxy(
-        target_port=target.port or 5432, target_host=target.hostname or "127.0.0.1",
-        seed=1234, drop_rate=0.03, stall_rate=0.03, enabled=False,
+        target_port=target.port or 5432,
+        target_host=target.hostname or "127.0.0.1",
+        seed=1234,
+        drop_rate=0.03,
+        stall_rate=0.03,
+        enabled=False,
     )
     n = 600
     async with trio.open_nursery() as nursery:
@@ -117,8 +132,15 @@ async def test_proxy_drops_and_stalls(dsn: str, run_id: str, tmp_path: Path) -> 
             netloc=f"{user + '@' if user else ''}127.0.0.1:{proxy.port}"
         ).geturl()
         async with arcflow.Runtime(
-            arcflow.PythonExecutor(slow), proxied, run_id=run_id, batch_size=20, concurrency=16,
-            flush_interval=0.2, retry=FAST_RETRY, breaker=FAST_BREAKER, data_dir=tmp_path,
+            arcflow.PythonExecutor(slow),
+            proxied,
+            run_id=run_id,
+            batch_size=20,
+            concurrency=16,
+            flush_interval=0.2,
+            retry=FAST_RETRY,
+            breaker=FAST_BREAKER,
+            data_dir=tmp_path,
             statement_timeout=1.0,
         ) as rt:
             proxy.enabled = True
@@ -184,9 +206,22 @@ async def _wait_rows(dsn: str, run_id: str, at_least: int, timeout: float = 60) 
 async def test_poison_cli_exits_zero(dsn: str, run_id: str, tmp_path: Path) -> None:
     """The CLI run with a poison record exits 0 and its summary counts the dead letter."""
     path = tmp_path / "s.jsonl"
-    path.write_text("\n".join(json.dumps({"id": f"p{i}", "input": {"poison": i == 3}}) for i in range(10)) + "\n")
-    proc = _cli(str(path), "--executor", "python:faulty_exec:nul_output", "--db", dsn,
-                "--run-id", run_id, "--json", "--data-dir", str(tmp_path))
+    path.write_text(
+        "\n".join(json.dumps({"id": f"p{i}", "input": {"poison": i == 3}}) for i in range(10))
+        + "\n"
+    )
+    proc = _cli(
+        str(path),
+        "--executor",
+        "python:faulty_exec:nul_output",
+        "--db",
+        dsn,
+        "--run-id",
+        run_id,
+        "--json",
+        "--data-dir",
+        str(tmp_path),
+    )
     out, err = await trio.to_thread.run_sync(proc.communicate)
     assert proc.returncode == 0, err
     summary = json.loads(out)
@@ -197,10 +232,30 @@ async def test_sigkill_then_resume(own_pg: TemporaryPostgres, run_id: str, tmp_p
     """SIGKILL while spilling during an outage, torn journal tail, --resume: exactly one final outcome each."""
     n = 300
     path = write_scenarios(tmp_path / "s.jsonl", n, sleep=0.02)
-    args = [str(path), "--executor", "python:faulty_exec:slow", "--db", own_pg.dsn,
-            "--run-id", run_id, "--batch-size", "10", "--concurrency", "8",
-            "--flush-interval", "0.3", "--max-retries", "0", "--breaker-threshold", "1",
-            "--breaker-cooldown", "30", "--data-dir", str(tmp_path), "--json"]
+    args = [
+        str(path),
+        "--executor",
+        "python:faulty_exec:slow",
+        "--db",
+        own_pg.dsn,
+        "--run-id",
+        run_id,
+        "--batch-size",
+        "10",
+        "--concurrency",
+        "8",
+        "--flush-interval",
+        "0.3",
+        "--max-retries",
+        "0",
+        "--breaker-threshold",
+        "1",
+        "--breaker-cooldown",
+        "30",
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+    ]
     proc = _cli(*args)
     await _wait_rows(own_pg.dsn, run_id, 40)
     await trio.to_thread.run_sync(own_pg.stop)
@@ -235,9 +290,24 @@ async def test_sigkill_then_resume(own_pg: TemporaryPostgres, run_id: str, tmp_p
 async def test_sigint_finishes_and_writes(dsn: str, run_id: str, tmp_path: Path) -> None:
     """SIGINT mid-run: running scenarios finish, everything done is written, exit 0."""
     path = write_scenarios(tmp_path / "s.jsonl", 400, sleep=0.2)
-    proc = _cli(str(path), "--executor", "python:faulty_exec:slow", "--db", dsn, "--run-id", run_id,
-                "--batch-size", "1000", "--flush-interval", "60", "--concurrency", "10",
-                "--data-dir", str(tmp_path), "--json")
+    proc = _cli(
+        str(path),
+        "--executor",
+        "python:faulty_exec:slow",
+        "--db",
+        dsn,
+        "--run-id",
+        run_id,
+        "--batch-size",
+        "1000",
+        "--flush-interval",
+        "60",
+        "--concurrency",
+        "10",
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+    )
     await trio.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     out, err = await trio.to_thread.run_sync(proc.communicate)
@@ -245,7 +315,11 @@ async def test_sigint_finishes_and_writes(dsn: str, run_id: str, tmp_path: Path)
     summary = json.loads(out)
     assert 0 < summary["completed"] < 400
     assert summary["by_flush_reason"] == {"shutdown": 1}
-    rows = await query(dsn, "SELECT status, count(*) AS c FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1", run_id)
+    rows = await query(
+        dsn,
+        "SELECT status, count(*) AS c FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1",
+        run_id,
+    )
     assert {r["status"]: r["c"] for r in rows} == {"passed": summary["completed"]}
     run = await query(dsn, "SELECT status FROM arcflow.runs WHERE run_id = $1", run_id)
     assert run[0]["status"] == "stopped"
@@ -254,8 +328,20 @@ async def test_sigint_finishes_and_writes(dsn: str, run_id: str, tmp_path: Path)
 async def test_second_sigint_cancels_running(dsn: str, run_id: str, tmp_path: Path) -> None:
     """A second SIGINT cancels running scenarios (recorded cancelled), still writes, exits non-zero."""
     path = write_scenarios(tmp_path / "s.jsonl", 50, sleep=60)
-    proc = _cli(str(path), "--executor", "python:faulty_exec:slow", "--db", dsn, "--run-id", run_id,
-                "--concurrency", "5", "--data-dir", str(tmp_path), "--json")
+    proc = _cli(
+        str(path),
+        "--executor",
+        "python:faulty_exec:slow",
+        "--db",
+        dsn,
+        "--run-id",
+        run_id,
+        "--concurrency",
+        "5",
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+    )
     await trio.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     await trio.sleep(0.5)
@@ -279,11 +365,25 @@ async def test_writer_bug_past_intensity_then_resume(dsn: str, run_id: str, tmp_
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
-    args = ["run", str(path), "--executor", "python:faulty_exec:slow", "--db", dsn,
-            "--batch-size", "10", "--data-dir", str(tmp_path)]
+    args = [
+        "run",
+        str(path),
+        "--executor",
+        "python:faulty_exec:slow",
+        "--db",
+        dsn,
+        "--batch-size",
+        "10",
+        "--data-dir",
+        str(tmp_path),
+    ]
     proc = await trio.run_process(
-        [sys.executable, "-c", code, *args, "--run-id", run_id], env=env, cwd=ROOT,
-        capture_stdout=True, capture_stderr=True, check=False,
+        [sys.executable, "-c", code, *args, "--run-id", run_id],
+        env=env,
+        cwd=ROOT,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
@@ -291,8 +391,12 @@ async def test_writer_bug_past_intensity_then_resume(dsn: str, run_id: str, tmp_
     assert "--resume" in err
     assert await final_counts(dsn, run_id) == {}
     resumed = await trio.run_process(
-        [sys.executable, "-m", "arcflow", *args, "--resume", run_id, "--json"], env=env, cwd=ROOT,
-        capture_stdout=True, capture_stderr=True, check=False,
+        [sys.executable, "-m", "arcflow", *args, "--resume", run_id, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     assert resumed.returncode == 0, resumed.stderr.decode()
     counts = await final_counts(dsn, run_id)
@@ -305,10 +409,19 @@ async def test_journal_cap_turns_into_backpressure(
     """At the journal's size cap the writer stops pulling: producers wait, nothing dropped, all written later."""
     cap = 4096
     async with arcflow.Runtime(
-        arcflow.PythonExecutor(slow), own_pg.dsn, run_id=run_id, batch_size=5, concurrency=2,
-        work_buffer=4, outcome_buffer=2, flush_interval=0.1, journal_max_bytes=cap,
-        retry=RetryPolicy(max_retries=0), breaker=BreakerConfig(failure_threshold=1, cooldown=0.3),
-        data_dir=tmp_path, statement_timeout=2,
+        arcflow.PythonExecutor(slow),
+        own_pg.dsn,
+        run_id=run_id,
+        batch_size=5,
+        concurrency=2,
+        work_buffer=4,
+        outcome_buffer=2,
+        flush_interval=0.1,
+        journal_max_bytes=cap,
+        retry=RetryPolicy(max_retries=0),
+        breaker=BreakerConfig(failure_threshold=1, cooldown=0.3),
+        data_dir=tmp_path,
+        statement_timeout=2,
     ) as rt:
         await trio.to_thread.run_sync(own_pg.stop)
         accepted = 0

@@ -210,7 +210,11 @@ async def test_scenario_timeout_wins_and_deadline_does_not_leak(
     """A timeout applies to the executor only; the next scenario gets a fresh deadline."""
     ex = Scripted({"a": [sleeps(3)], "b": [sleeps(3)], "c": [sleeps(1)]})
     got, _ = await run_producers(ex, ["a", "b", "c"], timeout=4)
-    assert summary(got) == [("a", 1, "passed", True), ("b", 1, "passed", True), ("c", 1, "passed", True)]
+    assert summary(got) == [
+        ("a", 1, "passed", True),
+        ("b", 1, "passed", True),
+        ("c", 1, "passed", True),
+    ]
 
 
 async def test_swallowed_timeout_does_not_reach_the_next_scenario(
@@ -218,7 +222,11 @@ async def test_swallowed_timeout_does_not_reach_the_next_scenario(
 ) -> None:
     ex = Scripted({"a": [swallows_cancel(10)], "b": [sleeps(1)], "c": [sleeps(1)]})
     got, _ = await run_producers(ex, ["a", "b", "c"], timeout=2)
-    assert summary(got) == [("a", 1, "failed", True), ("b", 1, "passed", True), ("c", 1, "passed", True)]
+    assert summary(got) == [
+        ("a", 1, "failed", True),
+        ("b", 1, "passed", True),
+        ("c", 1, "passed", True),
+    ]
     assert got[0].error_message == "swallowed"
 
 
@@ -231,14 +239,18 @@ async def test_cancel_running_records_cancelled_and_stops(
         await trio.sleep(5)
         control.cancel_running()
 
-    got, counters = await run_producers(ex, list("abcdef"), concurrency=3, attempts=3, during=during)
+    got, counters = await run_producers(
+        ex, list("abcdef"), concurrency=3, attempts=3, during=during
+    )
     assert sorted(summary(got)) == [(s, 1, "cancelled", False) for s in "abc"]
     assert all(o.error_type == "Cancelled" for o in got)
     assert counters.completed == 3
     assert sorted(ex.calls) == [("a", 1), ("b", 1), ("c", 1)]
 
 
-async def test_cancel_during_backoff_ends_the_scenario(autojump_clock: trio.testing.MockClock) -> None:
+async def test_cancel_during_backoff_ends_the_scenario(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     ex = Scripted({"a": [raises(ConnectionError("x")), sleeps(1)]})
 
     async def during(control: ShutdownControl, *_: Any) -> None:
@@ -298,7 +310,10 @@ async def test_many_fast_scenarios_all_recorded_once() -> None:
     assert sorted(o.scenario_id for o in got) == sorted(ids)
     assert {o.status for o in got} == {Status.PASSED} and all(o.final for o in got)
     assert counters.completed == 5000
-    assert got[0].executor == {"kind": "python", "function": "test_many_fast_scenarios_all_recorded_once.<locals>.noop"}
+    assert got[0].executor == {
+        "kind": "python",
+        "function": "test_many_fast_scenarios_all_recorded_once.<locals>.noop",
+    }
     assert got[0].scenario_hash == Scenario("x").content_hash
 
 
@@ -311,7 +326,9 @@ async def test_python_executor_results() -> None:
     ex = PythonExecutor(verdict, name="m:verdict")
     ctx = ExecutionContext(run_id="r", attempt=1, worker="w")
     passed = await ex.run(Scenario("none"), ctx)
-    assert passed == ExecutionResult(status=Status.PASSED, executor={"kind": "python", "function": "m:verdict"})
+    assert passed == ExecutionResult(
+        status=Status.PASSED, executor={"kind": "python", "function": "m:verdict"}
+    )
     failed = await ex.run(Scenario("x"), ctx)
     assert (failed.status, failed.score) == (Status.FAILED, 1.0)
     error = await ex.run(Scenario("bad"), ctx)
@@ -351,7 +368,9 @@ def test_duplicate_id_reported_past_the_in_memory_limit(tmp_path: Any, monkeypat
 # -- the producer pool ----------------------------------------------------------------------------
 
 
-async def test_slow_scenarios_fill_every_slot_at_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_slow_scenarios_fill_every_slot_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Resting producers are woken for queued slow scenarios: 3 waves of 50, not more."""
     ex = Scripted({f"s{i}": [sleeps(10)] for i in range(150)})
     t0 = trio.current_time()
@@ -374,7 +393,9 @@ async def test_fast_scenarios_do_not_wake_every_producer() -> None:
     async with trio.open_nursery() as nursery:
         with work_recv, out_send:
             for i in range(100):
-                p = Producer(f"p{i}", ex, run_id="r", config=cfg, control=control, counters=counters)
+                p = Producer(
+                    f"p{i}", ex, run_id="r", config=cfg, control=control, counters=counters
+                )
                 nursery.start_soon(p.run, work_recv.clone(), out_send.clone(), ProducerState())
         await trio.sleep(0.01)  # every producer has found the channel empty
         async with work_send:
@@ -396,7 +417,9 @@ async def test_mixed_slow_and_fast(autojump_clock: trio.testing.MockClock) -> No
 
 
 @pytest.mark.parametrize("how", ["close", "stop_then_close", "cancel_running"])
-async def test_resting_producers_leave_at_the_end(how: str, autojump_clock: trio.testing.MockClock) -> None:
+async def test_resting_producers_leave_at_the_end(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
     """Nobody keeps resting after the input closes, a stop, or a cancel."""
     control = ShutdownControl()
     counters = Counters()
@@ -408,7 +431,9 @@ async def test_resting_producers_leave_at_the_end(how: str, autojump_clock: trio
         async with trio.open_nursery() as nursery:
             with work_recv, out_send:
                 for i in range(20):
-                    p = Producer(f"p{i}", ex, run_id="r", config=cfg, control=control, counters=counters)
+                    p = Producer(
+                        f"p{i}", ex, run_id="r", config=cfg, control=control, counters=counters
+                    )
                     nursery.start_soon(p.run, work_recv.clone(), out_send.clone(), ProducerState())
             await work_send.send(Scenario("a"))
             await work_send.send(Scenario("b"))

@@ -86,8 +86,13 @@ async def test_size_cap(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(outputs=st.lists(json_values, min_size=1, max_size=5), cut=st.integers(min_value=1, max_value=400))
-def test_property_any_truncation_keeps_a_prefix(tmp_path_factory: object, outputs: list[object], cut: int) -> None:
+@given(
+    outputs=st.lists(json_values, min_size=1, max_size=5),
+    cut=st.integers(min_value=1, max_value=400),
+)
+def test_property_any_truncation_keeps_a_prefix(
+    tmp_path_factory: object, outputs: list[object], cut: int
+) -> None:
     """Truncating the file anywhere leaves exactly the entries that were whole, never a misread."""
     import tempfile
 

@@ -49,10 +49,15 @@ def make_record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
 def test_ids_come_from_run_and_batch_placeholders() -> None:
     """The argument after 'run' is the run id, the one after 'batch' the batch id, whatever precedes them."""
     assert ids_from_args("run %s batch %s: retry %d/%d in %.2fs", ("r1", "b1", 1, 3, 0.5)) == {
-        "run_id": "r1", "batch_id": "b1",
+        "run_id": "r1",
+        "batch_id": "b1",
     }
-    assert ids_from_args("writer restarted: handling in-flight batch %s first", ("b9",)) == {"batch_id": "b9"}
-    assert ids_from_args("run %s: replaying %d spilled batches from %s", ("r2", 3, "/j")) == {"run_id": "r2"}
+    assert ids_from_args("writer restarted: handling in-flight batch %s first", ("b9",)) == {
+        "batch_id": "b9"
+    }
+    assert ids_from_args("run %s: replaying %d spilled batches from %s", ("r2", 3, "/j")) == {
+        "run_id": "r2"
+    }
     assert ids_from_args("%d%% done, run %s", (50, "r3")) == {"run_id": "r3"}
     assert ids_from_args("no placeholders", ()) == {}
 
@@ -60,15 +65,26 @@ def test_ids_come_from_run_and_batch_placeholders() -> None:
 def test_extra_beats_arguments_beats_context() -> None:
     """extra= fields win over parsed arguments, which win over log_context()."""
     with log_context(run_id="ctx-run", batch_id="ctx-batch"):
-        assert record_ids(make_record("plain message")) == {"run_id": "ctx-run", "batch_id": "ctx-batch"}
-        assert record_ids(make_record("run %s batch %s", "r", "b")) == {"run_id": "r", "batch_id": "b"}
-        assert record_ids(make_record("run %s batch %s", "r", "b", batch_id="x")) == {"run_id": "r", "batch_id": "x"}
+        assert record_ids(make_record("plain message")) == {
+            "run_id": "ctx-run",
+            "batch_id": "ctx-batch",
+        }
+        assert record_ids(make_record("run %s batch %s", "r", "b")) == {
+            "run_id": "r",
+            "batch_id": "b",
+        }
+        assert record_ids(make_record("run %s batch %s", "r", "b", batch_id="x")) == {
+            "run_id": "r",
+            "batch_id": "x",
+        }
     assert record_ids(make_record("plain message")) == {}
 
 
 def test_json_formatter_fields() -> None:
     """A JSON line has ts, level, logger, message, run_id, batch_id and extra fields."""
-    line = JsonFormatter().format(make_record("run %s batch %s: spilled %d outcomes", "r1", "b1", 7, sqlstate="08006"))
+    line = JsonFormatter().format(
+        make_record("run %s batch %s: spilled %d outcomes", "r1", "b1", 7, sqlstate="08006")
+    )
     data = json.loads(line)
     assert data["level"] == "WARNING" and data["logger"] == "arcflow.writer"
     assert data["message"] == "run r1 batch b1: spilled 7 outcomes"
@@ -81,7 +97,9 @@ def test_json_formatter_includes_the_exception() -> None:
     try:
         raise ValueError("boom")
     except ValueError:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), __import__("sys").exc_info())
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "failed", (), __import__("sys").exc_info()
+        )
     line = JsonFormatter().format(record)
     assert "\n" not in line
     assert "ValueError: boom" in json.loads(line)["exception"]
@@ -107,19 +125,35 @@ def test_configure_logging_replaces_its_own_handler() -> None:
     assert json.loads(second.getvalue())["batch_id"] == "b"
 
 
-async def test_writer_lines_carry_run_and_batch_ids_in_a_real_run(dsn: str, run_id: str, tmp_path: Path) -> None:
+async def test_writer_lines_carry_run_and_batch_ids_in_a_real_run(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
     """In a real run with a poison record, every JSON line about a batch has run_id and batch_id."""
     stream = io.StringIO()
     configure_logging("INFO", "json", stream)
     bad = Outcome(
-        run_id=run_id, scenario_id="poison", attempt=1, status=Status.PASSED,
-        started_at=T0, finished_at=T0, output={"text": "bad\u0000byte"},
+        run_id=run_id,
+        scenario_id="poison",
+        attempt=1,
+        status=Status.PASSED,
+        started_at=T0,
+        finished_at=T0,
+        output={"text": "bad\u0000byte"},
     )
     good = [
-        Outcome(run_id=run_id, scenario_id=f"s{i}", attempt=1, status=Status.PASSED, started_at=T0, finished_at=T0)
+        Outcome(
+            run_id=run_id,
+            scenario_id=f"s{i}",
+            attempt=1,
+            status=Status.PASSED,
+            started_at=T0,
+            finished_at=T0,
+        )
         for i in range(5)
     ]
-    async with arcflow.Runtime(db=dsn, run_id=run_id, data_dir=tmp_path, batch_size=10, flush_interval=0.5) as rt:
+    async with arcflow.Runtime(
+        db=dsn, run_id=run_id, data_dir=tmp_path, batch_size=10, flush_interval=0.5
+    ) as rt:
         for item in [*good, bad]:
             await rt.record(item)
     assert rt.statistics().dead_lettered == 1
@@ -132,15 +166,35 @@ async def test_writer_lines_carry_run_and_batch_ids_in_a_real_run(dsn: str, run_
 
 
 def test_cli_json_logs_keep_stdout_clean(
-    dsn: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    dsn: str,
+    run_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`run --json --log-format json --log-level debug`: stdout is the summary, stderr JSON lines with ids."""
     monkeypatch.chdir(ROOT)
-    code = cli.main([
-        "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score", "--db", dsn,
-        "--run-id", run_id, "--data-dir", str(tmp_path), "--batch-size", "100",
-        "--json", "--log-format", "json", "--log-level", "debug",
-    ])
+    code = cli.main(
+        [
+            "run",
+            "examples/quickstart.jsonl",
+            "--executor",
+            "python:examples.quickstart:score",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--data-dir",
+            str(tmp_path),
+            "--batch-size",
+            "100",
+            "--json",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     summary = json.loads(out)

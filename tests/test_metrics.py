@@ -61,11 +61,15 @@ def assert_matches_summary(samples: Samples, summary: dict[str, Any]) -> None:
     assert value(samples, "arcflow_scenarios_submitted_total") == summary["scenarios"]
     assert value(samples, "arcflow_scenarios_completed_total") == summary["completed"]
     for status in ("passed", "failed", "error", "timeout", "cancelled"):
-        assert value(samples, "arcflow_scenarios_total", status=status) == summary["by_status"].get(status, 0)
+        assert value(samples, "arcflow_scenarios_total", status=status) == summary["by_status"].get(
+            status, 0
+        )
     assert value(samples, "arcflow_records_written_total") == summary["written"]
     assert value(samples, "arcflow_records_already_written_total") == summary["already_written"]
     for reason in ("size", "deadline", "shutdown"):
-        assert value(samples, "arcflow_batches_total", reason=reason) == summary["by_flush_reason"].get(reason, 0)
+        assert value(samples, "arcflow_batches_total", reason=reason) == summary[
+            "by_flush_reason"
+        ].get(reason, 0)
     assert value(samples, "arcflow_write_transactions_total") == summary["write_transactions"]
     assert value(samples, "arcflow_write_retries_total") == summary["retries"]
     assert value(samples, "arcflow_dead_letters_total") == summary["dead_lettered"]
@@ -74,7 +78,10 @@ def assert_matches_summary(samples: Samples, summary: dict[str, Any]) -> None:
     # Histograms: one observation per write transaction and per attempt.
     assert value(samples, "arcflow_write_latency_seconds_count") == summary["write_transactions"]
     assert value(samples, "arcflow_batch_size_records_count") == summary["write_transactions"]
-    assert value(samples, "arcflow_batch_size_records_sum") == summary["written"] + summary["already_written"]
+    assert (
+        value(samples, "arcflow_batch_size_records_sum")
+        == summary["written"] + summary["already_written"]
+    )
     assert value(samples, "arcflow_scenario_duration_seconds_count") == summary["outcomes"]
     # Gauges at the end of a clean run.
     assert value(samples, "arcflow_breaker_state", state="closed") == 1
@@ -96,9 +103,15 @@ async def test_scraped_during_and_after_a_real_run(dsn: str, run_id: str, tmp_pa
 
     try:
         async with arcflow.Runtime(
-            executor=arcflow.PythonExecutor(judge), db=dsn, run_id=run_id, data_dir=tmp_path,
-            batch_size=20, flush_interval=5, concurrency=4,
-            on_batch_written=on_batch, on_outcome=exporter.on_outcome,
+            executor=arcflow.PythonExecutor(judge),
+            db=dsn,
+            run_id=run_id,
+            data_dir=tmp_path,
+            batch_size=20,
+            flush_interval=5,
+            concurrency=4,
+            on_batch_written=on_batch,
+            on_outcome=exporter.on_outcome,
         ) as rt:
             exporter.attach(rt.statistics)
             for i in range(40):
@@ -125,14 +138,39 @@ def test_metric_names_are_documented() -> None:
     from arcflow.stats import RuntimeStatistics
 
     snapshot = RuntimeStatistics(
-        run_id="r", submitted=0, completed=0, running=0, by_status={}, written=0, already_written=0,
-        dead_lettered=0, pending_in_batcher=0, outcome_queue=0, work_queue=0, batch_queue=0,
-        by_flush_reason={}, batches_written=0, write_transactions=0, retries=0, breaker_state="closed",
-        breaker_transitions={}, spilled_batches=0, spilled_outcomes=0, replayed_outcomes=0,
-        journal_bytes=0, restarts={}, elapsed=0.0, last_write_latency=0.0, batch_size=1,
+        run_id="r",
+        submitted=0,
+        completed=0,
+        running=0,
+        by_status={},
+        written=0,
+        already_written=0,
+        dead_lettered=0,
+        pending_in_batcher=0,
+        outcome_queue=0,
+        work_queue=0,
+        batch_queue=0,
+        by_flush_reason={},
+        batches_written=0,
+        write_transactions=0,
+        retries=0,
+        breaker_state="closed",
+        breaker_transitions={},
+        spilled_batches=0,
+        spilled_outcomes=0,
+        replayed_outcomes=0,
+        journal_bytes=0,
+        restarts={},
+        elapsed=0.0,
+        last_write_latency=0.0,
+        batch_size=1,
     )
     names = {f.name + ("_total" if f.type == "counter" else "") for f in stats_families(snapshot)}
-    names |= {"arcflow_batch_size_records", "arcflow_write_latency_seconds", "arcflow_scenario_duration_seconds"}
+    names |= {
+        "arcflow_batch_size_records",
+        "arcflow_write_latency_seconds",
+        "arcflow_scenario_duration_seconds",
+    }
     text = DOCS.read_text(encoding="utf-8")
     missing = sorted(n for n in names if f"`{n}" not in text)
     assert not missing
@@ -145,7 +183,9 @@ def test_taken_port_is_a_config_error_naming_the_address() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         exporter = MetricsExporter(port=port)
-        with pytest.raises(ConfigError, match=rf"cannot serve metrics on 127\.0\.0\.1:{port} \(metrics_port\)"):
+        with pytest.raises(
+            ConfigError, match=rf"cannot serve metrics on 127\.0\.0\.1:{port} \(metrics_port\)"
+        ):
             exporter.bind()
 
 
@@ -166,12 +206,34 @@ def test_cli_metrics_port_serves_the_final_summary(dsn: str, run_id: str, tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCFLOW_")}
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "arcflow", "run", "examples/quickstart.jsonl",
-            "--executor", "python:examples.quickstart:score", "--db", dsn, "--run-id", run_id,
-            "--data-dir", str(tmp_path), "--concurrency", "1", "--batch-size", "25",
-            "--metrics-port", str(port), "--metrics-linger", "60", "--json",
+            sys.executable,
+            "-m",
+            "arcflow",
+            "run",
+            "examples/quickstart.jsonl",
+            "--executor",
+            "python:examples.quickstart:score",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--data-dir",
+            str(tmp_path),
+            "--concurrency",
+            "1",
+            "--batch-size",
+            "25",
+            "--metrics-port",
+            str(port),
+            "--metrics-linger",
+            "60",
+            "--json",
         ],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         during = None

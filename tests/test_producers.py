@@ -26,7 +26,9 @@ class FlakyExecutor(arcflow.Executor):
         self.failures = failures
         self.calls: dict[str, int] = {}
 
-    async def run(self, scenario: Scenario, context: arcflow.ExecutionContext) -> arcflow.ExecutionResult:
+    async def run(
+        self, scenario: Scenario, context: arcflow.ExecutionContext
+    ) -> arcflow.ExecutionResult:
         n = self.calls[scenario.id] = self.calls.get(scenario.id, 0) + 1
         assert context.attempt == n
         if scenario.input.get("verdict") == "failed":
@@ -45,10 +47,16 @@ async def rows(db_query: Any, run_id: str) -> list[tuple[str, int, str, bool]]:
     return [(r["scenario_id"], r["attempt"], r["status"], r["final"]) for r in result]
 
 
-async def test_errors_twice_then_passes(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_errors_twice_then_passes(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """An executor that errors twice then passes gives three rows, the last final and passed."""
     async with arcflow.Runtime(
-        FlakyExecutor(failures=2), dsn, run_id=run_id, attempts=3, attempt_backoff=0.01,
+        FlakyExecutor(failures=2),
+        dsn,
+        run_id=run_id,
+        attempts=3,
+        attempt_backoff=0.01,
         data_dir=tmp_path,
     ) as rt:
         await rt.submit(Scenario(id="a"))
@@ -60,20 +68,32 @@ async def test_errors_twice_then_passes(dsn: str, run_id: str, db_query: Any, tm
     assert rt.statistics().completed == 1
 
 
-async def test_failed_is_never_retried(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_failed_is_never_retried(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """A scenario that ran and did not pass is final at once, whatever --attempts says."""
     async with arcflow.Runtime(
-        FlakyExecutor(failures=0), dsn, run_id=run_id, attempts=5, attempt_backoff=0.01,
+        FlakyExecutor(failures=0),
+        dsn,
+        run_id=run_id,
+        attempts=5,
+        attempt_backoff=0.01,
         data_dir=tmp_path,
     ) as rt:
         await rt.submit(Scenario(id="f", input={"verdict": "failed"}))
     assert await rows(db_query, run_id) == [("f", 1, "failed", True)]
 
 
-async def test_attempts_exhausted_last_error_is_final(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_attempts_exhausted_last_error_is_final(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """When every attempt errors, the last one is the final outcome."""
     async with arcflow.Runtime(
-        FlakyExecutor(failures=9), dsn, run_id=run_id, attempts=2, attempt_backoff=0.01,
+        FlakyExecutor(failures=9),
+        dsn,
+        run_id=run_id,
+        attempts=2,
+        attempt_backoff=0.01,
         data_dir=tmp_path,
     ) as rt:
         await rt.submit(Scenario(id="e"))
@@ -93,12 +113,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_timeout_kills_the_process(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_timeout_kills_the_process(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """Past its timeout a scenario is status timeout and its process is gone; timeout_s wins over --timeout."""
     executor = ProcessExecutor([sys.executable, str(SCRIPT)], kill_grace_s=0.2)
-    async with arcflow.Runtime(
-        executor, dsn, run_id=run_id, timeout=30, data_dir=tmp_path
-    ) as rt:
+    async with arcflow.Runtime(executor, dsn, run_id=run_id, timeout=30, data_dir=tmp_path) as rt:
         await rt.submit(
             Scenario(
                 id="slow",
@@ -112,7 +132,10 @@ async def test_timeout_kills_the_process(dsn: str, run_id: str, db_query: Any, t
         " WHERE run_id = $1 ORDER BY 1",
         run_id,
     )
-    assert [(r["scenario_id"], r["status"]) for r in result] == [("quick", "passed"), ("slow", "timeout")]
+    assert [(r["scenario_id"], r["status"]) for r in result] == [
+        ("quick", "passed"),
+        ("slow", "timeout"),
+    ]
     assert "0.5s" in result[1]["error_message"]
     pid = int((tmp_path / "slow.pid").read_text())
     assert not _alive(pid)
@@ -135,7 +158,11 @@ async def test_cancelling_100_running_scenarios_stops_all(
                 await rt.submit(
                     Scenario(
                         id=f"s{i:03d}",
-                        input={"mode": "sleep", "seconds": 120, "pid_file": str(pid_dir / f"{i}.pid")},
+                        input={
+                            "mode": "sleep",
+                            "seconds": 120,
+                            "pid_file": str(pid_dir / f"{i}.pid"),
+                        },
                     )
                 )
             with trio.fail_after(60):
@@ -168,8 +195,14 @@ async def test_thousand_producers_keep_every_slot_busy(
         peak = max(peak, rt.statistics().running)
 
     rt = arcflow.Runtime(
-        arcflow.PythonExecutor(nap), dsn, run_id=run_id, concurrency=1000, batch_size=500,
-        flush_interval=1, data_dir=tmp_path, on_outcome=watch,
+        arcflow.PythonExecutor(nap),
+        dsn,
+        run_id=run_id,
+        concurrency=1000,
+        batch_size=500,
+        flush_interval=1,
+        data_dir=tmp_path,
+        on_outcome=watch,
     )
     async with rt:
         for i in range(2000):
@@ -186,7 +219,11 @@ async def test_host_cancel_records_every_accepted_scenario(
     accepted: list[str] = []
     with trio.CancelScope() as host:
         async with arcflow.Runtime(
-            arcflow.PythonExecutor(nap), dsn, run_id=run_id, concurrency=4, work_buffer=20,
+            arcflow.PythonExecutor(nap),
+            dsn,
+            run_id=run_id,
+            concurrency=4,
+            work_buffer=20,
             data_dir=tmp_path,
         ) as rt:
 

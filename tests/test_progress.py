@@ -37,21 +37,46 @@ DOCS = ROOT / "docs" / "operations.md"
 def stats(**changes: Any) -> RuntimeStatistics:
     """A snapshot mid-run; override any field."""
     base = RuntimeStatistics(
-        run_id="r-1", submitted=150, completed=120, running=8,
+        run_id="r-1",
+        submitted=150,
+        completed=120,
+        running=8,
         by_status={"passed": 100, "failed": 15, "error": 5},
-        written=100, already_written=0, dead_lettered=0, pending_in_batcher=12,
-        outcome_queue=3, work_queue=16, batch_queue=1, by_flush_reason={"size": 2, "deadline": 1},
-        batches_written=3, write_transactions=4, retries=0, breaker_state="closed",
-        breaker_transitions={}, spilled_batches=0, spilled_outcomes=0, replayed_outcomes=0,
-        journal_bytes=1536, restarts={}, elapsed=4.0, last_write_latency=0.0123, batch_size=50,
+        written=100,
+        already_written=0,
+        dead_lettered=0,
+        pending_in_batcher=12,
+        outcome_queue=3,
+        work_queue=16,
+        batch_queue=1,
+        by_flush_reason={"size": 2, "deadline": 1},
+        batches_written=3,
+        write_transactions=4,
+        retries=0,
+        breaker_state="closed",
+        breaker_transitions={},
+        spilled_batches=0,
+        spilled_outcomes=0,
+        replayed_outcomes=0,
+        journal_bytes=1536,
+        restarts={},
+        elapsed=4.0,
+        last_write_latency=0.0123,
+        batch_size=50,
     )
     return attrs.evolve(base, **changes)
 
 
 def fake_terminal(width: int = 160) -> Console:
     """rich's own recording console on a fake terminal."""
-    return Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None,
-                   legacy_windows=False, record=True)
+    return Console(
+        file=io.StringIO(),
+        force_terminal=True,
+        width=width,
+        color_system=None,
+        legacy_windows=False,
+        record=True,
+    )
 
 
 def rich_progress(total: int | None = 300, **kw: Any) -> tuple[RichProgress, Console]:
@@ -70,12 +95,15 @@ def test_rich_display_shows_the_documented_fields() -> None:
     for label in FIELDS:
         assert re.search(rf"^{label}\s", text, re.M), label
     for value in (
-        "120/300 (40.0%)", "8 running",
+        "120/300 (40.0%)",
+        "8 running",
         "passed 100 · failed 15 · error 5 · timeout 0 · cancelled 0",
         "12 pending · batch size 50",
         "3 flushed (size 2 · deadline 1 · shutdown 0) · 3 written · 4 transactions · 0 retries",
         "last 12.3 ms · avg 12.3 ms · max 12.3 ms · 100 rows · 25.0 rows/s",
-        "closed", "1.5 KiB · 0 batches spilled", "work 16 · outcomes 3 · batches 1",
+        "closed",
+        "1.5 KiB · 0 batches spilled",
+        "work 16 · outcomes 3 · batches 1",
     ):
         assert value in text, value
     assert "━" in text  # the progress bar
@@ -94,9 +122,16 @@ def test_rich_display_shows_rate_and_eta() -> None:
 def test_rich_display_highlights_trouble() -> None:
     """An open breaker and dead letters are shown in red, a non-empty journal in yellow."""
     model = ProgressModel(total=10, clock=lambda: 1.0)
-    fields = {f.label: f for f in model.fields(stats(
-        breaker_state="open", breaker_transitions={"closed->open": 1}, dead_lettered=2,
-    ))}
+    fields = {
+        f.label: f
+        for f in model.fields(
+            stats(
+                breaker_state="open",
+                breaker_transitions={"closed->open": 1},
+                dead_lettered=2,
+            )
+        )
+    }
     assert fields["breaker"].text == "open · transitions closed->open 1"
     assert fields["breaker"].style == "bold red"
     assert fields["dead letters"].style == "bold red" and fields["dead letters"].text == "2"
@@ -105,7 +140,9 @@ def test_rich_display_highlights_trouble() -> None:
 
 def test_rich_display_shows_adaptive_batch_size() -> None:
     """With adaptive batching, the batcher field shows the controller's size, bounds and target."""
-    ctl = AdaptiveBatchSize(AdaptiveConfig(minimum=10, maximum=1000, target_latency=0.25), initial=80)
+    ctl = AdaptiveBatchSize(
+        AdaptiveConfig(minimum=10, maximum=1000, target_latency=0.25), initial=80
+    )
     ctl.observe(80, 0.01)
     progress, console = rich_progress(adaptive=ctl)
     progress.draw(stats())
@@ -119,7 +156,9 @@ def test_unknown_total_shows_count_and_rate() -> None:
     assert model.fields(stats())[0].text == "120 done · 0.0/s · 8 running"
 
 
-async def test_rich_display_redraws_a_few_times_a_second(autojump_clock: trio.testing.MockClock) -> None:
+async def test_rich_display_redraws_a_few_times_a_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """run() takes one snapshot and draws one frame every quarter second, until cancelled."""
     progress, _console = rich_progress()
     calls = []
@@ -148,7 +187,9 @@ def test_drawing_a_frame_is_cheap() -> None:
     assert per_frame < 0.025
 
 
-async def test_plain_mode_prints_one_line_per_interval(autojump_clock: trio.testing.MockClock) -> None:
+async def test_plain_mode_prints_one_line_per_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Off a terminal: a plain line with every field every interval, no escape codes."""
     out = io.StringIO()
     progress = PlainProgress(ProgressModel(total=300), out, interval=10.0)
@@ -181,8 +222,16 @@ def test_mode_choice(
     mode: str, quiet: bool, json_summary: bool, stdout_tty: bool, stderr_tty: bool, expected: str
 ) -> None:
     """--progress auto picks rich on a terminal, plain lines in pipes and CI, nothing for --quiet."""
-    assert choose_mode(mode, quiet=quiet, json_summary=json_summary, stdout_tty=stdout_tty,
-                       stderr_tty=stderr_tty) == expected
+    assert (
+        choose_mode(
+            mode,
+            quiet=quiet,
+            json_summary=json_summary,
+            stdout_tty=stdout_tty,
+            stderr_tty=stderr_tty,
+        )
+        == expected
+    )
 
 
 def test_rate_meter_window() -> None:
@@ -195,8 +244,16 @@ def test_rate_meter_window() -> None:
 
 def test_formatting_helpers() -> None:
     """Bytes and durations read naturally."""
-    assert (format_bytes(512), format_bytes(1536), format_bytes(3 * 1024**3)) == ("512 B", "1.5 KiB", "3.0 GiB")
-    assert (format_duration(65), format_duration(3725), format_duration(float("inf"))) == ("0:01:05", "1:02:05", "--:--")
+    assert (format_bytes(512), format_bytes(1536), format_bytes(3 * 1024**3)) == (
+        "512 B",
+        "1.5 KiB",
+        "3.0 GiB",
+    )
+    assert (format_duration(65), format_duration(3725), format_duration(float("inf"))) == (
+        "0:01:05",
+        "1:02:05",
+        "--:--",
+    )
 
 
 def test_fields_are_documented() -> None:
@@ -210,15 +267,34 @@ def test_fields_are_documented() -> None:
 
 
 def test_cli_off_a_terminal_prints_plain_lines(
-    dsn: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    dsn: str,
+    run_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`run` with stdout captured (not a terminal) prints plain progress lines to stderr, summary to stdout."""
     monkeypatch.chdir(ROOT)
-    code = cli.main([
-        "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score", "--db", dsn,
-        "--run-id", run_id, "--data-dir", str(tmp_path), "--batch-size", "50", "--concurrency", "2",
-        "--progress-interval", "0.05",
-    ])
+    code = cli.main(
+        [
+            "run",
+            "examples/quickstart.jsonl",
+            "--executor",
+            "python:examples.quickstart:score",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--data-dir",
+            str(tmp_path),
+            "--batch-size",
+            "50",
+            "--concurrency",
+            "2",
+            "--progress-interval",
+            "0.05",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("arcflow: scenarios ")]
@@ -229,14 +305,31 @@ def test_cli_off_a_terminal_prints_plain_lines(
 
 
 def test_cli_json_off_a_terminal_prints_no_progress(
-    dsn: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    dsn: str,
+    run_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`run --json` read by a machine: stdout is exactly the JSON summary and stderr stays empty."""
     monkeypatch.chdir(ROOT)
-    code = cli.main([
-        "run", "examples/quickstart.jsonl", "--executor", "python:examples.quickstart:score", "--db", dsn,
-        "--run-id", run_id, "--data-dir", str(tmp_path), "--json", "--progress-interval", "0.01",
-    ])
+    code = cli.main(
+        [
+            "run",
+            "examples/quickstart.jsonl",
+            "--executor",
+            "python:examples.quickstart:score",
+            "--db",
+            dsn,
+            "--run-id",
+            run_id,
+            "--data-dir",
+            str(tmp_path),
+            "--json",
+            "--progress-interval",
+            "0.01",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out)["written"] == 300
@@ -258,8 +351,14 @@ async def test_statistics_is_one_frozen_snapshot(dsn: str, run_id: str, tmp_path
     import arcflow
     from arcflow.models import Scenario
 
-    async with arcflow.Runtime(executor=arcflow.PythonExecutor(flaky), db=dsn, run_id=run_id,
-                               data_dir=tmp_path, batch_size=5, flush_interval=60) as rt:
+    async with arcflow.Runtime(
+        executor=arcflow.PythonExecutor(flaky),
+        db=dsn,
+        run_id=run_id,
+        data_dir=tmp_path,
+        batch_size=5,
+        flush_interval=60,
+    ) as rt:
         before = rt.statistics()
         for i in range(12):
             await rt.submit(Scenario(id=f"s{i}"))
@@ -269,9 +368,19 @@ async def test_statistics_is_one_frozen_snapshot(dsn: str, run_id: str, tmp_path
     assert (before.submitted, before.written) == (0, 0)  # unchanged by the run
     assert after.submitted == after.completed == sum(after.by_status.values()) == 12
     assert after.written == 12 and after.by_flush_reason == {"size": 2, "shutdown": 1}
-    assert after.pending_in_batcher == after.outcome_queue == after.work_queue == after.batch_queue == 0
+    assert (
+        after.pending_in_batcher
+        == after.outcome_queue
+        == after.work_queue
+        == after.batch_queue
+        == 0
+    )
     assert after.breaker_state == "closed" and after.elapsed > 0
-    assert json.loads(json.dumps(after.as_dict()))["by_status"] == {"passed": 6, "failed": 5, "error": 1}
+    assert json.loads(json.dumps(after.as_dict()))["by_status"] == {
+        "passed": 6,
+        "failed": 5,
+        "error": 1,
+    }
     assert rt.summary()["written"] == after.written
 
 
@@ -289,9 +398,16 @@ async def test_hooks_fire_once_per_outcome_and_per_committed_write(
         writes.append((batch.id, len(batch), inserted, latency))
 
     async with arcflow.Runtime(
-        executor=arcflow.PythonExecutor(flaky), db=dsn, run_id=run_id, data_dir=tmp_path,
-        batch_size=4, flush_interval=60, attempts=2, attempt_backoff=0.001,
-        on_outcome=seen.append, on_batch_written=on_batch,
+        executor=arcflow.PythonExecutor(flaky),
+        db=dsn,
+        run_id=run_id,
+        data_dir=tmp_path,
+        batch_size=4,
+        flush_interval=60,
+        attempts=2,
+        attempt_backoff=0.001,
+        on_outcome=seen.append,
+        on_batch_written=on_batch,
     ) as rt:
         for i in range(10):
             await rt.submit(Scenario(id=f"s{i}"))
@@ -303,7 +419,9 @@ async def test_hooks_fire_once_per_outcome_and_per_committed_write(
     assert len(writes) == s.write_transactions
     assert sum(inserted for _, _, inserted, _ in writes) == s.written == 11
     assert all(latency >= 0 for *_, latency in writes)
-    stored = await db_query("SELECT batch_id, size, inserted FROM arcflow.batches WHERE run_id = $1", run_id)
+    stored = await db_query(
+        "SELECT batch_id, size, inserted FROM arcflow.batches WHERE run_id = $1", run_id
+    )
     assert sorted((r["batch_id"], r["size"], r["inserted"]) for r in stored) == sorted(
         (batch_id, size, inserted) for batch_id, size, inserted, _ in writes
     )

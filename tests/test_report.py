@@ -46,9 +46,16 @@ ROWS: list[tuple[str, int, Status, tuple[str, ...], int, str | None, str | None,
 def outcomes(run_id: str) -> list[Outcome]:
     return [
         Outcome(
-            run_id=run_id, scenario_id=sid, attempt=attempt, status=status, tags=tags,
-            started_at=T0, finished_at=T0 + timedelta(milliseconds=ms),
-            error_type=etype, error_message=emsg, final=final,
+            run_id=run_id,
+            scenario_id=sid,
+            attempt=attempt,
+            status=status,
+            tags=tags,
+            started_at=T0,
+            finished_at=T0 + timedelta(milliseconds=ms),
+            error_type=etype,
+            error_message=emsg,
+            final=final,
         )
         for sid, attempt, status, tags, ms, etype, emsg, final in ROWS
     ]
@@ -57,8 +64,13 @@ def outcomes(run_id: str) -> list[Outcome]:
 async def record_run(dsn: str, run_id: str, data_dir: Path) -> None:
     """A finished run of the rows above, written in batches of 5 (3 batches)."""
     async with arcflow.Runtime(
-        db=dsn, run_id=run_id, suite="suite-x", scenario_count=13, data_dir=data_dir,
-        batch_size=5, flush_interval=60,
+        db=dsn,
+        run_id=run_id,
+        suite="suite-x",
+        scenario_count=13,
+        data_dir=data_dir,
+        batch_size=5,
+        flush_interval=60,
     ) as rt:
         for o in outcomes(run_id):
             await rt.record(o)
@@ -69,21 +81,30 @@ async def report_for(dsn: str, run_id: str, **kw: Any) -> Report:
         return await build_report(store, run_id, **kw)
 
 
-async def test_report_numbers_match_the_rows(dsn: str, run_id: str, tmp_path: Path, db_query: Any) -> None:
+async def test_report_numbers_match_the_rows(
+    dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
     """Pass rate, status, tag, slowest, error and batch numbers equal what the tables hold."""
     await record_run(dsn, run_id, tmp_path)
     r = await report_for(dsn, run_id, slowest=3)
 
-    assert r.run["run_id"] == run_id and r.run["status"] == "finished" and r.run["suite"] == "suite-x"
+    assert (
+        r.run["run_id"] == run_id and r.run["status"] == "finished" and r.run["suite"] == "suite-x"
+    )
     # Latest attempt of each scenario.
     assert r.by_status == {"passed": 7, "failed": 2, "error": 2, "timeout": 1, "cancelled": 1}
     assert r.totals == {
-        "scenarios_planned": 13, "scenarios_with_outcome": 13, "attempts": 15,
-        "passed": 7, "pass_rate": round(7 / 13, 4), "dead_letters": 0,
+        "scenarios_planned": 13,
+        "scenarios_with_outcome": 13,
+        "attempts": 15,
+        "passed": 7,
+        "pass_rate": round(7 / 13, 4),
+        "dead_letters": 0,
     }
     rows = await db_query(
         "SELECT DISTINCT ON (scenario_id) status FROM arcflow.outcomes WHERE run_id = $1 "
-        "ORDER BY scenario_id, attempt DESC", run_id,
+        "ORDER BY scenario_id, attempt DESC",
+        run_id,
     )
     assert sum(r.by_status.values()) == len(rows)
     assert r.by_status["passed"] == sum(1 for row in rows if row["status"] == "passed")
@@ -91,18 +112,32 @@ async def test_report_numbers_match_the_rows(dsn: str, run_id: str, tmp_path: Pa
     tags = {t["tag"]: t for t in r.by_tag}
     assert set(tags) == {"a", "b"}
     assert (tags["a"]["scenarios"], tags["a"]["passed"], tags["a"]["failed"]) == (8, 6, 2)
-    assert (tags["b"]["scenarios"], tags["b"]["passed"], tags["b"]["failed"], tags["b"]["error"]) == (4, 1, 2, 1)
+    assert (
+        tags["b"]["scenarios"],
+        tags["b"]["passed"],
+        tags["b"]["failed"],
+        tags["b"]["error"],
+    ) == (4, 1, 2, 1)
     assert tags["b"]["pass_rate"] == 0.25
 
     assert [(s["scenario_id"], s["attempt"], s["duration_ms"]) for s in r.slowest] == [
-        ("t0", 1, 5000.0), ("e1", 1, 900.0), ("e1", 2, 800.0),
+        ("t0", 1, 5000.0),
+        ("e1", 1, 900.0),
+        ("e1", 2, 800.0),
     ]
     assert [(e["error_type"], e["attempts"], e["scenarios"]) for e in r.errors] == [
-        ("ValueError", 3, 2), ("KeyError", 1, 1), ("timeout", 1, 1),
+        ("ValueError", 3, 2),
+        ("KeyError", 1, 1),
+        ("timeout", 1, 1),
     ]
-    assert r.errors[0]["example_scenario"] == "e0" and r.errors[0]["example_message"] == "bad <value> & more"
+    assert (
+        r.errors[0]["example_scenario"] == "e0"
+        and r.errors[0]["example_message"] == "bad <value> & more"
+    )
 
-    batch_rows = await db_query("SELECT size, inserted, reason FROM arcflow.batches WHERE run_id = $1", run_id)
+    batch_rows = await db_query(
+        "SELECT size, inserted, reason FROM arcflow.batches WHERE run_id = $1", run_id
+    )
     b = r.batches
     assert b["batches"] == len(batch_rows) == 3
     assert b["records"] == sum(x["size"] for x in batch_rows) == 15
@@ -119,8 +154,19 @@ async def test_runs_listing_counts_match_the_rows(dsn: str, run_id: str, tmp_pat
         runs = await list_runs(store, limit=1000, suite="suite-x")
         none = await list_runs(store, suite="no-such-suite")
     row = next(r for r in runs if r["run_id"] == run_id)
-    assert (row["suite"], row["status"], row["scenarios"], row["done"]) == ("suite-x", "finished", 13, 13)
-    assert (row["passed"], row["failed"], row["error"], row["timeout"], row["cancelled"]) == (7, 2, 2, 1, 1)
+    assert (row["suite"], row["status"], row["scenarios"], row["done"]) == (
+        "suite-x",
+        "finished",
+        13,
+        13,
+    )
+    assert (row["passed"], row["failed"], row["error"], row["timeout"], row["cancelled"]) == (
+        7,
+        2,
+        2,
+        1,
+        1,
+    )
     assert none == []
     starts = [r["started_at"] for r in runs]
     assert starts == sorted(starts, reverse=True)
@@ -130,7 +176,9 @@ async def test_unknown_run_is_a_clear_error(dsn: str, tmp_path: Path) -> None:
     """Reporting a run that does not exist says so and points at `runs`."""
     async with arcflow.Runtime(db=dsn, data_dir=tmp_path):
         pass  # makes sure the schema exists
-    with pytest.raises(ConfigError, match=r"no run 'nope' in the database; `python -m arcflow runs` lists"):
+    with pytest.raises(
+        ConfigError, match=r"no run 'nope' in the database; `python -m arcflow runs` lists"
+    ):
         await report_for(dsn, "nope")
 
 
@@ -180,7 +228,11 @@ def test_throughput_series_buckets() -> None:
 def test_text_table_aligns_numbers_right() -> None:
     """Text columns are left-aligned, numbers right-aligned, None shown as '-'."""
     assert text_table(("k", "n"), [("a", 5), ("bb", 1234), ("c", None)]).splitlines() == [
-        "k       n", "--  -----", "a       5", "bb  1,234", "c       -",
+        "k       n",
+        "--  -----",
+        "a       5",
+        "bb  1,234",
+        "c       -",
     ]
 
 
@@ -188,4 +240,7 @@ def test_runs_format_empty_and_csv() -> None:
     """An empty listing says so; csv has the documented columns."""
     assert format_runs([], "table") == "no runs\n"
     header = format_runs([], "csv").splitlines()[0]
-    assert header == "run_id,suite,status,started_at,finished_at,scenarios,done,passed,failed,error,timeout,cancelled"
+    assert (
+        header
+        == "run_id,suite,status,started_at,finished_at,scenarios,done,passed,failed,error,timeout,cancelled"
+    )

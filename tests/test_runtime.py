@@ -36,7 +36,11 @@ async def test_n_scenarios_n_rows(dsn: str, run_id: str, db_query: Any, tmp_path
     """N scenarios give N rows with the right statuses, in ceil(N / batch size) transactions."""
     n, size = 53, 10
     async with arcflow.Runtime(
-        arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=size, concurrency=4,
+        arcflow.PythonExecutor(judge),
+        dsn,
+        run_id=run_id,
+        batch_size=size,
+        concurrency=4,
         data_dir=tmp_path,
     ) as rt:
         for i in range(n):
@@ -64,7 +68,9 @@ async def test_n_scenarios_n_rows(dsn: str, run_id: str, db_query: Any, tmp_path
     assert run[0]["status"] == "finished"
 
 
-async def test_sync_function_runs_in_thread(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_sync_function_runs_in_thread(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """A sync function is supported; its exception is an error outcome, not a crash."""
     async with arcflow.Runtime(
         "python:test_runtime:judge_sync", dsn, run_id=run_id, batch_size=5, data_dir=tmp_path
@@ -90,15 +96,21 @@ async def test_rewriting_a_batch_does_not_duplicate(dsn: str, run_id: str, db_qu
     async with trio_asyncio.open_loop():
         store = Store(dsn)
         await store.migrate()
-        first = await store.write_outcomes(outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size")
-        again = await store.write_outcomes(outcomes, batch_id=run_id + "-b", run_id=run_id, reason="size")
+        first = await store.write_outcomes(
+            outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size"
+        )
+        again = await store.write_outcomes(
+            outcomes, batch_id=run_id + "-b", run_id=run_id, reason="size"
+        )
         await store.aclose()
     assert (first, again) == (20, 0)
     rows = await db_query("SELECT count(*) AS c FROM arcflow.outcomes WHERE run_id = $1", run_id)
     assert rows[0]["c"] == 20
 
 
-async def test_backpressure_bounds_every_channel(dsn: str, run_id: str, db_query: Any, tmp_path: Path) -> None:
+async def test_backpressure_bounds_every_channel(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
     """A stalled writer fills the bounded channels; submit_nowait raises; nothing is lost."""
     import asyncpg
     import trio_asyncio
@@ -117,8 +129,16 @@ async def test_backpressure_bounds_every_channel(dsn: str, run_id: str, db_query
         accepted = 0
         try:
             async with arcflow.Runtime(
-                arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=5, concurrency=2,
-                work_buffer=4, outcome_buffer=3, batch_buffer=1, writer_connections=2, data_dir=tmp_path,
+                arcflow.PythonExecutor(judge),
+                dsn,
+                run_id=run_id,
+                batch_size=5,
+                concurrency=2,
+                work_buffer=4,
+                outcome_buffer=3,
+                batch_buffer=1,
+                writer_connections=2,
+                data_dir=tmp_path,
             ) as rt:
                 with trio.move_on_after(2):
                     while True:
@@ -145,7 +165,12 @@ async def test_backpressure_bounds_every_channel(dsn: str, run_id: str, db_query
 
 @pytest.mark.parametrize("after_commit", [False, True], ids=["before-commit", "after-commit"])
 async def test_writer_crash_is_restarted_and_batch_written_once(
-    dsn: str, run_id: str, db_query: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after_commit: bool
+    dsn: str,
+    run_id: str,
+    db_query: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    after_commit: bool,
 ) -> None:
     """A writer crashing on its first write, before or after the commit, is restarted; each row is stored once."""
     original = Store.write_outcomes
@@ -161,7 +186,11 @@ async def test_writer_crash_is_restarted_and_batch_written_once(
 
     monkeypatch.setattr(Store, "write_outcomes", flaky)
     async with arcflow.Runtime(
-        arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=10, data_dir=tmp_path,
+        arcflow.PythonExecutor(judge),
+        dsn,
+        run_id=run_id,
+        batch_size=10,
+        data_dir=tmp_path,
         supervisor=SupervisorConfig(max_restarts=3, backoff_base=0.01),
     ) as rt:
         for i in range(10):
@@ -185,7 +214,11 @@ async def test_writer_past_intensity_fails_and_keeps_outcomes_in_journal(
 
     monkeypatch.setattr(Store, "write_outcomes", broken)
     rt = arcflow.Runtime(
-        arcflow.PythonExecutor(judge), dsn, run_id=run_id, batch_size=4, data_dir=tmp_path,
+        arcflow.PythonExecutor(judge),
+        dsn,
+        run_id=run_id,
+        batch_size=4,
+        data_dir=tmp_path,
         supervisor=SupervisorConfig(max_restarts=2, backoff_base=0.01),
     )
     with pytest.raises(RestartIntensityExceeded, match="injected permanent writer bug"):

@@ -34,10 +34,20 @@ def test_defaults_are_the_documented_cli_defaults(tmp_path: Path) -> None:
     s = load_settings({}, environ=NO_ENV, cwd=tmp_path)
     assert s.file is None
     assert (s.concurrency, s.batch_size, s.flush_interval, s.timeout) == (8, 100, 30.0, None)
-    assert (s.attempts, s.grace, s.max_retries, s.breaker_threshold, s.breaker_cooldown) == (1, 30.0, 3, 5, 5.0)
+    assert (s.attempts, s.grace, s.max_retries, s.breaker_threshold, s.breaker_cooldown) == (
+        1,
+        30.0,
+        3,
+        5,
+        5.0,
+    )
     assert s.journal_max_bytes == 1 << 30 and s.data_dir == Path(".arcflow")
     assert (s.metrics_port, s.metrics_host, s.log_level, s.log_format, s.progress) == (
-        None, "127.0.0.1", "WARNING", "human", "auto",
+        None,
+        "127.0.0.1",
+        "WARNING",
+        "human",
+        "auto",
     )
     assert set(s.effective()) == set(OPTIONS)
     assert all(item["source"] == "default" for item in s.effective().values())
@@ -58,7 +68,10 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 
 def test_pyproject_tool_arcflow_table_is_read(tmp_path: Path) -> None:
     """Without arcflow.toml, [tool.arcflow] in pyproject.toml is the config file, dashes allowed."""
-    write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n\n[tool.arcflow]\nbatch-size = 42\nlog_format = "json"\n')
+    write(
+        tmp_path / "pyproject.toml",
+        '[project]\nname = "x"\n\n[tool.arcflow]\nbatch-size = 42\nlog_format = "json"\n',
+    )
     s = load_settings({}, environ=NO_ENV, cwd=tmp_path)
     assert s.file == tmp_path / "pyproject.toml"
     assert (s.batch_size, s.log_format) == (42, "json")
@@ -107,8 +120,14 @@ def test_nested_table_is_an_unknown_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ('batch_size = "100"', r"arcflow\.toml:1: invalid batch_size = \"100\": must be a whole number"),
-        ("batch_size = 0", r"arcflow\.toml:1: invalid batch_size = 0: must be a whole number between 1 and 100000"),
+        (
+            'batch_size = "100"',
+            r"arcflow\.toml:1: invalid batch_size = \"100\": must be a whole number",
+        ),
+        (
+            "batch_size = 0",
+            r"arcflow\.toml:1: invalid batch_size = 0: must be a whole number between 1 and 100000",
+        ),
         ("flush_interval = -1", r"invalid flush_interval = -1: must be a number > 0"),
         ("adaptive_batching = 1", r"invalid adaptive_batching = 1: must be true or false"),
         ('log_format = "xml"', r"invalid log_format = \"xml\": must be one of human, json"),
@@ -131,7 +150,10 @@ def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
 
 def test_bad_environment_values_name_the_variable_and_key(tmp_path: Path) -> None:
     """ARCFLOW_BATCH_SIZE=abc is an error naming the variable, the key and the expected type."""
-    with pytest.raises(ConfigError, match=r"invalid ARCFLOW_BATCH_SIZE='abc' \(batch_size\): must be a whole number"):
+    with pytest.raises(
+        ConfigError,
+        match=r"invalid ARCFLOW_BATCH_SIZE='abc' \(batch_size\): must be a whole number",
+    ):
         load_settings({}, environ={"ARCFLOW_BATCH_SIZE": "abc"}, cwd=tmp_path)
     with pytest.raises(ConfigError, match=r"ARCFLOW_GRACE='-2' \(grace\): must be a number >= 0"):
         load_settings({}, environ={"ARCFLOW_GRACE": "-2"}, cwd=tmp_path)
@@ -147,23 +169,36 @@ def test_environment_text_forms(tmp_path: Path) -> None:
         "ARCFLOW_TEST_DB": "ignored",
     }
     s = load_settings({}, environ=env, cwd=tmp_path)
-    assert (s.adaptive_batching, s.timeout, s.log_level, s.metrics_port) == (True, None, "DEBUG", 9464)
+    assert (s.adaptive_batching, s.timeout, s.log_level, s.metrics_port) == (
+        True,
+        None,
+        "DEBUG",
+        9464,
+    )
     assert s.ignored_env == ("ARCFLOW_TEST_DB",)
 
 
 def test_bad_flag_value_names_the_flag(tmp_path: Path) -> None:
     """A flag out of range reads as before: invalid --batch-size=0: ..."""
-    with pytest.raises(ConfigError, match=r"^invalid --batch-size=0: must be a whole number between 1 and 100000$"):
+    with pytest.raises(
+        ConfigError, match=r"^invalid --batch-size=0: must be a whole number between 1 and 100000$"
+    ):
         load_settings({"batch_size": 0}, environ=NO_ENV, cwd=tmp_path)
 
 
 def test_adaptive_bounds_are_checked_together(tmp_path: Path) -> None:
     """With adaptive batching, min <= batch_size <= max, and the error names keys and sources."""
-    with pytest.raises(ConfigError, match=r"min_batch_size=500 \(--min-batch-size\) exceeds max_batch_size=100"):
+    with pytest.raises(
+        ConfigError, match=r"min_batch_size=500 \(--min-batch-size\) exceeds max_batch_size=100"
+    ):
         load_settings(
-            {"adaptive_batching": True, "min_batch_size": 500, "max_batch_size": 100}, environ=NO_ENV, cwd=tmp_path
+            {"adaptive_batching": True, "min_batch_size": 500, "max_batch_size": 100},
+            environ=NO_ENV,
+            cwd=tmp_path,
         )
-    with pytest.raises(ConfigError, match=r"batch_size=5 \(--batch-size\) must be between min_batch_size=10"):
+    with pytest.raises(
+        ConfigError, match=r"batch_size=5 \(--batch-size\) must be between min_batch_size=10"
+    ):
         load_settings({"adaptive_batching": True, "batch_size": 5}, environ=NO_ENV, cwd=tmp_path)
     # Without adaptive batching the bounds do not matter.
     assert load_settings({"batch_size": 5}, environ=NO_ENV, cwd=tmp_path).batch_size == 5
@@ -174,7 +209,10 @@ def test_effective_configuration_redacts_the_password(tmp_path: Path) -> None:
     env = {"ARCFLOW_DB": "postgresql://u:hunter2@db.example/prod"}
     s = load_settings({}, environ=env, cwd=tmp_path)
     assert s.db == "postgresql://u:hunter2@db.example/prod"
-    assert s.effective()["db"] == {"value": "postgresql://u:***@db.example/prod", "source": "ARCFLOW_DB"}
+    assert s.effective()["db"] == {
+        "value": "postgresql://u:***@db.example/prod",
+        "source": "ARCFLOW_DB",
+    }
     text = format_settings(s)
     assert "hunter2" not in text
     assert 'db = "postgresql://u:***@db.example/prod"' in text
@@ -201,16 +239,32 @@ def test_config_command_prints_values_and_sources(
     assert cli.main(["config", "--concurrency", "12"]) == 0
     out = capsys.readouterr().out
     assert "s3cret" not in out
-    lines = {line.split(" = ")[0]: line for line in out.splitlines() if " = " in line and not line.startswith("#")}
-    unset = {"timeout", "metrics_port", "modal_image", "modal_pip", "modal_secrets", "modal_cpu", "modal_memory"}
+    lines = {
+        line.split(" = ")[0]: line
+        for line in out.splitlines()
+        if " = " in line and not line.startswith("#")
+    }
+    unset = {
+        "timeout",
+        "metrics_port",
+        "modal_image",
+        "modal_pip",
+        "modal_secrets",
+        "modal_cpu",
+        "modal_memory",
+    }
     assert set(lines) == set(OPTIONS) - unset  # options left unset (None) are not printed
     assert lines["batch_size"].endswith(f"# {tmp_path / 'arcflow.toml'}:1")
-    assert lines["concurrency"].startswith("concurrency = 12") and lines["concurrency"].endswith("# --concurrency")
+    assert lines["concurrency"].startswith("concurrency = 12") and lines["concurrency"].endswith(
+        "# --concurrency"
+    )
     assert lines["db"].endswith("# ARCFLOW_DB") and "me:***@h/db" in lines["db"]
     assert lines["grace"].endswith("# default")
 
 
-def test_config_command_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_command_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`config --format json` gives {file, options: {key: {value, source}}, ignored_environment}."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARCFLOW_NOT_AN_OPTION", "1")
@@ -230,7 +284,10 @@ def test_config_command_bad_file_exits_2(
     write(tmp_path / "arcflow.toml", "\nconcurrency = 0\n")
     assert cli.main(["config"]) == 2
     err = capsys.readouterr().err
-    assert "arcflow.toml:2: invalid concurrency = 0: must be a whole number between 1 and 100000" in err
+    assert (
+        "arcflow.toml:2: invalid concurrency = 0: must be a whole number between 1 and 100000"
+        in err
+    )
 
 
 def test_run_without_executor_anywhere_exits_2(
@@ -240,18 +297,33 @@ def test_run_without_executor_anywhere_exits_2(
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "s.jsonl", '{"id": "a"}\n')
     assert cli.main(["run", "s.jsonl", "--db", "postgresql://nobody@127.0.0.1:1/x"]) == 2
-    assert "no executor: give --executor SPEC (or ARCFLOW_EXECUTOR, or executor in arcflow.toml)" in capsys.readouterr().err
+    assert (
+        "no executor: give --executor SPEC (or ARCFLOW_EXECUTOR, or executor in arcflow.toml)"
+        in capsys.readouterr().err
+    )
 
 
-def test_run_bad_flag_still_reads_as_before(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_bad_flag_still_reads_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`run --batch-size 0` exits 2 with the same message as before config files existed."""
-    assert cli.main(["run", str(tmp_path / "s.jsonl"), "--executor", "python:m:f", "--batch-size", "0"]) == 2
-    assert "arcflow: error: invalid --batch-size=0: must be a whole number between 1 and 100000" in capsys.readouterr().err
+    assert (
+        cli.main(
+            ["run", str(tmp_path / "s.jsonl"), "--executor", "python:m:f", "--batch-size", "0"]
+        )
+        == 2
+    )
+    assert (
+        "arcflow: error: invalid --batch-size=0: must be a whole number between 1 and 100000"
+        in capsys.readouterr().err
+    )
 
 
 def test_every_option_is_documented() -> None:
     """docs/operations.md has a row for every key, with its flag and environment variable."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text(
+        encoding="utf-8"
+    )
     for spec in OPTIONS.values():
         assert f"| `{spec.key}` | `{spec.flag}`" in text, spec.key
         assert f"`{spec.env}`" in text, spec.env

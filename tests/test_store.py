@@ -37,12 +37,16 @@ async def _count(db_query: Any, run_id: str) -> int:
 
 
 async def _batch_log(db_query: Any, batch_id: str) -> tuple[int, int] | None:
-    rows = await db_query("SELECT size, inserted FROM arcflow.batches WHERE batch_id = $1", batch_id)
+    rows = await db_query(
+        "SELECT size, inserted FROM arcflow.batches WHERE batch_id = $1", batch_id
+    )
     return (rows[0]["size"], rows[0]["inserted"]) if rows else None
 
 
 @pytest.mark.parametrize("direct", [True, False])
-async def test_batch_is_written_and_logged(store: Store, run_id: str, db_query: Any, direct: bool) -> None:
+async def test_batch_is_written_and_logged(
+    store: Store, run_id: str, db_query: Any, direct: bool
+) -> None:
     """Either path stores every row once and logs the batch with its size and new rows."""
     outcomes = [outcome(i, run_id=run_id) for i in range(50)]
     inserted = await store.write_outcomes(
@@ -58,7 +62,10 @@ async def test_direct_write_meeting_stored_keys_merges_instead(
 ) -> None:
     """A direct COPY that meets stored keys leaves nothing of itself and merges: no duplicate, no loss."""
     await store.write_outcomes(
-        [outcome(i, run_id=run_id) for i in range(10)], batch_id=run_id + "-a", run_id=run_id, reason="size"
+        [outcome(i, run_id=run_id) for i in range(10)],
+        batch_id=run_id + "-a",
+        run_id=run_id,
+        reason="size",
     )
     overlapping = [outcome(i, run_id=run_id) for i in range(5, 25)]
     inserted = await store.write_outcomes(
@@ -68,10 +75,15 @@ async def test_direct_write_meeting_stored_keys_merges_instead(
     assert await _count(db_query, run_id) == 25
     assert await _batch_log(db_query, run_id + "-b") == (20, 15)
     # The store's connection is usable after the aborted transaction.
-    assert await store.fetchval("SELECT count(*) FROM arcflow.outcomes WHERE run_id = $1", run_id) == 25
+    assert (
+        await store.fetchval("SELECT count(*) FROM arcflow.outcomes WHERE run_id = $1", run_id)
+        == 25
+    )
 
 
-async def test_direct_write_of_a_batch_repeating_a_key(store: Store, run_id: str, db_query: Any) -> None:
+async def test_direct_write_of_a_batch_repeating_a_key(
+    store: Store, run_id: str, db_query: Any
+) -> None:
     """A batch holding one key twice is stored with that key once (the merge skips the repeat)."""
     outcomes = [outcome(i, run_id=run_id) for i in range(5)] + [outcome(2, run_id=run_id)]
     inserted = await store.write_outcomes(
@@ -89,7 +101,9 @@ async def test_data_error_aborts_the_whole_batch(
     outcomes = [outcome(i, run_id=run_id) for i in range(5)]
     outcomes.append(outcome(99, run_id=run_id, error_message="nul \x00 byte"))
     with pytest.raises(DataWriteError) as info:
-        await store.write_outcomes(outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size", direct=direct)
+        await store.write_outcomes(
+            outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size", direct=direct
+        )
     assert info.value.sqlstate == "22021"
     assert await _count(db_query, run_id) == 0
     assert await _batch_log(db_query, run_id + "-a") is None
@@ -109,7 +123,9 @@ async def test_concurrent_direct_writers_of_one_batch_store_it_once(
 
         async def write(s: Store, batch_id: str) -> None:
             results.append(
-                await s.write_outcomes(outcomes, batch_id=batch_id, run_id=run_id, reason="size", direct=True)
+                await s.write_outcomes(
+                    outcomes, batch_id=batch_id, run_id=run_id, reason="size", direct=True
+                )
             )
 
         async with trio.open_nursery() as nursery:
@@ -127,11 +143,16 @@ async def test_tags_are_stored_whether_or_not_a_batch_has_any(
 ) -> None:
     """A batch without tags stores '{}' (the column left out), a batch with some stores each row's own."""
     untagged = [outcome(i, run_id=run_id) for i in range(3)]
-    mixed = [outcome(i, run_id=run_id) for i in range(3, 6)] + [outcome(6, run_id=run_id, tags=("a", "b"))]
+    mixed = [outcome(i, run_id=run_id) for i in range(3, 6)] + [
+        outcome(6, run_id=run_id, tags=("a", "b"))
+    ]
     for n, batch in enumerate([untagged, mixed]):
-        await store.write_outcomes(batch, batch_id=f"{run_id}-{n}", run_id=run_id, reason="size", direct=direct)
+        await store.write_outcomes(
+            batch, batch_id=f"{run_id}-{n}", run_id=run_id, reason="size", direct=direct
+        )
     rows = await db_query(
-        "SELECT scenario_id, tags FROM arcflow.outcomes WHERE run_id = $1 ORDER BY scenario_id", run_id
+        "SELECT scenario_id, tags FROM arcflow.outcomes WHERE run_id = $1 ORDER BY scenario_id",
+        run_id,
     )
     assert [(r["scenario_id"], r["tags"]) for r in rows] == [
         *((f"s{i}", []) for i in range(6)),
@@ -156,8 +177,14 @@ async def test_timestamptz_codec_sends_what_asyncpg_sends(store: Store, db_query
     rng = random.Random(7)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     values: list[Any] = [
-        datetime.max, datetime.min, datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC),
-        date(2026, 11, 22), date(2026, 7, 1), datetime(2026, 11, 22, 12, 0), datetime(2026, 7, 1, 12, 0),
+        datetime.max,
+        datetime.min,
+        datetime.max.replace(tzinfo=UTC),
+        datetime.min.replace(tzinfo=UTC),
+        date(2026, 11, 22),
+        date(2026, 7, 1),
+        datetime(2026, 11, 22, 12, 0),
+        datetime(2026, 7, 1, 12, 0),
         datetime(2026, 7, 1, 12, 0, tzinfo=_NoOffset()),
     ]
     for _ in range(200):
@@ -198,18 +225,28 @@ def test_timestamptz_codec_round_trips(value: Any) -> None:
         assert decoded == value.astimezone(UTC) and decoded.tzinfo is not None
 
 
-async def test_timestamps_round_trip_through_the_database(store: Store, run_id: str, db_query: Any) -> None:
+async def test_timestamps_round_trip_through_the_database(
+    store: Store, run_id: str, db_query: Any
+) -> None:
     """Timestamps written and read by the store's codec are the instants a plain connection sees."""
     t0 = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-7)))
     t1 = t0 + timedelta(seconds=2.5)
     await store.write_outcomes(
         [outcome(0, run_id=run_id, started_at=t0, finished_at=t1)],
-        batch_id=run_id + "-a", run_id=run_id, reason="size", direct=True,
+        batch_id=run_id + "-a",
+        run_id=run_id,
+        reason="size",
+        direct=True,
     )
     plain = await db_query(
-        "SELECT started_at, finished_at, duration_ms FROM arcflow.outcomes WHERE run_id = $1", run_id
+        "SELECT started_at, finished_at, duration_ms FROM arcflow.outcomes WHERE run_id = $1",
+        run_id,
     )
-    assert (plain[0]["started_at"], plain[0]["finished_at"], plain[0]["duration_ms"]) == (t0, t1, 2500.0)
+    assert (plain[0]["started_at"], plain[0]["finished_at"], plain[0]["duration_ms"]) == (
+        t0,
+        t1,
+        2500.0,
+    )
     mine = await store.fetch("SELECT started_at FROM arcflow.outcomes WHERE run_id = $1", run_id)
     assert mine[0]["started_at"] == t0 and mine[0]["started_at"].utcoffset() == timedelta(0)
     assert await store.fetchval("SELECT 'infinity'::timestamptz") == datetime.max

@@ -134,9 +134,24 @@ def test_pytest_plugin_fixtures_run_a_users_suite(
     if not own_server:
         env["ARCFLOW_TEST_DB"] = dsn
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "arcflow.pytest_plugin", "-p", "no:cacheprovider",
-         "-q", "-s", str(suite)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "arcflow.pytest_plugin",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-s",
+            str(suite),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "2 passed" in proc.stdout

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Public names whose module (not an embedding module) still lacks a docstring for them.
 KNOWN_WITHOUT_DOCSTRING: set[str] = set()
 
-USAGE = '''
+USAGE = """
 from __future__ import annotations
 
 import asyncio
@@ -83,9 +83,9 @@ def read_back(dsn: str) -> list[dict[str, Any]]:
 
 asyncio.run(asyncio_host("postgresql://localhost/db"))
 trio.run(trio_host, "postgresql://localhost/db")
-'''
+"""
 
-MISUSE = '''
+MISUSE = """
 import arcflow
 import arcflow.aio
 
@@ -93,13 +93,17 @@ async def main() -> None:
     async with arcflow.aio.open_runtime(db=5) as rt:
         await rt.record("not an outcome")
     arcflow.open_runtime(executor=3.5)
-'''
+"""
 
 
 def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--no-incremental", "--show-error-codes", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -132,7 +136,9 @@ def test_package_is_mypy_strict_clean() -> None:
     """mypy --strict over the whole package and the FastAPI example reports no error."""
     proc = _mypy("--strict", "arcflow", "examples/fastapi_app.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.search(r"^Success: no issues found in \d+ source files?", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^Success: no issues found in \d+ source files?", proc.stdout, re.M), (
+        proc.stdout
+    )
 
 
 def test_every_public_name_is_exported_and_documented() -> None:

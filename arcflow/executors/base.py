@@ -68,7 +68,9 @@ class Executor(abc.ABC):
         return {"kind": self.kind}
 
 
-def result_from_mapping(value: Any, *, executor: Mapping[str, Any] | None = None) -> ExecutionResult:
+def result_from_mapping(
+    value: Any, *, executor: Mapping[str, Any] | None = None
+) -> ExecutionResult:
     """Turn what a user function (or a process's stdout) returned into a result.
 
     Accepted: ``None`` (passed), or a mapping with any of ``status``
@@ -105,7 +107,11 @@ def result_from_mapping(value: Any, *, executor: Mapping[str, Any] | None = None
         )
     score = value.get("score")
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, int | float)
+            or not math.isfinite(score)
+        ):
             return ExecutionResult(
                 status=Status.ERROR,
                 error_type="InvalidResult",

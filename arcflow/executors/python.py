@@ -64,7 +64,9 @@ class PythonExecutor(Executor):
                     f"module {module_name!r} has no attribute {attr!r} (executor 'python:{spec}')"
                 ) from None
         if not callable(target):
-            raise ExecutorSpecError(f"'python:{spec}' names {type(target).__name__}, not a callable")
+            raise ExecutorSpecError(
+                f"'python:{spec}' names {type(target).__name__}, not a callable"
+            )
         return cls(target, name=spec)
 
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:

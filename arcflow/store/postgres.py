@@ -145,7 +145,9 @@ def encode_timestamptz(value: Any) -> tuple[int]:
         # asyncpg reads a date as midnight at the current local UTC offset.
         offset = datetime.now(UTC).astimezone().utcoffset() or timedelta(0)
         return _micros(datetime(value.year, value.month, value.day, tzinfo=timezone(offset)))
-    raise TypeError(f"expected a datetime.date or datetime.datetime instance, got {type(value).__name__!r}")
+    raise TypeError(
+        f"expected a datetime.date or datetime.datetime instance, got {type(value).__name__!r}"
+    )
 
 
 def decode_timestamptz(value: tuple[int]) -> datetime:
@@ -245,7 +247,9 @@ class Store:
                     f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)
                 ) from exc
             if kind == "data":
-                raise DataWriteError(f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)) from exc
+                raise DataWriteError(
+                    f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)
+                ) from exc
             raise
 
     def _discard(self) -> None:
@@ -412,7 +416,10 @@ class Store:
             """,
             run_id,
         )
-        return {r["scenario_id"]: (r["attempt"], r["status"], r["final"], r["scenario_hash"]) for r in rows}
+        return {
+            r["scenario_id"]: (r["attempt"], r["status"], r["final"], r["scenario_hash"])
+            for r in rows
+        }
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Run a read query (reports, tests)."""
@@ -430,7 +437,9 @@ async def _migrate_aio(conn: asyncpg.Connection) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(BOOTSTRAP)
-        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM arcflow.schema_version")
+        current = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) FROM arcflow.schema_version"
+        )
         if current > LATEST_VERSION:
             raise RuntimeError(
                 f"database schema arcflow is at version {current}, newer than this arcflow "
@@ -467,7 +476,9 @@ async def _write_aio(
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != OUTCOMES_PKEY:
                 raise
-            log.debug("batch %s: a key is already stored; merging through the staging table", batch_id)
+            log.debug(
+                "batch %s: a key is already stored; merging through the staging table", batch_id
+            )
     async with conn.transaction():
         await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=columns)
         inserted: int = await conn.fetchval(MERGE_STAGED, batch_id, run_id, reason, size, source)

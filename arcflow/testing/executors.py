@@ -15,7 +15,6 @@ from ..models import ExecutionResult, Outcome, Scenario, Status
 __all__ = ["FailingExecutor", "FailureMode", "ScenarioFailure", "make_outcome"]
 
 
-
 class ScenarioFailure(Exception):
     """What :class:`FailingExecutor` raises for a matching scenario in ``mode="error"``."""
 

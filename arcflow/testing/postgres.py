@@ -53,7 +53,9 @@ class TemporaryPostgres:
 
     def __init__(self, base_dir: Path | str | None = None, *, port: int | None = None) -> None:
         self._own_dir = base_dir is None
-        self.base = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="arcflow-pg-"))
+        self.base = (
+            Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="arcflow-pg-"))
+        )
         self.pgdata = self.base / "data"
         self.port = port or free_port()
         self.bin = _bin_path()
@@ -83,7 +85,14 @@ class TemporaryPostgres:
             pwd.getpwnam("pgserver")
         except KeyError:
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pgserver"],
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "pgserver",
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -125,7 +134,17 @@ class TemporaryPostgres:
         self.base.mkdir(parents=True, exist_ok=True)
         self._prepare_root()
         if not (self.pgdata / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.pgdata), "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
             with (self.pgdata / "postgresql.conf").open("a") as conf:
                 conf.write(
                     "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
