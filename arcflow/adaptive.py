@@ -29,16 +29,9 @@ from typing import Any
 
 import attrs
 
-from .config import _check, _int_range, _positive
 from .errors import ConfigError
 from .models import Batch
-
-
-def _fraction(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    _check(
-        ok and 0 < value < 1, attribute.name, value, "must be a number between 0 and 1 (exclusive)"
-    )
+from .validators import fraction, optional, positive, whole
 
 
 @attrs.frozen
@@ -46,15 +39,15 @@ class AdaptiveConfig:
     """Bounds and target of the adaptive batch size."""
 
     #: The limit never goes below this many records.
-    minimum: int = attrs.field(default=10, validator=_int_range(1, 100_000))
+    minimum: int = attrs.field(default=10, validator=whole(1, 100_000))
     #: ...nor above this many.
-    maximum: int = attrs.field(default=10_000, validator=_int_range(1, 100_000))
+    maximum: int = attrs.field(default=10_000, validator=whole(1, 100_000))
     #: Seconds one batch write should take.
-    target_latency: float = attrs.field(default=0.5, validator=_positive)
+    target_latency: float = attrs.field(default=0.5, validator=positive)
     #: Records added after a fast full batch (default: a tenth of the starting size, at least 1).
-    step: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_range(1)))
+    step: int | None = attrs.field(default=None, validator=optional(whole(1)))
     #: Factor applied after a slow write.
-    decrease: float = attrs.field(default=0.5, validator=_fraction)
+    decrease: float = attrs.field(default=0.5, validator=fraction)
 
     def __attrs_post_init__(self) -> None:
         if self.minimum > self.maximum:

@@ -6,46 +6,12 @@ Every value is checked when the object is built; a bad one raises
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .errors import ConfigError
-
-
-def _check(cond: bool, name: str, value: Any, expected: str) -> None:
-    if not cond:
-        raise ConfigError(f"invalid {name}={value!r}: {expected}")
-
-
-def _int_range(lo: int, hi: int | None = None) -> Any:
-    def validate(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
-        if hi is not None:
-            ok = ok and value <= hi
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        _check(ok, attribute.name, value, f"must be a whole number {bound}")
-
-    return validate
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    _check(ok and value > 0 and math.isfinite(value), attribute.name, value, "must be a number > 0")
-
-
-def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    _check(
-        ok and value >= 0 and math.isfinite(value), attribute.name, value, "must be a number >= 0"
-    )
-
-
-def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
-        _positive(inst, attribute, value)
+from .validators import non_negative, optional, positive, whole
 
 
 @attrs.frozen
@@ -57,13 +23,13 @@ class RetryPolicy:
     """
 
     #: Retries after the first attempt (0 disables retrying).
-    max_retries: int = attrs.field(default=3, validator=_int_range(0, 1000))
+    max_retries: int = attrs.field(default=3, validator=whole(0, 1000))
     #: Delay cap for the first retry, in seconds.
-    base_delay: float = attrs.field(default=1.0, validator=_positive)
+    base_delay: float = attrs.field(default=1.0, validator=positive)
     #: No single delay is longer than this.
-    max_delay: float = attrs.field(default=30.0, validator=_positive)
+    max_delay: float = attrs.field(default=30.0, validator=positive)
     #: Give up retrying once this many seconds have passed since the first attempt.
-    max_elapsed: float = attrs.field(default=60.0, validator=_positive)
+    max_elapsed: float = attrs.field(default=60.0, validator=positive)
 
     def delay_cap(self, retry: int) -> float:
         """The upper bound of the jittered delay before retry number ``retry`` (1-based)."""
@@ -75,19 +41,19 @@ class BreakerConfig:
     """When the writer's circuit breaker opens and when it probes again."""
 
     #: Consecutive infrastructure failures that open the breaker.
-    failure_threshold: int = attrs.field(default=5, validator=_int_range(1))
+    failure_threshold: int = attrs.field(default=5, validator=whole(1))
     #: Seconds the breaker stays open before letting one probe through.
-    cooldown: float = attrs.field(default=5.0, validator=_positive)
+    cooldown: float = attrs.field(default=5.0, validator=positive)
 
 
 @attrs.frozen
 class SupervisorConfig:
     """Restart intensity (at most ``max_restarts`` in ``period`` seconds) and backoff."""
 
-    max_restarts: int = attrs.field(default=5, validator=_int_range(0))
-    period: float = attrs.field(default=60.0, validator=_positive)
-    backoff_base: float = attrs.field(default=0.1, validator=_positive)
-    backoff_max: float = attrs.field(default=5.0, validator=_positive)
+    max_restarts: int = attrs.field(default=5, validator=whole(0))
+    period: float = attrs.field(default=60.0, validator=positive)
+    backoff_base: float = attrs.field(default=0.1, validator=positive)
+    backoff_max: float = attrs.field(default=5.0, validator=positive)
 
 
 @attrs.frozen
@@ -98,40 +64,40 @@ class RuntimeConfig:
     """
 
     #: Producers running scenarios at once.
-    concurrency: int = attrs.field(default=8, validator=_int_range(1, 100_000))
+    concurrency: int = attrs.field(default=8, validator=whole(1, 100_000))
     #: A batch is flushed when it holds this many outcomes.
-    batch_size: int = attrs.field(default=100, validator=_int_range(1, 100_000))
+    batch_size: int = attrs.field(default=100, validator=whole(1, 100_000))
     #: ...or when its oldest outcome has waited this many seconds.
-    flush_interval: float = attrs.field(default=30.0, validator=_positive)
+    flush_interval: float = attrs.field(default=30.0, validator=positive)
     #: Bound of the scenario channel (source -> producers); default min(2 x concurrency, 32).
     work_buffer: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_int_range(1))
+        default=None, validator=optional(whole(1))
     )
     #: Bound of the outcome channel (producers -> batcher); default batch_size.
     outcome_buffer: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_int_range(0))
+        default=None, validator=optional(whole(0))
     )
     #: Batches waiting for the writer (batcher -> writer).
-    batch_buffer: int = attrs.field(default=1, validator=_int_range(0, 16))
+    batch_buffer: int = attrs.field(default=1, validator=whole(0, 16))
     #: Database connections the writer writes through, one batch each at a time: while
     #: one waits for its commit to reach the disk, the next copies its batch.
-    writer_connections: int = attrs.field(default=2, validator=_int_range(1, 8))
+    writer_connections: int = attrs.field(default=2, validator=whole(1, 8))
     #: Default per-scenario timeout in seconds (a scenario's own timeout_s wins).
-    timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    timeout: float | None = attrs.field(default=None, validator=optional(positive))
     #: Attempts per scenario; error and timeout outcomes are retried up to this many.
-    attempts: int = attrs.field(default=1, validator=_int_range(1, 100))
+    attempts: int = attrs.field(default=1, validator=whole(1, 100))
     #: Base delay in seconds between attempts of one scenario (doubles each time).
-    attempt_backoff: float = attrs.field(default=1.0, validator=_non_negative)
+    attempt_backoff: float = attrs.field(default=1.0, validator=non_negative)
     #: Seconds running scenarios get to finish after a shutdown request.
-    grace: float = attrs.field(default=30.0, validator=_non_negative)
+    grace: float = attrs.field(default=30.0, validator=non_negative)
     #: Seconds the final flush and journal writes may take at shutdown.
-    shutdown_timeout: float = attrs.field(default=30.0, validator=_positive)
+    shutdown_timeout: float = attrs.field(default=30.0, validator=positive)
     #: Folder for the embedded database and the spill journals.
     data_dir: Path = attrs.field(default=Path(".arcflow"), converter=Path)
     #: Spill journal size cap in bytes; at the cap the writer stops pulling.
-    journal_max_bytes: int = attrs.field(default=1 << 30, validator=_int_range(1024))
+    journal_max_bytes: int = attrs.field(default=1 << 30, validator=whole(1024))
     #: Seconds a database statement may take before it counts as a transient failure.
-    statement_timeout: float = attrs.field(default=60.0, validator=_positive)
+    statement_timeout: float = attrs.field(default=60.0, validator=positive)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
