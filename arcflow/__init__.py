@@ -16,7 +16,7 @@ plugin :mod:`arcflow.pytest_plugin`.
 
 from . import aio
 from ._version import __version__
-from .aio import AsyncioRuntime, HostExecutor
+from .aio import AsyncioRuntime
 from .breaker import BreakerState, CircuitBreaker
 from .config import BreakerConfig, RetryPolicy, RuntimeConfig, SupervisorConfig
 from .embed import open_runtime
@@ -36,6 +36,7 @@ from .errors import (
     WriteError,
 )
 from .executors import ExecutionContext, Executor, PythonExecutor, parse_executor
+from .executors.host import HostExecutor
 from .journal import SpillJournal
 from .models import Batch, ExecutionResult, FlushReason, Outcome, Scenario, Status
 from .runtime import Runtime, new_run_id

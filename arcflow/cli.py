@@ -38,7 +38,7 @@ from .errors import (
     ResumeError,
     ScenarioFileError,
 )
-from .executors.base import Executor, parse_executor
+from .executors import Executor, parse_executor
 from .logs import configure_logging, log_context
 from .models import RETRYABLE_STATUSES, Batch, Outcome, Scenario, Status
 from .runtime import Runtime
@@ -425,7 +425,7 @@ def build_executor(settings: Settings) -> Executor:
     spec = settings.executor or ""
     if not spec.startswith("modal:"):
         return parse_executor(spec)
-    from .executors.modal import ModalConfig, ModalExecutor
+    from .executors.modal import ModalConfig
 
     def names(value: str | None) -> tuple[str, ...]:
         return tuple(part.strip() for part in (value or "").split(",") if part.strip())
@@ -443,7 +443,7 @@ def build_executor(settings: Settings) -> Executor:
         )
     except ConfigError as exc:
         raise ConfigError(f"modal options: {exc}") from None
-    return ModalExecutor.from_spec(spec.partition(":")[2], config)
+    return parse_executor(spec, config=config)
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -41,7 +41,7 @@ from .errors import (
     TransientWriteError,
     sole_arcflow_error,
 )
-from .executors.base import Executor, parse_executor
+from .executors import Executor, parse_executor
 from .journal import SpillJournal
 from .models import Batch, Outcome, Scenario
 from .producers import Producer, ProducerState, ShutdownControl

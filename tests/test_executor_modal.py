@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from arcflow.errors import ConfigError, ExecutorSpecError
-from arcflow.executors.base import ExecutionContext, parse_executor
+from arcflow.executors import ExecutionContext, parse_executor
 from arcflow.executors.modal import (
     ModalConfig,
     ModalExecutor,
@@ -238,9 +238,9 @@ def test_from_spec_and_config_validation() -> None:
     assert executor.command == ("python", "-m", "scorer", "--name", "two words")
     with pytest.raises(ExecutorSpecError, match="empty modal command"):
         ModalExecutor.from_spec("  ")
-    with pytest.raises(ConfigError, match="max_creations_per_second must be a positive"):
+    with pytest.raises(ConfigError, match="invalid max_creations_per_second=0"):
         ModalConfig(max_creations_per_second=0)
-    with pytest.raises(ConfigError, match="memory must be a positive int"):
+    with pytest.raises(ConfigError, match="invalid memory=-5: must be a whole number"):
         ModalConfig(memory=-5)
 
 

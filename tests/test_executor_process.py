@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from arcflow.errors import ExecutorSpecError
-from arcflow.executors.base import ExecutionContext, parse_executor
-from arcflow.executors.process import OutputCapture, ProcessExecutor
+from arcflow.executors import ExecutionContext, parse_executor
+from arcflow.executors.output import OutputCapture
+from arcflow.executors.process import ProcessExecutor
 from arcflow.models import ExecutionResult, Scenario, Status
 
 SCRIPT = Path(__file__).parent / "scripts" / "scenario_proc.py"

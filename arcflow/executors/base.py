@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..errors import ExecutorSpecError
 from ..models import ExecutionResult, Scenario, Status
 
 
@@ -121,31 +120,4 @@ def result_from_mapping(
         score = float(score)
     return ExecutionResult(
         status=Status(raw_status), score=score, output=value.get("output"), executor=details
-    )
-
-
-def parse_executor(spec: str | Executor) -> Executor:
-    """Build an executor from ``python:MOD:FUNC``, ``process:CMD ARGS`` or ``modal:CMD ARGS``."""
-    if isinstance(spec, Executor):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ExecutorSpecError(
-            f"invalid executor {spec!r}: expected 'python:MODULE:FUNCTION', "
-            "'process:COMMAND ARGS' or 'modal:COMMAND ARGS'"
-        )
-    kind, _, rest = spec.partition(":")
-    if kind == "python":
-        from .python import PythonExecutor
-
-        return PythonExecutor.from_spec(rest)
-    if kind == "process":
-        from .process import ProcessExecutor
-
-        return ProcessExecutor.from_spec(rest)
-    if kind == "modal":
-        from .modal import ModalExecutor
-
-        return ModalExecutor.from_spec(rest)
-    raise ExecutorSpecError(
-        f"unknown executor kind {kind!r} in {spec!r}: use python:, process: or modal:"
     )

@@ -5,15 +5,9 @@ For each scenario the command is started (no shell), the scenario's JSON
 its stdout must hold one JSON value: ``null`` or an object with any of
 ``status`` (``passed``/``failed``), ``score`` and ``output``, exactly as a
 ``python:`` function returns.  Logs belong on stderr: its last few KiB are
-kept for error messages.
-
-Outcome mapping (also used by the ``modal:`` executor):
-
-* exit code not 0: ``error``, ``ProcessExitError``, with the stderr tail;
-* stdout over ``stdout_limit``: ``error``, ``StdoutTooLarge``;
-* stdout empty: ``error``, ``EmptyOutput``;
-* stdout not JSON: ``error``, ``InvalidJSON``, with its first 200 characters;
-* otherwise :func:`~arcflow.executors.base.result_from_mapping`.
+kept for error messages.  The outcome mapping is
+:func:`arcflow.executors.output.result_from_output`, shared with the sandbox
+executors.
 
 The child runs in its own session (process group), so a Ctrl-C at the
 terminal reaches the runtime, which decides what to do, not the scenario.
@@ -31,159 +25,26 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
 from ..errors import ExecutorSpecError
-from ..models import ExecutionResult, Scenario, Status
-from .base import ExecutionContext, Executor, result_from_mapping
+from ..models import ExecutionResult, Scenario
+from .base import ExecutionContext, Executor
+from .output import (
+    DEFAULT_STDERR_LIMIT,
+    DEFAULT_STDOUT_LIMIT,
+    OutputCapture,
+    error_result,
+    read_stream,
+    result_from_output,
+)
 
-#: Bytes of stdout kept by default; more is an error (the result must fit).
-DEFAULT_STDOUT_LIMIT = 1024 * 1024
-#: Bytes of the end of stderr kept by default, for error messages.
-DEFAULT_STDERR_LIMIT = 4 * 1024
 #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
 DEFAULT_KILL_GRACE_S = 2.0
 #: Seconds to wait for the kernel to report a SIGKILLed child as exited.
 _REAP_TIMEOUT_S = 5.0
-_READ_CHUNK = 64 * 1024
-_PREVIEW_CHARS = 200
-
-
-class OutputCapture:
-    """One output stream, read to the end but kept within ``limit`` bytes.
-
-    ``keep="head"`` keeps the first ``limit`` bytes (stdout: the result);
-    ``keep="tail"`` keeps the last ``limit`` bytes (stderr: the error is at
-    the end).  Bytes beyond the limit are counted and dropped, and
-    ``truncated`` says so, so a chatty child never blocks on a full pipe.
-    """
-
-    def __init__(self, limit: int, *, keep: Literal["head", "tail"]) -> None:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        self.limit = limit
-        self.keep = keep
-        self.total = 0
-        self._data = bytearray()
-
-    @property
-    def truncated(self) -> bool:
-        """Whether bytes were dropped."""
-        return self.total > len(self._data)
-
-    def feed(self, chunk: bytes | bytearray | str) -> None:
-        """Account for ``chunk`` and keep what fits (text is counted as UTF-8)."""
-        if isinstance(chunk, str):
-            chunk = chunk.encode("utf-8", "surrogateescape")
-        self.total += len(chunk)
-        if self.keep == "head":
-            room = self.limit - len(self._data)
-            if room > 0:
-                self._data += chunk[:room]
-        else:
-            self._data += chunk
-            excess = len(self._data) - self.limit
-            if excess > 0:
-                del self._data[:excess]
-
-    @property
-    def data(self) -> bytes:
-        """The bytes kept."""
-        return bytes(self._data)
-
-    def text(self) -> str:
-        """The bytes kept, decoded as UTF-8 (invalid bytes replaced)."""
-        return self._data.decode("utf-8", "replace")
-
-    def describe_tail(self) -> str:
-        """The kept text, stripped, marked as a tail when bytes were dropped."""
-        text = self.text().strip()
-        if self.truncated and self.keep == "tail":
-            return f"[... {self.total - len(self._data)} earlier bytes dropped]\n{text}"
-        return text
-
-
-async def read_stream(stream: trio.abc.ReceiveStream, capture: OutputCapture) -> None:
-    """Read ``stream`` to EOF into ``capture``."""
-    while chunk := await stream.receive_some(_READ_CHUNK):
-        capture.feed(chunk)
-
-
-def describe_exit(exit_code: int) -> str:
-    """``exited with code 3`` or ``was killed by signal SIGKILL``."""
-    if exit_code < 0:
-        try:
-            name = signal.Signals(-exit_code).name
-        except ValueError:
-            name = f"signal {-exit_code}"
-        return f"was killed by {name}"
-    return f"exited with code {exit_code}"
-
-
-def _with_stderr(message: str, stderr: OutputCapture) -> str:
-    tail = stderr.describe_tail()
-    return f"{message}; stderr:\n{tail}" if tail else f"{message}; stderr was empty"
-
-
-def _error(
-    error_type: str, message: str, details: Mapping[str, Any], status: Status = Status.ERROR
-) -> ExecutionResult:
-    return ExecutionResult(
-        status=status, error_type=error_type, error_message=message, executor=dict(details)
-    )
-
-
-def result_from_output(
-    *,
-    exit_code: int,
-    stdout: OutputCapture,
-    stderr: OutputCapture,
-    details: Mapping[str, Any],
-    subject: str = "process",
-) -> ExecutionResult:
-    """Map how a command ended (exit code, stdout, stderr) to a result.
-
-    ``subject`` names the thing in messages (``process``, ``sandbox command``).
-    """
-    details = {
-        **details,
-        "stdout_bytes": stdout.total,
-        "stdout_truncated": stdout.truncated,
-        "stderr_truncated": stderr.truncated,
-    }
-    if exit_code != 0:
-        return _error(
-            "ProcessExitError",
-            _with_stderr(f"{subject} {describe_exit(exit_code)}", stderr),
-            details,
-        )
-    if stdout.truncated:
-        return _error(
-            "StdoutTooLarge",
-            f"{subject} wrote {stdout.total} bytes on stdout, more than the limit of "
-            f"{stdout.limit} bytes (stdout_limit): write only the JSON result on stdout "
-            "and logs on stderr, or raise stdout_limit",
-            details,
-        )
-    text = stdout.text()
-    if not text.strip():
-        return _error(
-            "EmptyOutput",
-            _with_stderr(f"{subject} wrote nothing on stdout; expected a JSON result", stderr),
-            details,
-        )
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        preview = text[:_PREVIEW_CHARS] + ("..." if len(text) > _PREVIEW_CHARS else "")
-        return _error(
-            "InvalidJSON",
-            _with_stderr(f"{subject} stdout is not valid JSON ({exc}): {preview!r}", stderr),
-            details,
-        )
-    return result_from_mapping(value, executor=details)
 
 
 def resolve_command(command: Sequence[str], *, spec: str | None = None) -> list[str]:
@@ -288,7 +149,7 @@ class ProcessExecutor(Executor):
                 start_new_session=True,
             )
         except OSError as exc:
-            return _error(
+            return error_result(
                 "ProcessStartError",
                 f"cannot start {shlex.join(self.command)}: {type(exc).__name__}: {exc}",
                 details,

@@ -38,8 +38,11 @@ class PythonExecutor(Executor):
         )
 
     @classmethod
-    def from_spec(cls, spec: str) -> PythonExecutor:
-        """Import ``MODULE:FUNCTION`` (the working directory is importable)."""
+    def from_spec(cls, spec: str, **options: Any) -> PythonExecutor:
+        """Import ``MODULE:FUNCTION`` (the working directory is importable).
+
+        ``options`` are the constructor's keyword arguments.
+        """
         module_name, sep, attr = spec.partition(":")
         if not sep or not module_name or not attr:
             raise ExecutorSpecError(
@@ -67,7 +70,7 @@ class PythonExecutor(Executor):
             raise ExecutorSpecError(
                 f"'python:{spec}' names {type(target).__name__}, not a callable"
             )
-        return cls(target, name=spec)
+        return cls(target, **{"name": spec, **options})
 
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
         try:

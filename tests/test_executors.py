@@ -1,0 +1,84 @@
+"""The executor registry: specs, instances and plain callables become executors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import arcflow
+from arcflow.errors import ExecutorSpecError
+from arcflow.executors import KINDS, Executor, PythonExecutor, parse_executor
+from arcflow.executors.process import ProcessExecutor
+from arcflow.models import Scenario
+
+
+async def _async_score(scenario: Scenario) -> dict[str, Any]:
+    return {"score": 1.0}
+
+
+def test_every_kind_builds_through_from_spec() -> None:
+    """Each registered kind turns its spec into an instance of its class."""
+    built = {
+        "python": parse_executor("python:examples.quickstart:score"),
+        "process": parse_executor("process:python -c pass"),
+        "modal": parse_executor("modal:python /app/score.py"),
+    }
+    assert set(built) == set(KINDS)
+    for kind, executor in built.items():
+        assert isinstance(executor, Executor)
+        assert executor.kind == kind
+
+
+def test_options_reach_the_kinds_constructor() -> None:
+    """Keyword options are passed to the kind's constructor (here, the process executor's limits)."""
+    executor = parse_executor("process:python -c pass", stdout_limit=123)
+    assert isinstance(executor, ProcessExecutor)
+    assert executor.stdout_limit == 123
+
+
+def test_a_plain_callable_is_a_python_executor() -> None:
+    """A callable is wrapped in PythonExecutor, async or not."""
+    executor = parse_executor(_async_score)
+    assert isinstance(executor, PythonExecutor)
+    assert executor.is_async
+    sync = parse_executor(lambda scenario: None)
+    assert isinstance(sync, PythonExecutor) and not sync.is_async
+
+
+def test_an_executor_instance_is_returned_as_it_is() -> None:
+    """An Executor instance passes through unchanged; options for it are refused."""
+    executor = PythonExecutor(_async_score)
+    assert parse_executor(executor) is executor
+    with pytest.raises(ExecutorSpecError, match="pass them to its constructor"):
+        parse_executor(executor, name="x")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (42, "expected an Executor, a plain callable \\(run as PythonExecutor"),
+        ("noexecutor", "invalid executor 'noexecutor'"),
+        ("docker:run it", "unknown executor kind 'docker'"),
+    ],
+)
+def test_anything_else_is_refused_naming_what_is_valid(spec: Any, message: str) -> None:
+    """Refusals name the valid forms, PythonExecutor among them."""
+    with pytest.raises(ExecutorSpecError, match=message):
+        parse_executor(spec)
+
+
+async def test_runtime_takes_a_plain_async_function(dsn: str, run_id: str, tmp_path: Any) -> None:
+    """Runtime(executor=fn) runs fn for each scenario and records what it returned."""
+    from arcflow.testing import outcome_rows
+
+    async with arcflow.Runtime(
+        executor=_async_score, db=dsn, run_id=run_id, data_dir=tmp_path
+    ) as rt:
+        await rt.submit(Scenario(id="a"))
+        await rt.submit(Scenario(id="b"))
+    rows = outcome_rows(dsn, run_id)
+    assert [(r["scenario_id"], r["status"], r["score"]) for r in rows] == [
+        ("a", "passed", 1.0),
+        ("b", "passed", 1.0),
+    ]
