@@ -25,7 +25,6 @@ stays within ``[minimum, maximum]``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 

@@ -70,13 +70,9 @@ class RuntimeConfig:
     #: ...or when its oldest outcome has waited this many seconds.
     flush_interval: float = attrs.field(default=30.0, validator=positive)
     #: Bound of the scenario channel (source -> producers); default min(2 x concurrency, 32).
-    work_buffer: int | None = attrs.field(
-        default=None, validator=optional(whole(1))
-    )
+    work_buffer: int | None = attrs.field(default=None, validator=optional(whole(1)))
     #: Bound of the outcome channel (producers -> batcher); default batch_size.
-    outcome_buffer: int | None = attrs.field(
-        default=None, validator=optional(whole(0))
-    )
+    outcome_buffer: int | None = attrs.field(default=None, validator=optional(whole(0)))
     #: Batches waiting for the writer (batcher -> writer).
     batch_buffer: int = attrs.field(default=1, validator=whole(0, 16))
     #: Database connections the writer writes through, one batch each at a time: while

@@ -35,9 +35,7 @@ __all__ = [
 
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_whole(value: Any) -> bool:
