@@ -40,6 +40,7 @@ from .executors.host import HostExecutor
 from .journal import SpillJournal
 from .models import Batch, ExecutionResult, FlushReason, Outcome, Scenario, Status
 from .runtime import Runtime, new_run_id
+from .settings import Settings, load_settings
 from .stats import RuntimeStatistics
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "Scenario",
     "ScenarioFileError",
     "ScenarioRejected",
+    "Settings",
     "SpillJournal",
     "Status",
     "SupervisorConfig",
@@ -78,6 +80,7 @@ __all__ = [
     "WriteError",
     "__version__",
     "aio",
+    "load_settings",
     "new_run_id",
     "open_runtime",
     "parse_executor",

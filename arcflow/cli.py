@@ -38,7 +38,6 @@ from .errors import (
     ResumeError,
     ScenarioFileError,
 )
-from .executors import Executor, parse_executor
 from .logs import configure_logging, log_context
 from .models import RETRYABLE_STATUSES, Batch, Outcome, Scenario, Status
 from .runtime import Runtime
@@ -420,39 +419,9 @@ async def _linger(seconds: float) -> None:
 # -- run ---------------------------------------------------------------------------------------------
 
 
-def build_executor(settings: Settings) -> Executor:
-    """The executor ``settings.executor`` names, with the modal_* options for ``modal:``."""
-    spec = settings.executor or ""
-    if not spec.startswith("modal:"):
-        return parse_executor(spec)
-    from .executors.modal import ModalConfig
-
-    def names(value: str | None) -> tuple[str, ...]:
-        return tuple(part.strip() for part in (value or "").split(",") if part.strip())
-
-    try:
-        config = ModalConfig(
-            app_name=settings.modal_app,
-            image=settings.modal_image,
-            pip=names(settings.modal_pip),
-            secrets=names(settings.modal_secrets),
-            cpu=settings.modal_cpu,
-            memory=settings.modal_memory,
-            max_creations_per_second=settings.modal_creation_rate,
-            max_starting=settings.modal_max_starting,
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"modal options: {exc}") from None
-    return parse_executor(spec, config=config)
-
-
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     config = settings.runtime_config()
-    if not settings.executor:
-        raise ConfigError(
-            "no executor: give --executor SPEC (or ARCFLOW_EXECUTOR, or executor in arcflow.toml)"
-        )
-    executor = build_executor(settings)
+    executor = settings.make_executor()
     suite = validate_file(args.scenarios)
     if args.resume and args.run_id and args.resume != args.run_id:
         raise ConfigError("--resume RUN_ID and --run-id disagree; give one of them")

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ import attrs
 from .adaptive import AdaptiveConfig
 from .config import BreakerConfig, RetryPolicy, RuntimeConfig
 from .errors import ConfigError
+from .executors import Executor, parse_executor
+from .executors.modal.config import ModalConfig
 from .store.dsn import redact_dsn
+from .validators import Check, non_negative, port, positive
 
 ENV_PREFIX = "ARCFLOW_"
 CONFIG_ENV = "ARCFLOW_CONFIG"
@@ -44,37 +47,19 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("human", "json")
 PROGRESS_MODES = ("auto", "rich", "plain", "off")
 
-Check = Callable[[Any], None]
+
+# -- options --------------------------------------------------------------------------------
+
+#: Where an option's value goes: (config class, field name).  The option's default and
+#: its check are that field's, so each is written once, on the config class.
+Target = tuple[type, str]
 
 
-# -- value checks ------------------------------------------------------------------------------
-
-
-def _via(build: Callable[[Any], object]) -> Check:
-    """A range check that reuses a config class's validator (its message says what is valid)."""
-
-    def check(value: Any) -> None:
-        try:
-            build(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc).split(": ", 1)[-1]) from None
-
-    return check
-
-
-def _port(value: Any) -> None:
-    if value is not None and not 0 <= value <= 65535:
-        raise ValueError("must be a TCP port between 0 and 65535 (0: any free port)")
-
-
-def _positive(value: Any) -> None:
-    if not (0 < value < float("inf")):
-        raise ValueError("must be a number > 0")
-
-
-def _non_negative(value: Any) -> None:
-    if not (value >= 0 and value != float("inf")):
-        raise ValueError("must be a number >= 0")
+def _default_of(cls: type, name: str) -> Any:
+    default: Any = attrs.fields_dict(cls)[name].default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory()
+    return default
 
 
 def _opt(
@@ -83,17 +68,30 @@ def _opt(
     help: str,
     *,
     check: Check | None = None,
+    target: Target | None = None,
     choices: tuple[str, ...] = (),
     secret: bool = False,
     metavar: str | None = None,
 ) -> Any:
-    """An option: an attrs field whose metadata says how to parse, check and show it."""
+    """An option: an attrs field whose metadata says how to parse, check and show it.
+
+    With ``target=(ConfigClass, "field")`` the default and the check are that
+    field's (pass ``default=...`` as ``_FROM_TARGET``).
+    """
+    if target is not None:
+        cls, name = target
+        field = attrs.fields_dict(cls)[name]
+        if default is _FROM_TARGET:
+            default = _default_of(cls, name)
+        if check is None and isinstance(field.validator, Check):
+            check = field.validator
     return attrs.field(
         default=default,
         metadata={
             "kind": kind,
             "help": help,
             "check": check,
+            "target": target,
             "choices": choices,
             "secret": secret,
             "metavar": metavar,
@@ -101,9 +99,28 @@ def _opt(
     )
 
 
+#: Marks an option whose default is its target field's.
+_FROM_TARGET: Any = object()
+
+
+def _from(cls: type, name: str, kind: str, help: str, **kwargs: Any) -> Any:
+    """An option whose value goes to ``cls.name``, with that field's default and check."""
+    return _opt(_FROM_TARGET, kind, help, target=(cls, name), **kwargs)
+
+
+def _names(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    parts = value.split(",") if isinstance(value, str) else value
+    return tuple(part.strip() for part in parts if part.strip())
+
+
 @attrs.frozen
 class Settings:
-    """The effective options of one invocation, and where each value came from."""
+    """The effective options of one invocation, and where each value came from.
+
+    Build it with :func:`load_settings` (flags > ``ARCFLOW_*`` > config file >
+    defaults); :meth:`runtime_config` and :meth:`executor_options` turn it
+    into what :class:`arcflow.Runtime` takes.
+    """
 
     executor: str | None = _opt(
         None,
@@ -118,114 +135,93 @@ class Settings:
         secret=True,
         metavar="DSN",
     )
-    data_dir: Path = _opt(  # noqa: RUF009 - an attrs field; Path is immutable
-        Path(".arcflow"), "path", "embedded database and journals", metavar="DIR"
+    data_dir: Path = _from(  # noqa: RUF009 - an attrs field
+        RuntimeConfig, "data_dir", "path", "embedded database and journals", metavar="DIR"
     )
-    concurrency: int = _opt(
-        8, "int", "scenarios running at once", check=_via(lambda v: RuntimeConfig(concurrency=v))
-    )
-    batch_size: int = _opt(
-        100,
+    concurrency: int = _from(RuntimeConfig, "concurrency", "int", "scenarios running at once")
+    batch_size: int = _from(
+        RuntimeConfig,
+        "batch_size",
         "int",
         "outcomes per batch, 1..100000 (with adaptive batching: the starting size)",
-        check=_via(lambda v: RuntimeConfig(batch_size=v)),
     )
-    flush_interval: float = _opt(
-        30.0,
-        "float",
-        "seconds a batch may wait",
-        check=_via(lambda v: RuntimeConfig(flush_interval=v)),
-        metavar="S",
+    flush_interval: float = _from(
+        RuntimeConfig, "flush_interval", "float", "seconds a batch may wait", metavar="S"
     )
-    timeout: float | None = _opt(
-        None,
-        "optional_float",
-        "per-scenario timeout in seconds",
-        check=_via(lambda v: RuntimeConfig(timeout=v)),
-        metavar="S",
+    timeout: float | None = _from(
+        RuntimeConfig, "timeout", "optional_float", "per-scenario timeout in seconds", metavar="S"
     )
-    attempts: int = _opt(
-        1,
-        "int",
-        "attempts for error/timeout outcomes",
-        check=_via(lambda v: RuntimeConfig(attempts=v)),
+    attempts: int = _from(RuntimeConfig, "attempts", "int", "attempts for error/timeout outcomes")
+    grace: float = _from(
+        RuntimeConfig, "grace", "float", "seconds running scenarios get after Ctrl-C", metavar="S"
     )
-    grace: float = _opt(
-        30.0,
-        "float",
-        "seconds running scenarios get after Ctrl-C",
-        check=_via(lambda v: RuntimeConfig(grace=v)),
-        metavar="S",
+    modal_app: str = _from(
+        ModalConfig,
+        "app_name",
+        "str",
+        "modal: executor: app looked up or created by name",
+        metavar="NAME",
     )
-    modal_app: str = _opt(
-        "arcflow", "str", "modal: executor: app looked up or created by name", metavar="NAME"
-    )
-    modal_image: str | None = _opt(
-        None,
+    modal_image: str | None = _from(
+        ModalConfig,
+        "image",
         "str",
         "modal: executor: registry image tag (unset: Debian slim with --modal-pip)",
         metavar="TAG",
     )
-    modal_pip: str | None = _opt(
-        None,
-        "str",
+    modal_pip: tuple[str, ...] = _from(
+        ModalConfig,
+        "pip",
+        "names",
         "modal: executor: pip packages for the Debian slim image, comma-separated",
         metavar="PKGS",
     )
-    modal_secrets: str | None = _opt(
-        None, "str", "modal: executor: Modal secret names, comma-separated", metavar="NAMES"
+    modal_secrets: tuple[str, ...] = _from(
+        ModalConfig,
+        "secrets",
+        "names",
+        "modal: executor: Modal secret names, comma-separated",
+        metavar="NAMES",
     )
-    modal_cpu: float | None = _opt(
-        None, "optional_float", "modal: executor: CPU cores per sandbox", metavar="N"
+    modal_cpu: float | None = _from(
+        ModalConfig, "cpu", "optional_float", "modal: executor: CPU cores per sandbox", metavar="N"
     )
-    modal_memory: int | None = _opt(
-        None, "optional_int", "modal: executor: memory per sandbox in MiB", metavar="MIB"
+    modal_memory: int | None = _from(
+        ModalConfig,
+        "memory",
+        "optional_int",
+        "modal: executor: memory per sandbox in MiB",
+        metavar="MIB",
     )
-    modal_creation_rate: float = _opt(
-        4.0,
+    modal_creation_rate: float = _from(
+        ModalConfig,
+        "max_creations_per_second",
         "float",
         "modal: executor: sandbox creations per second at most",
-        check=_positive,
         metavar="N",
     )
-    modal_max_starting: int = _opt(
-        16,
+    modal_max_starting: int = _from(
+        ModalConfig,
+        "max_starting",
         "int",
         "modal: executor: sandboxes starting at once at most",
-        check=_positive,
         metavar="N",
     )
-    max_retries: int = _opt(
-        3,
-        "int",
-        "retries of a failed batch write",
-        check=_via(lambda v: RetryPolicy(max_retries=v)),
+    max_retries: int = _from(RetryPolicy, "max_retries", "int", "retries of a failed batch write")
+    breaker_threshold: int = _from(
+        BreakerConfig, "failure_threshold", "int", "failures that open the breaker"
     )
-    breaker_threshold: int = _opt(
-        5,
-        "int",
-        "failures that open the breaker",
-        check=_via(lambda v: BreakerConfig(failure_threshold=v)),
+    breaker_cooldown: float = _from(
+        BreakerConfig, "cooldown", "float", "seconds before a probe", metavar="S"
     )
-    breaker_cooldown: float = _opt(
-        5.0,
-        "float",
-        "seconds before a probe",
-        check=_via(lambda v: BreakerConfig(cooldown=v)),
-        metavar="S",
+    journal_max_bytes: int = _from(
+        RuntimeConfig, "journal_max_bytes", "int", "spill journal cap in bytes", metavar="N"
     )
-    journal_max_bytes: int = _opt(
-        1 << 30,
-        "int",
-        "spill journal cap in bytes",
-        check=_via(lambda v: RuntimeConfig(journal_max_bytes=v)),
-        metavar="N",
-    )
-    writer_connections: int = _opt(
-        2,
+    writer_connections: int = _from(
+        RuntimeConfig,
+        "writer_connections",
         "int",
         "database connections the writer writes batches through (1-8)",
-        check=_via(lambda v: RuntimeConfig(writer_connections=v)),
         metavar="N",
     )
     adaptive_batching: bool = _opt(
@@ -233,23 +229,17 @@ class Settings:
         "bool",
         "adjust the batch size between the bounds from the measured write latency (AIMD)",
     )
-    min_batch_size: int = _opt(
-        10,
-        "int",
-        "adaptive batching: smallest batch",
-        check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v)),
+    min_batch_size: int = _from(
+        AdaptiveConfig, "minimum", "int", "adaptive batching: smallest batch"
     )
-    max_batch_size: int = _opt(
-        10_000,
-        "int",
-        "adaptive batching: largest batch",
-        check=_via(lambda v: AdaptiveConfig(minimum=v, maximum=v)),
+    max_batch_size: int = _from(
+        AdaptiveConfig, "maximum", "int", "adaptive batching: largest batch"
     )
-    target_latency: float = _opt(
-        0.5,
+    target_latency: float = _from(
+        AdaptiveConfig,
+        "target_latency",
         "float",
         "adaptive batching: seconds one batch write should take",
-        check=_via(lambda v: AdaptiveConfig(target_latency=v)),
         metavar="S",
     )
     progress: str = _opt(
@@ -259,17 +249,13 @@ class Settings:
         choices=PROGRESS_MODES,
     )
     progress_interval: float = _opt(
-        10.0,
-        "float",
-        "seconds between plain progress lines",
-        check=_positive,
-        metavar="S",
+        10.0, "float", "seconds between plain progress lines", check=positive, metavar="S"
     )
     metrics_port: int | None = _opt(
         None,
         "optional_int",
         "serve Prometheus metrics on this port (0: any free port)",
-        check=_port,
+        check=port,
         metavar="PORT",
     )
     metrics_host: str = _opt(
@@ -279,7 +265,7 @@ class Settings:
         0.0,
         "float",
         "seconds the metrics endpoint keeps serving the final values after the run",
-        check=_non_negative,
+        check=non_negative,
         metavar="S",
     )
     log_level: str = _opt(
@@ -296,31 +282,43 @@ class Settings:
     #: ``ARCFLOW_*`` variables that name no option (ignored).
     ignored_env: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
 
+    def _targeting(self, cls: type) -> dict[str, Any]:
+        """The values of every option whose target is a field of ``cls``, by field name."""
+        return {
+            spec.target[1]: getattr(self, key)
+            for key, spec in OPTIONS.items()
+            if spec.target is not None and spec.target[0] is cls
+        }
+
     def runtime_config(self) -> RuntimeConfig:
         """The runtime's configuration from these settings."""
         return RuntimeConfig(
-            concurrency=self.concurrency,
-            batch_size=self.batch_size,
-            flush_interval=self.flush_interval,
-            timeout=self.timeout,
-            attempts=self.attempts,
-            grace=self.grace,
-            data_dir=self.data_dir,
-            journal_max_bytes=self.journal_max_bytes,
-            writer_connections=self.writer_connections,
-            retry=RetryPolicy(max_retries=self.max_retries),
-            breaker=BreakerConfig(
-                failure_threshold=self.breaker_threshold, cooldown=self.breaker_cooldown
-            ),
+            **self._targeting(RuntimeConfig),
+            retry=RetryPolicy(**self._targeting(RetryPolicy)),
+            breaker=BreakerConfig(**self._targeting(BreakerConfig)),
         )
 
     def adaptive_config(self) -> AdaptiveConfig:
         """Bounds and target of adaptive batching."""
-        return AdaptiveConfig(
-            minimum=self.min_batch_size,
-            maximum=self.max_batch_size,
-            target_latency=self.target_latency,
-        )
+        return AdaptiveConfig(**self._targeting(AdaptiveConfig))
+
+    def modal_config(self) -> ModalConfig:
+        """The ``modal:`` executor's configuration from the ``modal_*`` options."""
+        return ModalConfig(**self._targeting(ModalConfig))
+
+    def executor_options(self) -> dict[str, Any]:
+        """Keyword options for ``parse_executor(self.executor, **options)`` (the modal config)."""
+        if (self.executor or "").startswith("modal:"):
+            return {"config": self.modal_config()}
+        return {}
+
+    def make_executor(self) -> Executor:
+        """The executor these settings name; :class:`ConfigError` if there is none."""
+        if not self.executor:
+            raise ConfigError(
+                "no executor: give --executor SPEC (or ARCFLOW_EXECUTOR, or executor in arcflow.toml)"
+            )
+        return parse_executor(self.executor, **self.executor_options())
 
     def effective(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:
         """``{key: {"value": ..., "source": ...}}`` for every option, secrets redacted."""
@@ -329,6 +327,8 @@ class Settings:
             value = getattr(self, spec.key)
             if isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
             if redact and spec.secret and value is not None:
                 value = redact_dsn(value)
             out[spec.key] = {"value": value, "source": self.sources.get(spec.key, "default")}
@@ -347,6 +347,7 @@ class OptionSpec:
     default: Any
     help: str
     check: Check | None
+    target: Target | None
     choices: tuple[str, ...]
     secret: bool
     metavar: str | None
@@ -372,6 +373,7 @@ def _specs() -> dict[str, OptionSpec]:
             field.default,
             m["help"],
             m["check"],
+            m["target"],
             m["choices"],
             m["secret"],
             m["metavar"],
@@ -439,6 +441,12 @@ def _from_toml(spec: OptionSpec, value: Any) -> Any:
         return value
     if kind == "path" and isinstance(value, Path):
         return value
+    if kind == "names":
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return _names(value)
+        if not isinstance(value, str):
+            raise ValueError("must be a comma-separated string or a list of strings")
+        return _names(value)
     if not isinstance(value, str):
         raise ValueError("must be a string")
     if kind == "path":
@@ -452,8 +460,9 @@ def _from_toml(spec: OptionSpec, value: Any) -> Any:
 
 
 def _checked(spec: OptionSpec, value: Any) -> Any:
-    if spec.check is not None and value is not None:
-        spec.check(value)
+    """``value`` if the option's check accepts it; ValueError with what is expected if not."""
+    if spec.check is not None and value is not None and not spec.check.accepts(value):
+        raise ValueError(spec.check.expected)
     return value
 
 
@@ -583,17 +592,24 @@ def _parse_env_values(env: Mapping[str, str]) -> tuple[dict[str, tuple[Any, str]
     return parsed, tuple(ignored)
 
 
-def _parse_flag_values(flags: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+def _parse_flag_values(
+    flags: Mapping[str, Any], *, source: str | None = None
+) -> dict[str, tuple[Any, str]]:
+    """Values given by key (flags, or an embedder's defaults when ``source`` names them)."""
     parsed: dict[str, tuple[Any, str]] = {}
     for key, value in flags.items():
         spec = OPTIONS.get(key)
         if spec is None:
-            raise ConfigError(f"unknown option {key!r}")
+            hint = difflib.get_close_matches(key, OPTIONS, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"unknown option {key!r}{suggestion}; valid: {', '.join(OPTIONS)}")
+        where = source or spec.flag
         try:
-            parsed[key] = (_checked(spec, _from_toml(spec, value)), spec.flag)
+            parsed[key] = (_checked(spec, _from_toml(spec, value)), where)
         except ValueError as exc:
             shown = "***" if spec.secret else _flag_text(value)
-            raise ConfigError(f"invalid {spec.flag}={shown}: {exc}") from None
+            name = spec.flag if source is None else f"{key} ({source})"
+            raise ConfigError(f"invalid {name}={shown}: {exc}") from None
     return parsed
 
 
@@ -603,15 +619,25 @@ def load_settings(
     config_file: Path | str | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """The effective settings: ``flags`` > ``ARCFLOW_*`` > config file > defaults.
+    """The effective settings: ``flags`` > ``ARCFLOW_*`` > config file > ``defaults`` > arcflow's.
 
-    ``flags`` holds only the options given on the command line, by key.
+    ``flags`` holds only the options given on the command line (or by an
+    embedding program that wants them to win), by key; ``defaults`` are an
+    embedding program's own defaults, which the environment and the file
+    override.  Both are checked like any other source.  Embedders get the same
+    layering as ``python -m arcflow``::
+
+        settings = arcflow.load_settings(defaults={"flush_interval": 5.0})
+        async with arcflow.open_runtime(db=settings.db, config=settings.runtime_config()) as rt:
+            ...
     """
     env = os.environ if environ is None else environ
     path = find_config_file(config_file, environ=env, cwd=cwd)
     env_values, ignored = _parse_env_values(env)
     layers = [
+        _parse_flag_values(defaults or {}, source="default (application)"),
         _parse_file_values(path) if path is not None else {},
         env_values,
         _parse_flag_values(flags or {}),
@@ -659,6 +685,8 @@ def _flag_text(value: Any) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -14,9 +14,11 @@ then the embedded server under ``.arcflow/``)::
     curl -X POST localhost:8000/results -H 'content-type: application/json' \\
          -d '{"id": "case-1", "status": "passed", "score": 0.9}'
 
-Optional settings: ``ARCFLOW_RUN_ID`` (default: a new id per process),
-``ARCFLOW_BATCH_SIZE`` (default 100), ``ARCFLOW_FLUSH_INTERVAL`` (seconds,
-default 5), ``ARCFLOW_DATA_DIR`` (default ``.arcflow``).
+Every option of ``python -m arcflow`` applies, with the same layering
+(``ARCFLOW_*`` variables over ``arcflow.toml`` over defaults), through
+:func:`arcflow.load_settings`: ``ARCFLOW_BATCH_SIZE``, ``ARCFLOW_DATA_DIR``,
+``ARCFLOW_FLUSH_INTERVAL`` (this service's default: 5 s) and so on.
+``ARCFLOW_RUN_ID`` names the run (default: a new id per process).
 """
 
 from __future__ import annotations
@@ -61,17 +63,21 @@ def create_app(
     data_dir: str | None = None,
 ) -> FastAPI:
     """The service; arguments left None come from the environment (see the module docs)."""
-    env = os.environ
+    given = {"db": db, "batch_size": batch_size, "flush_interval": flush_interval}
+    given["data_dir"] = data_dir
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Arguments win; then ARCFLOW_* variables, arcflow.toml, this service's defaults.
+        settings = arcflow.load_settings(
+            {key: value for key, value in given.items() if value is not None},
+            defaults={"flush_interval": 5.0},
+        )
         async with arcflow.aio.open_runtime(
-            db=db,  # None: ARCFLOW_DB, PG* variables, embedded server
-            run_id=run_id or env.get("ARCFLOW_RUN_ID") or None,
+            db=settings.db,  # None: the PG* variables, then the embedded server
+            run_id=run_id or os.environ.get("ARCFLOW_RUN_ID") or None,
             suite="fastapi-example",
-            batch_size=batch_size or int(env.get("ARCFLOW_BATCH_SIZE", "100")),
-            flush_interval=flush_interval or float(env.get("ARCFLOW_FLUSH_INTERVAL", "5")),
-            data_dir=data_dir or env.get("ARCFLOW_DATA_DIR", ".arcflow"),
+            config=settings.runtime_config(),
         ) as runtime:
             app.state.runtime = runtime
             yield

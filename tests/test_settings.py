@@ -248,8 +248,6 @@ def test_config_command_prints_values_and_sources(
         "timeout",
         "metrics_port",
         "modal_image",
-        "modal_pip",
-        "modal_secrets",
         "modal_cpu",
         "modal_memory",
     }
@@ -260,6 +258,7 @@ def test_config_command_prints_values_and_sources(
     )
     assert lines["db"].endswith("# ARCFLOW_DB") and "me:***@h/db" in lines["db"]
     assert lines["grace"].endswith("# default")
+    assert lines["modal_pip"].startswith("modal_pip = []")  # a list option: empty by default
 
 
 def test_config_command_json(
@@ -327,3 +326,80 @@ def test_every_option_is_documented() -> None:
     for spec in OPTIONS.values():
         assert f"| `{spec.key}` | `{spec.flag}`" in text, spec.key
         assert f"`{spec.env}`" in text, spec.env
+
+
+def test_defaults_and_checks_are_the_config_classes_own() -> None:
+    """An option with a target has that config field's default and validator, written once."""
+    import attrs
+
+    targeted = {key: spec for key, spec in OPTIONS.items() if spec.target is not None}
+    assert {"concurrency", "max_retries", "breaker_cooldown", "modal_creation_rate"} <= set(
+        targeted
+    )
+    for key, spec in targeted.items():
+        cls, name = spec.target
+        field = attrs.fields_dict(cls)[name]
+        default = (
+            field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+        )
+        assert spec.default == default, key
+        assert spec.check is field.validator or field.validator is None, key
+
+
+def test_settings_build_what_a_runtime_takes(tmp_path: Path) -> None:
+    """runtime_config() and modal_config() carry every targeted option to its field."""
+    s = load_settings(
+        {"max_retries": 7, "breaker_cooldown": 2.5, "writer_connections": 1},
+        environ={"ARCFLOW_MODAL_PIP": "numpy, pandas", "ARCFLOW_MODAL_CREATION_RATE": "12"},
+        cwd=tmp_path,
+    )
+    config = s.runtime_config()
+    assert (config.retry.max_retries, config.breaker.cooldown, config.writer_connections) == (
+        7,
+        2.5,
+        1,
+    )
+    modal = s.modal_config()
+    assert modal.pip == ("numpy", "pandas")
+    assert modal.max_creations_per_second == 12.0
+
+
+def test_list_options_take_a_toml_list_or_a_comma_string(tmp_path: Path) -> None:
+    """modal_secrets reads a TOML list of strings or a comma-separated string; anything else is refused."""
+    write(tmp_path / "arcflow.toml", 'modal_secrets = ["a", "b"]\n')
+    assert load_settings({}, environ=NO_ENV, cwd=tmp_path).modal_secrets == ("a", "b")
+    write(tmp_path / "arcflow.toml", "modal_secrets = 3\n")
+    with pytest.raises(ConfigError, match="modal_secrets = 3: must be a comma-separated string"):
+        load_settings({}, environ=NO_ENV, cwd=tmp_path)
+
+
+def test_application_defaults_sit_below_environment_and_file(tmp_path: Path) -> None:
+    """defaults= is the lowest layer an embedder sets: the environment still wins, and it is checked."""
+    s = load_settings({}, environ=NO_ENV, cwd=tmp_path, defaults={"flush_interval": 5.0})
+    assert s.flush_interval == 5.0 and s.sources["flush_interval"] == "default (application)"
+    s = load_settings(
+        {}, environ={"ARCFLOW_FLUSH_INTERVAL": "2"}, cwd=tmp_path, defaults={"flush_interval": 5.0}
+    )
+    assert s.flush_interval == 2.0
+    with pytest.raises(ConfigError, match=r"invalid flush_interval \(default \(application\)\)=0"):
+        load_settings({}, environ=NO_ENV, cwd=tmp_path, defaults={"flush_interval": 0})
+    with pytest.raises(
+        ConfigError, match="unknown option 'batch_sise' \\(did you mean 'batch_size'\\?\\)"
+    ):
+        load_settings({"batch_sise": 1}, environ=NO_ENV, cwd=tmp_path)
+
+
+def test_make_executor_passes_the_modal_options(tmp_path: Path) -> None:
+    """make_executor() builds the named executor; a modal: spec gets the modal_* options."""
+    from arcflow.executors.modal import ModalExecutor
+
+    s = load_settings(
+        {"executor": "modal:python /app/score.py", "modal_max_starting": 3},
+        environ=NO_ENV,
+        cwd=tmp_path,
+    )
+    executor = s.make_executor()
+    assert isinstance(executor, ModalExecutor)
+    assert executor.config.max_starting == 3
+    with pytest.raises(ConfigError, match="no executor"):
+        load_settings({}, environ=NO_ENV, cwd=tmp_path).make_executor()
