@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from .retry import Backoff
 from .validators import non_negative, optional, positive, whole
 
 
@@ -31,9 +32,14 @@ class RetryPolicy:
     #: Give up retrying once this many seconds have passed since the first attempt.
     max_elapsed: float = attrs.field(default=60.0, validator=positive)
 
-    def delay_cap(self, retry: int) -> float:
-        """The upper bound of the jittered delay before retry number ``retry`` (1-based)."""
-        return min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
+    def backoff(self) -> Backoff:
+        """This policy as the retry primitive the writer's loops draw their delays from."""
+        return Backoff(
+            base=self.base_delay,
+            cap=self.max_delay,
+            max_retries=self.max_retries,
+            max_elapsed=self.max_elapsed,
+        )
 
 
 @attrs.frozen
@@ -50,10 +56,18 @@ class BreakerConfig:
 class SupervisorConfig:
     """Restart intensity (at most ``max_restarts`` in ``period`` seconds) and backoff."""
 
+    #: Crashes allowed within ``period`` before the runtime fails.
     max_restarts: int = attrs.field(default=5, validator=whole(0))
+    #: The sliding window of the restart intensity, in seconds.
     period: float = attrs.field(default=60.0, validator=positive)
+    #: Delay before the first restart; doubles with each crash in the window.
     backoff_base: float = attrs.field(default=0.1, validator=positive)
+    #: Longest delay before a restart.
     backoff_max: float = attrs.field(default=5.0, validator=positive)
+
+    def backoff(self) -> Backoff:
+        """Restart delays: ``backoff_base * 2**(n-1)`` before the n-th restart, capped, no jitter."""
+        return Backoff(base=self.backoff_base, cap=self.backoff_max, jitter=False)
 
 
 @attrs.frozen
@@ -84,6 +98,8 @@ class RuntimeConfig:
     attempts: int = attrs.field(default=1, validator=whole(1, 100))
     #: Base delay in seconds between attempts of one scenario (doubles each time).
     attempt_backoff: float = attrs.field(default=1.0, validator=non_negative)
+    #: Longest delay in seconds between two attempts of one scenario.
+    attempt_backoff_max: float = attrs.field(default=60.0, validator=positive)
     #: Seconds running scenarios get to finish after a shutdown request.
     grace: float = attrs.field(default=30.0, validator=non_negative)
     #: Seconds the final flush and journal writes may take at shutdown.
@@ -97,6 +113,10 @@ class RuntimeConfig:
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
+
+    def attempt_backoff_policy(self) -> Backoff:
+        """Delays between attempts of one scenario: ``attempt_backoff * 2**(n-1)``, capped, no jitter."""
+        return Backoff(base=self.attempt_backoff, cap=self.attempt_backoff_max, jitter=False)
 
     @property
     def effective_work_buffer(self) -> int:

@@ -157,6 +157,7 @@ class Producer:
         self.config = config
         self.control = control
         self.counters = counters
+        self._backoff = config.attempt_backoff_policy()
         self._contexts: dict[tuple[int, float | None], ExecutionContext] = {}
         # Progress of this incarnation, read after its scope was cancelled.
         self._phase = _IDLE
@@ -386,7 +387,7 @@ class Producer:
             self._counted = False
             counters.running -= 1
             return
-        delay = self.config.attempt_backoff * 2 ** (attempt - 1 - self._first)
+        delay = self._backoff.delay(attempt - self._first)
         self._backoff_until = trio.current_time() + delay
 
     async def _record_unstarted(

@@ -1,7 +1,8 @@
 """Supervised restarts, as in OTP: restart a crashed actor, within a restart intensity.
 
 An actor that raises an ``Exception`` is restarted after a backoff
-(``backoff_base * 2**n``, capped at ``backoff_max``).  More than
+(``backoff_base * 2**(n-1)`` before the n-th restart in the window, capped at
+``backoff_max``; see :meth:`SupervisorConfig.backoff`).  More than
 ``max_restarts`` crashes within ``period`` seconds means something is
 systematically wrong: :class:`RestartIntensityExceeded` is raised, naming the
 actor and its last error, and the runtime fails loudly.  Cancellation is not a
@@ -43,6 +44,7 @@ async def supervise(
     Closes: nothing; the caller owns the channels in ``args``.
     """
     config = config or SupervisorConfig()
+    backoff = config.backoff()
     crashes: deque[float] = deque()
     task_status.started()
     while True:
@@ -59,7 +61,7 @@ async def supervise(
                 raise RestartIntensityExceeded(name, len(crashes), config.period, exc) from exc
             if counters is not None:
                 counters.restarts[name] += 1
-            delay = min(config.backoff_max, config.backoff_base * 2 ** (len(crashes) - 1))
+            delay = backoff.delay(len(crashes))
             log.error(
                 "actor %s crashed (%s: %s); restart %d of at most %d per %gs in %.2fs",
                 name,

@@ -98,6 +98,7 @@ class Writer:
         self.breaker = breaker
         self.run_id = run_id
         self.retry = retry or RetryPolicy()
+        self._backoff = self.retry.backoff()
         self.counters = counters if counters is not None else Counters()
         self.rng = rng or random.Random()
         self.on_batch_written = on_batch_written
@@ -327,8 +328,7 @@ class Writer:
         self, store: Store, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str
     ) -> None:
         """One transaction, retried on transient failures; raises when the budget is spent."""
-        started = trio.current_time()
-        retry = 0
+        tries = self._backoff.start(rng=self.rng)
         while True:
             t0 = trio.current_time()
             try:
@@ -341,20 +341,13 @@ class Writer:
                     run_id=self.run_id,
                     reason=reason,
                     source=source,
-                    direct=source == "live" and retry == 0,
+                    direct=source == "live" and tries.retries == 0,
                 )
             except TransientWriteError as exc:
                 self.breaker.record_failure(str(exc))
-                retry += 1
-                elapsed = trio.current_time() - started
-                if (
-                    retry > self.retry.max_retries
-                    or elapsed >= self.retry.max_elapsed
-                    or self.breaker.state is not BreakerState.CLOSED
-                ):
+                delay = tries.next_delay()
+                if delay is None or self.breaker.state is not BreakerState.CLOSED:
                     raise
-                delay = self.rng.uniform(0, self.retry.delay_cap(retry))
-                delay = min(delay, max(0.0, self.retry.max_elapsed - elapsed))
                 self.counters.retries += 1
                 log.warning(
                     "run %s batch %s: transient failure %s (%s); retry %d/%d in %.2fs",
@@ -362,7 +355,7 @@ class Writer:
                     batch_id,
                     exc.sqlstate or "-",
                     exc,
-                    retry,
+                    tries.retries,
                     self.retry.max_retries,
                     delay,
                 )
@@ -398,23 +391,17 @@ class Writer:
             "message": _printable(str(exc)),
             "attempts": attempts,
         }
-        started = trio.current_time()
-        retry = 0
+        tries = self._backoff.start(rng=self.rng)
         while True:
             try:
                 await store.write_dead_letters([row])
                 break
             except TransientWriteError as exc2:
                 self.breaker.record_failure(str(exc2))
-                retry += 1
-                out_of_budget = (
-                    retry > self.retry.max_retries
-                    or self.breaker.state is not BreakerState.CLOSED
-                    or trio.current_time() - started > self.retry.max_elapsed
-                )
-                if out_of_budget:
+                delay = tries.next_delay()
+                if delay is None or self.breaker.state is not BreakerState.CLOSED:
                     raise
-            await trio.sleep(self.rng.uniform(0, self.retry.delay_cap(retry)))
+            await trio.sleep(delay)
         self.counters.dead_lettered += 1
         log.error(
             "run %s batch %s: outcome %s attempt %d dead-lettered (%s: %s)",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from ...retry import Backoff
 from ...validators import Check, optional, positive, whole
 from ..output import DEFAULT_STDERR_LIMIT, DEFAULT_STDOUT_LIMIT
 
@@ -59,3 +60,11 @@ class ModalConfig:
     stdout_limit: int = attrs.field(default=DEFAULT_STDOUT_LIMIT, validator=whole(1))
     #: Bytes of the end of stderr kept for error messages.
     stderr_limit: int = attrs.field(default=DEFAULT_STDERR_LIMIT, validator=whole(1))
+
+    def creation_backoff(self) -> Backoff:
+        """Delays between creation attempts refused for rate limit or capacity (full jitter)."""
+        return Backoff(
+            base=self.create_backoff_s,
+            cap=self.create_backoff_max_s,
+            max_retries=self.create_attempts - 1,
+        )

@@ -70,6 +70,7 @@ class ModalExecutor(Executor):
 
     ``sandbox_factory`` replaces Modal itself (tests, other sandbox providers):
     when given, :meth:`start` checks no Modal credentials and imports nothing.
+    ``rng`` is the random source of the creation backoff's jitter.
     """
 
     kind = "modal"
@@ -80,6 +81,7 @@ class ModalExecutor(Executor):
         config: ModalConfig | None = None,
         *,
         sandbox_factory: SandboxFactory | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         argv = [str(part) for part in command]
         if not argv or not argv[0]:
@@ -96,6 +98,8 @@ class ModalExecutor(Executor):
         self._create_sandbox: SandboxFactory = sandbox_factory
         self._rate = RateLimiter(self.config.max_creations_per_second, self.config.creation_burst)
         self._starting = trio.CapacityLimiter(self.config.max_starting)
+        self._rng = rng or random.Random()
+        self._backoff = self.config.creation_backoff()
 
     @classmethod
     def from_spec(cls, rest: str, **options: Any) -> ModalExecutor:
@@ -181,7 +185,7 @@ class ModalExecutor(Executor):
             except SandboxCreationThrottled as exc:
                 if attempt == attempts:
                     raise
-                delay = self._backoff(attempt)
+                delay = self._backoff.delay(attempt, self._rng)
                 logger.info(
                     "sandbox creation for scenario %r throttled (%s); retry %d/%d in %.1fs",
                     request.scenario_id,
@@ -191,13 +195,6 @@ class ModalExecutor(Executor):
                     delay,
                 )
                 await trio.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, base * 2**(attempt-1)))."""
-        ceiling = min(
-            self.config.create_backoff_max_s, self.config.create_backoff_s * 2 ** (attempt - 1)
-        )
-        return random.uniform(0, ceiling)
 
     async def _create_once(self, request: SandboxRequest, state: _SandboxRun) -> None:
         """One creation: within the starting cap and the creation rate, shielded.
