@@ -31,7 +31,6 @@ from .errors import (
     ResumeError,
     RuntimeClosed,
     ScenarioFileError,
-    ScenarioRejected,
     TransientWriteError,
     WriteError,
 )
@@ -71,7 +70,6 @@ __all__ = [
     "RuntimeStatistics",
     "Scenario",
     "ScenarioFileError",
-    "ScenarioRejected",
     "Settings",
     "SpillJournal",
     "Status",

@@ -78,7 +78,7 @@ import trio.lowlevel
 
 from ._trio_asyncio import import_trio_asyncio
 from .batcher import new_batch_id
-from .errors import ArcflowError, ConfigError, PipelineFull, RuntimeClosed
+from .errors import ArcflowError, ConfigError, PipelineFull, RuntimeClosed, primary_error
 from .executors.host import HostExecutor
 from .models import Batch, FlushReason, Outcome, Scenario
 from .runtime import Runtime
@@ -694,9 +694,7 @@ def _without_host_stopped(exc: BaseException) -> BaseException | None:
         _, rest = exc.split(_HostStopped)
     elif isinstance(exc, _HostStopped):
         rest = None
-    while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-        rest = rest.exceptions[0]
-    return rest
+    return primary_error(rest) if rest is not None else None
 
 
 def _asyncio_opener(cls: Callable[P, Runtime]) -> Callable[P, AsyncioRuntime]:

@@ -66,10 +66,6 @@ class CircuitBreaker:
         """Clock time at which an open breaker lets a probe through."""
         return self._opened_at + self.config.cooldown
 
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
     def allow(self) -> bool:
         """May a write be attempted now?  In half-open, only one probe at a time."""
         state = self.state

@@ -37,6 +37,7 @@ from .errors import (
     RestartIntensityExceeded,
     ResumeError,
     ScenarioFileError,
+    primary_error,
 )
 from .logs import configure_logging, log_context
 from .models import RETRYABLE_STATUSES, Batch, Outcome, Scenario, Status
@@ -512,16 +513,6 @@ def _banner(
         print(f"arcflow: metrics at {observers.metrics.url}", file=sys.stderr)
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            if isinstance(sub, ArcflowError):
-                return sub
-    return exc
-
-
 _USAGE_ERRORS = (
     ScenarioFileError,
     ExecutorSpecError,
@@ -557,7 +548,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_exit_code(raw: BaseException, settings: Settings) -> int:
     """The exit code for a run that ended with ``raw``; re-raises what is not ours."""
-    exc = _unwrap(raw)
+    exc = primary_error(raw)
     dsn = settings.db
     if isinstance(exc, _USAGE_ERRORS):
         print(f"arcflow: error: {redact_text(str(exc), dsn)}", file=sys.stderr)
@@ -601,7 +592,7 @@ def _read_command(args: argparse.Namespace, work: Callable[[Any, Settings], Any]
         failure = None
     if failure is None:
         return EXIT_OK
-    exc = _unwrap(failure)
+    exc = primary_error(failure)
     if isinstance(exc, ConfigError | DatabaseUnavailable):
         print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
         return EXIT_USAGE

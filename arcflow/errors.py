@@ -8,7 +8,6 @@
     ├── DatabaseUnavailable       the database cannot be reached at start (exit 2)
     ├── RuntimeClosed             submit() after the runtime began to drain
     ├── PipelineFull              submit_nowait()/record_nowait() while the pipeline is full
-    ├── ScenarioRejected          submit() of a scenario id already seen in this run
     ├── RestartIntensityExceeded  an actor crashed more than R times in T seconds
     └── WriteError                a batch could not be written (carries the classification)
         ├── TransientWriteError   the database or the network failed; retrying may help
@@ -22,6 +21,8 @@ intensity, raises :class:`RestartIntensityExceeded` naming the last one.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,6 @@ class PipelineFull(ArcflowError, trio.WouldBlock):
     """
 
 
-class ScenarioRejected(ArcflowError):
-    """A submitted scenario was refused (for example, its id was already submitted)."""
-
-
 class RestartIntensityExceeded(ArcflowError):
     """An actor crashed more often than its restart intensity allows.
 
@@ -97,9 +94,7 @@ class RestartIntensityExceeded(ArcflowError):
 
 
 class WriteError(ArcflowError):
-    """A batch write failed; ``kind`` is ``transient``, ``data`` or ``bug``."""
-
-    kind = "bug"
+    """A batch write failed; the subclass says how (see :mod:`arcflow.store.classify`)."""
 
     def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
         self.sqlstate = sqlstate
@@ -109,13 +104,9 @@ class WriteError(ArcflowError):
 class TransientWriteError(WriteError):
     """The database or the connection failed in a way that retrying may fix."""
 
-    kind = "transient"
-
 
 class DataWriteError(WriteError):
     """At least one record of the batch is invalid for the database."""
-
-    kind = "data"
 
 
 def leaf_exceptions(exc: BaseException) -> list[BaseException]:
@@ -135,3 +126,33 @@ def sole_arcflow_error(group: BaseExceptionGroup[Any]) -> ArcflowError | None:
     leaves = leaf_exceptions(group)
     errors = [e for e in leaves if isinstance(e, ArcflowError)]
     return errors[0] if errors and len(errors) == len(leaves) else None
+
+
+def primary_error(exc: BaseException) -> BaseException:
+    """The exception a user should be shown for ``exc``, however deep in groups it sits.
+
+    The first :class:`ArcflowError` among the leaves of ``exc``; else its only
+    leaf; else ``exc`` itself (a group of several unrelated errors).
+    """
+    leaves = leaf_exceptions(exc)
+    for leaf in leaves:
+        if isinstance(leaf, ArcflowError):
+            return leaf
+    return leaves[0] if len(leaves) == 1 else exc
+
+
+@contextlib.contextmanager
+def arcflow_errors_unwrapped() -> Iterator[None]:
+    """Re-raise an exception group whose leaves are all ArcflowErrors as the first of them.
+
+    For the edges of arcflow's API: a caller should see ``DatabaseUnavailable``,
+    not a group around it from an internal nursery.  Any other group (one with
+    a ``Cancelled`` among its leaves, say) propagates as it is.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf = sole_arcflow_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None

@@ -29,7 +29,7 @@ from .errors import (
     ConfigError,
     DatabaseUnavailable,
     TransientWriteError,
-    sole_arcflow_error,
+    arcflow_errors_unwrapped,
 )
 from .store import EMBEDDED, Store, resolve_dsn, start_embedded
 from .store.dsn import redact_dsn, redact_text
@@ -114,18 +114,13 @@ async def open_report_store(db: str | None, data_dir: Path | str) -> AsyncIterat
     arcflow errors raised inside the block come out as themselves, not wrapped
     in the exception group of the asyncio bridge's nursery.
     """
-    try:
+    with arcflow_errors_unwrapped():
         async with trio_asyncio.open_loop():
             store = await _connect_for_reading(db, data_dir)
             try:
                 yield store
             finally:
                 await store.aclose()
-    except BaseExceptionGroup as group:
-        leaf = sole_arcflow_error(group)
-        if leaf is None:
-            raise
-        raise leaf from None
 
 
 async def _connect_for_reading(db: str | None, data_dir: Path | str) -> Store:

@@ -39,7 +39,7 @@ from .errors import (
     ResumeError,
     RuntimeClosed,
     TransientWriteError,
-    sole_arcflow_error,
+    arcflow_errors_unwrapped,
 )
 from .executors import Executor, parse_executor
 from .journal import SpillJournal
@@ -175,24 +175,15 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
-        try:
-            await stack.enter_async_context(self._lifecycle())
-        except BaseException as exc:
+        with arcflow_errors_unwrapped():
             try:
+                await stack.enter_async_context(self._lifecycle())
+            except BaseException as exc:
                 # Startup failed before any actor ran: closing what was opened is quick
                 # (each step has its own shielded timeout), but bound it all the same.
                 with trio.move_on_after(self.config.shutdown_timeout, shield=True):
                     await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            except BaseExceptionGroup as group:
-                leaf = sole_arcflow_error(group)
-                if leaf is not None:
-                    raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
                 raise
-            if isinstance(exc, BaseExceptionGroup):
-                leaf = sole_arcflow_error(exc)
-                if leaf is not None:
-                    raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
-            raise
         self._stack = stack
         return self
 
@@ -204,15 +195,10 @@ class Runtime:
     ) -> bool | None:
         assert self._stack is not None, "Runtime was not entered"
         stack, self._stack = self._stack, None
-        try:
+        with arcflow_errors_unwrapped():
             # Not under one shielded timeout on purpose: a normal exit waits for every
             # submitted scenario; _lifecycle shields and bounds each cleanup step itself.
             return await stack.__aexit__(exc_type, exc, tb)  # noqa: ASYNC102
-        except BaseExceptionGroup as group:
-            leaf = sole_arcflow_error(group)
-            if leaf is not None:
-                raise leaf from None  # noqa: ASYNC104 - no Cancelled among its leaves
-            raise
 
     @contextlib.asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[None]:

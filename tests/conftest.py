@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio_asyncio
 
+from arcflow.errors import primary_error
 from arcflow.testing import TemporaryPostgres
 
 # The session database, and the CI-fails-instead-of-skipping rule, come from the
@@ -61,12 +62,7 @@ async def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with trio_asyncio.open_loop():
             return await trio_asyncio.aio_as_trio(go)()
     except BaseExceptionGroup as group:
-        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-            inner = group.exceptions[0]
-            if not isinstance(inner, BaseExceptionGroup):
-                raise inner from None
-            group = inner
-        raise
+        raise primary_error(group) from None
 
 
 @pytest.fixture

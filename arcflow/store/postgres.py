@@ -515,8 +515,3 @@ async def _fetchrow_aio(conn: asyncpg.Connection, query: str, *args: Any) -> asy
 
 async def _fetchval_aio(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
     return await conn.fetchval(query, *args)
-
-
-def utcnow() -> datetime:
-    """Timezone-aware now, as stored in timestamptz columns."""
-    return datetime.now(UTC)
