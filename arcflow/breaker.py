@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -37,28 +38,42 @@ class BreakerState(enum.StrEnum):
 
 
 class CircuitBreaker:
-    """Decides whether the writer may talk to the database right now."""
+    """Decides whether the writer may talk to the database right now.
+
+    Reading :attr:`state` never changes anything (a metrics scrape or a
+    progress frame cannot move the breaker); transitions happen only inside
+    :meth:`allow` and the ``record_*`` methods, and each is logged once, with
+    ``name`` (the run) in the message, and counted in :attr:`transitions`.
+    """
 
     def __init__(
         self,
         config: BreakerConfig | None = None,
         *,
+        name: str = "",
         on_transition: Callable[[BreakerState, BreakerState, str], None] | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.config = config or BreakerConfig()
+        self.name = name
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
         self._on_transition = on_transition
         self._clock = clock
+        #: Transitions so far, keyed ``"closed->open"`` and so on.
+        self.transitions: Counter[str] = Counter()
 
     @property
     def state(self) -> BreakerState:
-        """The current state; an open breaker past its cool-down reads ``half_open``."""
+        """The current state; an open breaker past its cool-down reads ``half_open``.
+
+        A pure read: the move to half-open is made by the next :meth:`allow`
+        or ``record_*`` call.
+        """
         if self._state is BreakerState.OPEN and self._clock() >= self.reopen_at:
-            self._move(BreakerState.HALF_OPEN, f"cool-down of {self.config.cooldown:g}s elapsed")
+            return BreakerState.HALF_OPEN
         return self._state
 
     @property
@@ -66,9 +81,16 @@ class CircuitBreaker:
         """Clock time at which an open breaker lets a probe through."""
         return self._opened_at + self.config.cooldown
 
+    def _advance(self) -> BreakerState:
+        """Make an elapsed cool-down a real transition to half-open; the state now."""
+        state = self.state
+        if state is not self._state:
+            self._move(state, f"cool-down of {self.config.cooldown:g}s elapsed")
+        return state
+
     def allow(self) -> bool:
         """May a write be attempted now?  In half-open, only one probe at a time."""
-        state = self.state
+        state = self._advance()
         if state is BreakerState.CLOSED:
             return True
         if state is BreakerState.HALF_OPEN and not self._probing:
@@ -78,6 +100,7 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """A write succeeded: reset the failure count; a probe's success closes the breaker."""
+        self._advance()
         self._failures = 0
         self._probing = False
         if self._state is not BreakerState.CLOSED:
@@ -85,11 +108,12 @@ class CircuitBreaker:
 
     def record_failure(self, reason: str = "infrastructure failure") -> None:
         """An infrastructure failure: may open (or re-open) the breaker."""
+        state = self._advance()
         self._failures += 1
         self._probing = False
-        if self._state is BreakerState.HALF_OPEN:
+        if state is BreakerState.HALF_OPEN:
             self._open(f"probe failed: {reason}")
-        elif self._state is BreakerState.CLOSED and self._failures >= self.config.failure_threshold:
+        elif state is BreakerState.CLOSED and self._failures >= self.config.failure_threshold:
             self._open(f"{self._failures} consecutive failures, last: {reason}")
 
     def release_probe(self) -> None:
@@ -104,6 +128,8 @@ class CircuitBreaker:
         old, self._state = self._state, new
         if old is new:
             return
-        log.warning("circuit breaker %s -> %s: %s", old, new, reason)
+        self.transitions[f"{old}->{new}"] += 1
+        prefix = f"{self.name}: " if self.name else ""
+        log.warning("%scircuit breaker %s -> %s (%s)", prefix, old, new, reason)
         if self._on_transition is not None:
             self._on_transition(old, new, reason)

@@ -29,7 +29,7 @@ import trio.lowlevel
 
 from ._trio_asyncio import import_trio_asyncio
 from .batcher import run_batcher
-from .breaker import BreakerState, CircuitBreaker
+from .breaker import CircuitBreaker
 from .config import RuntimeConfig
 from .errors import (
     ArcflowError,
@@ -130,7 +130,7 @@ class Runtime:
         self.resume = resume
         self.counters = Counters(batch_size=self.config.batch_size)
         self.control = ShutdownControl(first_attempt=dict(first_attempts or {}))
-        self.breaker = CircuitBreaker(self.config.breaker, on_transition=self._on_breaker)
+        self.breaker = CircuitBreaker(self.config.breaker, name=f"run {self.run_id}")
         self.journal = SpillJournal(
             self.journal_path(self.config.data_dir, self.run_id),
             max_bytes=self.config.journal_max_bytes,
@@ -592,10 +592,6 @@ class Runtime:
         except ArcflowError as exc:
             log.warning("run %s: could not record the run's end: %s", self.run_id, exc)
 
-    def _on_breaker(self, old: BreakerState, new: BreakerState, reason: str) -> None:
-        self.counters.breaker_transitions[f"{old}->{new}"] += 1
-        log.warning("run %s: breaker %s -> %s (%s)", self.run_id, old, new, reason)
-
     # -- observing ----------------------------------------------------------------------------------
 
     def statistics(self) -> RuntimeStatistics:
@@ -624,7 +620,7 @@ class Runtime:
             write_transactions=c.write_transactions,
             retries=c.retries,
             breaker_state=self.breaker.state.value,
-            breaker_transitions=dict(c.breaker_transitions),
+            breaker_transitions=dict(self.breaker.transitions),
             spilled_batches=c.spilled_batches,
             spilled_outcomes=c.spilled_outcomes,
             replayed_outcomes=c.replayed_outcomes,

@@ -86,7 +86,6 @@ class Counters:
     batches_written: int = 0
     write_transactions: int = 0
     retries: int = 0
-    breaker_transitions: Counter[str] = attrs.field(factory=Counter)
     spilled_batches: int = 0
     spilled_outcomes: int = 0
     replayed_outcomes: int = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 import trio.testing
 from hypothesis import settings
@@ -118,3 +120,24 @@ async def test_breaker_on_mock_clock(autojump_clock: trio.testing.MockClock) -> 
     b.record_success()
     assert b.state is BreakerState.CLOSED
     assert seen == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+def test_reading_the_state_changes_nothing(caplog: Any) -> None:
+    """state is a pure read: past the cool-down it reads half_open, but only allow() moves it, logged once."""
+    now = [0.0]
+    b = CircuitBreaker(
+        BreakerConfig(failure_threshold=1, cooldown=5), name="run r1", clock=lambda: now[0]
+    )
+    b.record_failure("down")
+    now[0] = 6.0
+    with caplog.at_level("WARNING", logger="arcflow.breaker"):
+        caplog.clear()
+        for _ in range(3):
+            assert b.state is BreakerState.HALF_OPEN
+        assert b.transitions == {"closed->open": 1}
+        assert caplog.records == []
+        assert b.allow()
+    assert b.transitions == {"closed->open": 1, "open->half_open": 1}
+    assert [r.getMessage() for r in caplog.records] == [
+        "run r1: circuit breaker open -> half_open (cool-down of 5s elapsed)"
+    ]
