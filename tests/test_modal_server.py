@@ -635,6 +635,21 @@ def test_stream_limit_per_connection_queues_calls_in_the_sdk() -> None:
     assert stats.connections["api"] == 1
 
 
+def test_sdk_opens_one_api_connection_and_one_router_connection_per_sandbox(
+    modal_env: LocalModal,
+) -> None:
+    """All control-plane calls share one HTTP/2 connection; each sandbox's stdio gets a router connection of its own."""
+
+    async def go() -> list[str]:
+        sandboxes = await asyncio.gather(*(create("echo", str(i)) for i in range(3)))
+        outs = [await sb.stdout.read.aio() for sb in sandboxes]
+        await asyncio.gather(*(sb.wait.aio() for sb in sandboxes))
+        return outs
+
+    assert run(go) == ["0\n", "1\n", "2\n"]
+    assert modal_env.statistics().connections == {"api": 1, "router": 3}
+
+
 def test_nothing_left_running_after_a_mixed_workload(modal_env: LocalModal) -> None:
     """Statistics count creates, exits by kind and live sandboxes; wait_idle() says when nothing is left running."""
 
@@ -695,3 +710,214 @@ async def test_trio_asyncio_test_drives_the_sdk() -> None:
         with trio.fail_after(5):
             assert await env.wait_idle_async(5)
         assert out == "trio\n" and env.statistics().creates == 1
+
+
+# -- phase 2: Sandbox.exec ---------------------------------------------------------------------
+
+
+def test_exec_runs_processes_in_a_long_lived_sandbox(modal_env: LocalModal) -> None:
+    """Sandbox.exec gives a ContainerProcess with stdin/stdout/stderr/wait/returncode; text=False passes raw bytes; terminate kills execs."""
+    script = (
+        "import sys; d = sys.stdin.read(); print(d[::-1]); print('e', file=sys.stderr); sys.exit(4)"
+    )
+
+    async def go() -> tuple[Any, ...]:
+        sb = await create("sleep", "infinity")
+        proc = await sb.exec.aio(PY, "-c", script)
+        proc.stdin.write(b"stressed")
+        proc.stdin.write_eof()
+        await proc.stdin.drain.aio()
+        out, err = await proc.stdout.read.aio(), await proc.stderr.read.aio()
+        code = await proc.wait.aio()
+        raw = await sb.exec.aio(
+            PY, "-c", "import sys; sys.stdout.buffer.write(b'\\xff\\x00')", text=False
+        )
+        raw_out = await raw.stdout.read.aio()
+        await raw.wait.aio()
+        sleeper = await sb.exec.aio("sleep", "60")
+        still_running = await sleeper.poll.aio()
+        await sb.terminate.aio()
+        killed = await sleeper.wait.aio()
+        return out, err, code, proc.returncode, raw_out, still_running, killed
+
+    out, err, code, returncode, raw_out, still_running, killed = run(go)
+    assert (out, err, code, returncode) == ("desserts\n", "e\n", 4, 4)
+    assert raw_out == b"\xff\x00"
+    assert (still_running, killed) == (None, 137)
+    stats = modal_env.statistics()
+    assert stats.execs_started == 3 and stats.execs_running == 0
+    assert stats.rpcs["TaskCommandRouter/TaskExecStart"] == 3
+
+
+def test_exec_timeout_kills_the_process(modal_env: LocalModal) -> None:
+    """An exec's timeout ends it: wait() returns -1 (the SDK's deadline) and the process is killed."""
+
+    async def go() -> tuple[int, float, str]:
+        sb = await create("sleep", "infinity")
+        proc = await sb.exec.aio("sleep", "30", timeout=1)
+        started = time.monotonic()
+        code = await proc.wait.aio()
+        elapsed = time.monotonic() - started
+        await sb.terminate.aio()
+        return code, elapsed, sb.object_id
+
+    code, elapsed, _ = run(go)
+    assert code == -1 and elapsed < 3
+    assert modal_env.statistics().execs_running == 0
+
+
+# -- phase 2: Functions ------------------------------------------------------------------------
+
+
+class ScoringError(Exception):
+    """Raised by a registered function; pickled and re-raised in the caller as Modal does."""
+
+
+def score(answer: str, *, weight: float = 1.0) -> float:
+    if answer == "bad":
+        raise ScoringError(f"cannot score {answer!r}")
+    return len(answer) * weight
+
+
+def test_function_remote_spawn_get_and_from_id(modal_env: LocalModal) -> None:
+    """Function.from_name(...).remote/.spawn run a registered local callable; FunctionCall.get and from_id fetch the result (repeatably)."""
+    modal_env.register_function("scorer", "score", score)
+
+    async def go() -> tuple[Any, ...]:
+        fn = modal.Function.from_name("scorer", "score", environment_name="main")
+        direct = await fn.remote.aio("four", weight=2.0)
+        call = await fn.spawn.aio("seven!!")
+        first = await call.get.aio(timeout=5)
+        again = await call.get.aio(timeout=5)
+        by_id = await modal.FunctionCall.from_id(call.object_id).get.aio(timeout=5)
+        return direct, call.object_id, first, again, by_id
+
+    direct, call_id, first, again, by_id = run(go)
+    assert direct == 8.0 and first == again == by_id == 7.0
+    assert call_id.startswith("fc-")
+    functions = modal_env.statistics().functions
+    assert functions is not None
+    assert functions.calls_started == {"score": 2} and functions.calls_finished == {"success": 2}
+
+
+def test_function_exception_is_reraised_with_its_traceback(modal_env: LocalModal) -> None:
+    """A registered function's exception reaches the caller as the same exception type, with the remote frames in its traceback."""
+    import traceback
+
+    modal_env.register_function("scorer", "score", score)
+
+    async def go() -> BaseException:
+        fn = modal.Function.from_name("scorer", "score")
+        try:
+            await fn.remote.aio("bad")
+        except ScoringError as exc:
+            return exc
+        raise AssertionError("no exception")
+
+    exc = run(go)
+    assert str(exc) == "cannot score 'bad'"
+    assert "in score" in "".join(traceback.format_exception(exc))
+    functions = modal_env.statistics().functions
+    assert functions is not None and functions.calls_finished == {"failure": 1}
+
+
+def test_unknown_function_is_not_found(modal_env: LocalModal) -> None:
+    """Function.from_name for a function the server does not know raises NotFoundError on first use."""
+    modal_env.register_function("scorer", "score", score)
+
+    async def go() -> None:
+        with pytest.raises(NotFoundError, match="'missing'"):
+            await modal.Function.from_name("scorer", "missing").hydrate.aio()
+        with pytest.raises(NotFoundError):
+            await modal.Function.from_name(
+                "scorer", "score", environment_name="other"
+            ).hydrate.aio()
+
+    run(go)
+
+
+def test_function_call_cancel_stops_it(modal_env: LocalModal) -> None:
+    """get(timeout) on an unfinished call raises TimeoutError; cancel() stops the handler and get() then raises RemoteError."""
+    stopped: list[str] = []
+
+    async def slow(seconds: float) -> float:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            stopped.append("cancelled")
+            raise
+        return seconds
+
+    modal_env.register_function("jobs", "slow", slow)
+
+    async def go() -> None:
+        call = await modal.Function.from_name("jobs", "slow").spawn.aio(30)
+        with pytest.raises(TimeoutError):
+            await call.get.aio(timeout=0.3)
+        running = modal_env.statistics().functions
+        assert running is not None and running.calls_running == 1
+        await call.cancel.aio()
+        with pytest.raises(modal.exception.RemoteError, match="cancelled"):
+            await call.get.aio(timeout=5)
+
+    run(go)
+    assert stopped == ["cancelled"]
+    functions = modal_env.statistics().functions
+    assert functions is not None
+    assert functions.calls_cancelled == 1 and functions.calls_running == 0
+
+
+def test_function_capacity_is_max_containers_times_max_inputs(modal_env: LocalModal) -> None:
+    """With 1 container of 2 concurrent inputs and a cold start, 4 calls run 2 at a time after one cold start."""
+
+    async def work(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    modal_env.register_function(
+        "jobs", "work", work, max_containers=1, max_inputs=2, cold_start=0.3
+    )
+
+    async def go() -> tuple[list[float], float]:
+        fn = modal.Function.from_name("jobs", "work")
+        started = time.monotonic()
+        calls = [await fn.spawn.aio(0.3) for _ in range(4)]
+        results = [await call.get.aio(timeout=10) for call in calls]
+        return results, time.monotonic() - started
+
+    results, elapsed = run(go)
+    assert results == [0.3] * 4
+    assert 0.85 < elapsed < 3  # cold start + two rounds of 0.3 s
+    functions = modal_env.statistics().functions
+    assert functions is not None
+    assert functions.max_concurrent == {"work": 2} and functions.containers_started == {"work": 1}
+
+
+def test_function_timeout_raises_function_timeout_error(modal_env: LocalModal) -> None:
+    """A call running past the function's timeout fails with FunctionTimeoutError."""
+
+    async def hang() -> None:
+        await asyncio.sleep(30)
+
+    modal_env.register_function("jobs", "hang", hang, timeout=0.3)
+
+    async def go() -> None:
+        with pytest.raises(modal.exception.FunctionTimeoutError):
+            await modal.Function.from_name("jobs", "hang").remote.aio()
+
+    run(go)
+
+
+def test_command_backed_function(modal_env: LocalModal) -> None:
+    """A function backed by a command gets the arguments as JSON on stdin and returns its JSON stdout; a non-zero exit is a RemoteError."""
+    adder = "import json, sys; a = json.load(sys.stdin)['args']; print(json.dumps(a[0] + a[1]))"
+    modal_env.register_function("tools", "add", command=[PY, "-c", adder])
+
+    async def go() -> None:
+        fn = modal.Function.from_name("tools", "add")
+        assert await fn.remote.aio(2, 3) == 5
+        assert await (await fn.spawn.aio("a", "b")).get.aio(timeout=5) == "ab"
+        with pytest.raises(modal.exception.RemoteError, match="exited with 1"):
+            await fn.remote.aio(1)
+
+    run(go)

@@ -226,7 +226,9 @@ class Backend:
         for event in self.flowing.values():
             event.set()
         self._idle_changed = asyncio.Event()
-        self.functions: Functions | None = None
+        from .functions import Functions
+
+        self.functions: Functions | None = Functions(self.new_id)
 
     # -- settings ----------------------------------------------------------------------
 

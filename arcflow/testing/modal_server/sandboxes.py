@@ -249,6 +249,10 @@ class LocalProcess:
                 return "stdin was already closed (EOF)"
             stdin = self._proc.stdin if self._proc is not None else None
             if data:
+                # Count the bytes as written once they are in the pipe's buffer, before
+                # waiting for the process to take them: a retry of this write (the client
+                # gave up waiting) must not write them twice.
+                self.stdin_offset += len(data)
                 if stdin is not None and self.returncode is None and not stdin.is_closing():
                     try:
                         stdin.write(data)
@@ -257,7 +261,6 @@ class LocalProcess:
                         self.stdin_discarded += len(data)
                 else:
                     self.stdin_discarded += len(data)
-                self.stdin_offset += len(data)
             if eof and not self.stdin_closed:
                 self.stdin_closed = True
                 if stdin is not None:

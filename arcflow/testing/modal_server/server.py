@@ -7,7 +7,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -372,6 +372,64 @@ class LocalModal:
         return self._call(
             lambda: self._require_backend().add_secret(name, env, environment_name).secret_id
         )
+
+    def register_function(
+        self,
+        app_name: str,
+        name: str,
+        handler: Callable[..., Any] | None = None,
+        *,
+        command: Sequence[str] | None = None,
+        environment_name: str = "",
+        cold_start: float = 0.0,
+        max_containers: int | None = None,
+        max_inputs: int = 1,
+        scaledown_window: float = 60.0,
+        timeout: float | None = None,
+    ) -> str:
+        """Serve ``modal.Function.from_name(app_name, name)``; returns the function id.
+
+        ``handler`` is a local callable (sync: run in a thread; async: on the
+        server's loop) called with the deserialized arguments; what it returns
+        is the call's result, what it raises reaches the caller as Modal
+        propagates remote exceptions.  Or ``command``: run per call as a
+        subprocess in its own process group, the arguments as JSON on stdin
+        (``{"args": [...], "kwargs": {...}}``), its stdout parsed as JSON for
+        the result, a non-zero exit a failure (``RemoteError`` for the caller).
+
+        Calls run on at most ``max_containers`` emulated containers of
+        ``max_inputs`` concurrent calls each (None: unlimited), each container
+        taking ``cold_start`` seconds to start and staying warm for
+        ``scaledown_window`` seconds; ``timeout`` fails a call that runs longer
+        (FunctionTimeoutError).
+        """
+        if (handler is None) == (command is None):
+            raise TypeError("register_function needs exactly one of handler and command")
+        if max_inputs < 1:
+            raise ValueError("max_inputs must be at least 1")
+
+        def go() -> str:
+            from .functions import RegisteredFunction
+
+            backend = self._require_backend()
+            assert backend.functions is not None
+            env = backend.env_name(environment_name)
+            app = backend.app_get_or_create(app_name, env, True)
+            fn = RegisteredFunction(
+                app_name=app_name,
+                name=name,
+                environment_name=env,
+                handler=handler,
+                command=tuple(command) if command is not None else None,
+                cold_start=cold_start,
+                max_containers=max_containers,
+                max_inputs=max_inputs,
+                scaledown_window=scaledown_window,
+                timeout=timeout,
+            )
+            return backend.functions.register(fn, app.app_id).function_id
+
+        return self._call(go)
 
     def fail_next(
         self,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from .backend import Backend
+    from .functions import Functions
 
 __all__ = ["ControlPlane"]
 
@@ -352,6 +353,76 @@ class ControlPlane(api_grpc.ModalClientBase):
         if sb.result is not None:
             resp.metadata.result.CopyFrom(sb.result)
         await stream.send_message(resp)
+
+    # -- functions (phase 2) ---------------------------------------------------------------
+
+    def _functions(self) -> Functions:
+        functions = self.backend.functions
+        assert functions is not None
+        return functions
+
+    async def FunctionGet(self, stream: Stream[Any, Any]) -> None:
+        req: api_pb2.FunctionGetRequest = await _recv(stream)
+        functions = self._functions()
+        fn = functions.lookup(
+            self.backend.env_name(req.environment_name), req.app_name, req.object_tag
+        )
+        await stream.send_message(
+            api_pb2.FunctionGetResponse(
+                function_id=fn.function_id,
+                handle_metadata=functions.handle_metadata(fn),
+                function=functions.function_data(fn),
+            )
+        )
+
+    async def FunctionMap(self, stream: Stream[Any, Any]) -> None:
+        req: api_pb2.FunctionMapRequest = await _recv(stream)
+        functions = self._functions()
+        fn = functions.by_id.get(req.function_id)
+        if fn is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function {req.function_id} not found")
+        if (
+            req.function_call_type != api_pb2.FUNCTION_CALL_TYPE_UNARY
+            or len(req.pipelined_inputs) != 1
+        ):
+            raise GRPCError(
+                Status.UNIMPLEMENTED,
+                "only single-input calls (.remote, .spawn) are implemented by the local Modal server",
+            )
+        call = functions.start_call(fn, req.pipelined_inputs[0], req.function_call_invocation_type)
+        await stream.send_message(
+            api_pb2.FunctionMapResponse(
+                function_call_id=call.function_call_id,
+                function_call_jwt=call.input_jwt,
+                pipelined_inputs=[
+                    api_pb2.FunctionPutInputsResponseItem(
+                        idx=0, input_id=call.input_id, input_jwt=call.input_jwt
+                    )
+                ],
+            )
+        )
+
+    async def FunctionGetOutputs(self, stream: Stream[Any, Any]) -> None:
+        req: api_pb2.FunctionGetOutputsRequest = await _recv(stream)
+        await stream.send_message(await self._functions().outputs(req))
+
+    async def FunctionCallFromId(self, stream: Stream[Any, Any]) -> None:
+        req: api_pb2.FunctionCallFromIdRequest = await _recv(stream)
+        call = self._functions().call(req.function_call_id)
+        await stream.send_message(
+            api_pb2.FunctionCallFromIdResponse(
+                function_call_id=call.function_call_id,
+                num_inputs=1,
+                metadata=api_pb2.FunctionCallHandleMetadata(
+                    app_id=call.function.app_id, function_id=call.function.function_id
+                ),
+            )
+        )
+
+    async def FunctionCallCancel(self, stream: Stream[Any, Any]) -> None:
+        req: api_pb2.FunctionCallCancelRequest = await _recv(stream)
+        self._functions().cancel(req.function_call_id)
+        await stream.send_message(empty_pb2.Empty())
 
     # -- sandboxes: V1 only --------------------------------------------------------------
 
