@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import os
@@ -95,6 +96,10 @@ class LocalModal:
         self._startup_error: BaseException | None = None
         self._closed = False
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._thread else "not started")
+        return f"<LocalModal {self.url} router {self.router_url} {state}>"
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> LocalModal:
@@ -106,6 +111,8 @@ class LocalModal:
         self._ready.wait()
         if self._startup_error is not None:
             raise RuntimeError("LocalModal failed to start") from self._startup_error
+        # A server left open must not leave process groups behind when the interpreter exits.
+        atexit.register(self.close)
         return self
 
     def _thread_main(self) -> None:
@@ -197,6 +204,7 @@ class LocalModal:
             self._closed = True
             return
         self._closed = True
+        atexit.unregister(self.close)
         loop = self._loop
         if loop is not None and loop.is_running():
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
