@@ -2,24 +2,23 @@
 
 The public surface::
 
-    Runtime, open_runtime (trio hosts), RuntimeConfig, RetryPolicy, BreakerConfig, SupervisorConfig
-    AsyncioRuntime, HostExecutor (asyncio hosts; see arcflow.aio and its open_runtime)
-    Scenario, Outcome, Status, FlushReason, Batch, ExecutionResult
-    Executor, ExecutionContext, PythonExecutor, parse_executor
-    RuntimeStatistics, CircuitBreaker, SpillJournal
+    open_runtime, Runtime                 trio hosts (async with arcflow.open_runtime(...) as rt)
+    AsyncioRuntime, HostExecutor          asyncio hosts (async with arcflow.aio.open_runtime(...) as rt)
+    RuntimeConfig, RetryPolicy, BreakerConfig, SupervisorConfig, load_settings, Settings
+    Scenario, Outcome, Status, Batch, FlushReason, ExecutionResult, RuntimeStatistics, ResumePlan
+    Executor, ExecutionContext, PythonExecutor
     ArcflowError and its subclasses (see arcflow.errors)
 
 Importing arcflow does not patch asyncio; the runtime opens trio-asyncio itself.
-Test helpers for your own suites are in :mod:`arcflow.testing` and the pytest
-plugin :mod:`arcflow.pytest_plugin`.
+The pieces inside (the actors, the journal, the breaker, the store) are in
+modules named for them; see docs/architecture.md.  Test helpers for your own
+suites are in :mod:`arcflow.testing` and the pytest plugin
+:mod:`arcflow.pytest_plugin`.
 """
 
-from . import aio
 from ._version import __version__
 from .aio import AsyncioRuntime
-from .breaker import BreakerState, CircuitBreaker
 from .config import BreakerConfig, RetryPolicy, RuntimeConfig, SupervisorConfig
-from .embed import open_runtime
 from .errors import (
     ArcflowError,
     ConfigError,
@@ -34,11 +33,11 @@ from .errors import (
     TransientWriteError,
     WriteError,
 )
-from .executors import ExecutionContext, Executor, PythonExecutor, parse_executor
+from .executors import ExecutionContext, Executor, PythonExecutor
 from .executors.host import HostExecutor
-from .journal import SpillJournal
 from .models import Batch, ExecutionResult, FlushReason, Outcome, Scenario, Status
-from .runtime import Runtime, new_run_id
+from .runs import ResumePlan
+from .runtime import Runtime, new_run_id, open_runtime
 from .settings import Settings, load_settings
 from .stats import RuntimeStatistics
 
@@ -47,8 +46,6 @@ __all__ = [
     "AsyncioRuntime",
     "Batch",
     "BreakerConfig",
-    "BreakerState",
-    "CircuitBreaker",
     "ConfigError",
     "DataWriteError",
     "DatabaseUnavailable",
@@ -63,6 +60,7 @@ __all__ = [
     "PythonExecutor",
     "RestartIntensityExceeded",
     "ResumeError",
+    "ResumePlan",
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",
@@ -71,15 +69,12 @@ __all__ = [
     "Scenario",
     "ScenarioFileError",
     "Settings",
-    "SpillJournal",
     "Status",
     "SupervisorConfig",
     "TransientWriteError",
     "WriteError",
     "__version__",
-    "aio",
     "load_settings",
     "new_run_id",
     "open_runtime",
-    "parse_executor",
 ]

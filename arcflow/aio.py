@@ -64,7 +64,6 @@ use :class:`HostExecutor`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import logging
 import math
@@ -77,11 +76,11 @@ import trio
 import trio.lowlevel
 
 from ._trio_asyncio import import_trio_asyncio
-from .batcher import new_batch_id
 from .errors import ArcflowError, ConfigError, PipelineFull, RuntimeClosed, primary_error
 from .executors.host import HostExecutor
-from .models import Batch, FlushReason, Outcome, Scenario
+from .models import Outcome, Scenario
 from .runtime import Runtime
+from .slots import FifoSlots
 from .stats import RuntimeStatistics
 
 __all__ = ["AsyncioRuntime", "HostExecutor", "open_runtime"]
@@ -141,8 +140,7 @@ class AsyncioRuntime:
         self._thread: threading.Thread | None = None
         self._started: asyncio.Future[BaseException | None] | None = None
         self._finished: asyncio.Future[BaseException | None] | None = None
-        self._in_flight = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._slots = FifoSlots(buffer)
         self._final_statistics: RuntimeStatistics | None = None
         self._failure: BaseException | None = None
         self.refused_nowait = 0
@@ -184,7 +182,7 @@ class AsyncioRuntime:
     @property
     def in_flight(self) -> int:
         """Items handed over and not yet accepted by the runtime."""
-        return self._in_flight
+        return self._slots.taken
 
     @property
     def running(self) -> bool:
@@ -262,7 +260,7 @@ class AsyncioRuntime:
             raise RuntimeError("AsyncioRuntime.start() has not finished")
         if self._state is _State.RUNNING:
             self._state = _State.CLOSING
-            self._fail_waiters(
+            self._slots.fail_waiters(
                 RuntimeClosed("the runtime is stopping; submit()/record() are refused")
             )
             self._post(self._request_stop, cancelled)
@@ -368,57 +366,27 @@ class AsyncioRuntime:
     async def _hand_over(self, item: Scenario | Outcome) -> None:
         self._check_open()
         assert self._loop is not None
-        if self._in_flight < self._buffer and not self._waiters:
-            self._in_flight += 1
-        else:
-            slot: asyncio.Future[None] = self._loop.create_future()
-            self._waiters.append(slot)
-            try:
-                await slot
-            except BaseException:
-                if slot.done() and not slot.cancelled() and slot.exception() is None:
-                    self._release(1)  # granted, but this task will not use it
-                else:
-                    try:
-                        self._waiters.remove(slot)
-                    except ValueError:
-                        pass
-                raise
+        if not self._slots.try_acquire():
+            await self._slots.acquire()
             if self._state is not _State.RUNNING:
-                self._release(1)
+                self._slots.release(1)
                 self._check_open()
         accepted: asyncio.Future[None] = self._loop.create_future()
         if not self._post(self._enqueue, (item, accepted)):
-            self._release(1)
+            self._slots.release(1)
             raise RuntimeClosed("the runtime has stopped")
         await accepted
 
     def _hand_over_nowait(self, item: Scenario | Outcome) -> None:
         self._check_open()
-        if self._in_flight >= self._buffer or self._waiters:
+        if not self._slots.try_acquire():
             raise PipelineFull(
-                f"the pipeline is full ({self._in_flight} hand-overs waiting for the runtime); "
+                f"the pipeline is full ({self._slots.taken} hand-overs waiting for the runtime); "
                 "await submit()/record() to wait for room, or shed the load"
             )
-        self._in_flight += 1
         if not self._post(self._enqueue, (item, None)):
-            self._release(1)
+            self._slots.release(1)
             raise RuntimeClosed("the runtime has stopped")
-
-    def _release(self, count: int) -> None:
-        self._in_flight -= count
-        while self._waiters and self._in_flight < self._buffer:
-            slot = self._waiters.popleft()
-            if slot.done():
-                continue
-            self._in_flight += 1
-            slot.set_result(None)
-
-    def _fail_waiters(self, exc: BaseException) -> None:
-        while self._waiters:
-            slot = self._waiters.popleft()
-            if not slot.done():
-                slot.set_exception(exc)
 
     # -- host-side callbacks (run by the host loop, scheduled from the runtime's thread) ---------
 
@@ -433,7 +401,7 @@ class AsyncioRuntime:
                     accepted.set_result(None)
                 else:
                     accepted.set_exception(exc)
-        self._release(len(acks))
+        self._slots.release(len(acks))
 
     def _host_started(self, failure: BaseException | None) -> None:
         assert self._started is not None
@@ -448,7 +416,7 @@ class AsyncioRuntime:
         if self._state is _State.RUNNING:  # the runtime ended on its own (it failed)
             self._state = _State.CLOSING
         self._failure = failure
-        self._fail_waiters(RuntimeClosed("the runtime has stopped"))
+        self._slots.fail_waiters(RuntimeClosed("the runtime has stopped"))
         self._host_started(failure or RuntimeClosed("the runtime stopped before it started"))
         if not self._finished.done():
             self._finished.set_result(failure)
@@ -640,16 +608,15 @@ class AsyncioRuntime:
         outcomes = [value for value, _ in left if isinstance(value, Outcome)]
         spill_error: BaseException | None = None
         if outcomes:
-            batch = Batch(new_batch_id(), tuple(outcomes), FlushReason.SHUTDOWN)
             try:
-                await self._runtime.journal.append(batch)
+                await self._runtime.spill(outcomes)
             except Exception as exc:
                 spill_error = exc
                 log.critical(
                     "run %s: could not spill %d undelivered outcomes to %s: %s",
                     self.run_id,
                     len(outcomes),
-                    self._runtime.journal.path,
+                    self._runtime.journal_path,
                     exc,
                 )
             else:
@@ -659,7 +626,7 @@ class AsyncioRuntime:
                     "with this run id)",
                     self.run_id,
                     len(outcomes),
-                    self._runtime.journal.path,
+                    self._runtime.journal_path,
                 )
         acks: list[_Ack] = []
         for value, accepted in left:

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import math
-import uuid
+from collections import Counter
 from collections.abc import Callable
 
+import attrs
 import trio
 
-from .models import Batch, FlushReason, Outcome
-from .stats import Counters
+from .journal import SpillJournal, salvage
+from .models import Batch, FlushReason, Outcome, new_batch_id
+
+__all__ = ["BatcherStats", "new_batch_id", "run_batcher"]
 
 
-def new_batch_id() -> str:
-    """A fresh, unique batch id."""
-    return uuid.uuid4().hex[:16]
+@attrs.define
+class BatcherStats:
+    """What the batcher has done; written by the batcher alone."""
+
+    #: Outcomes waiting in the batcher's partial batch.
+    pending_in_batcher: int = 0
+    #: Batches flushed, by reason (``size``, ``deadline``, ``shutdown``).
+    by_flush_reason: Counter[str] = attrs.field(factory=Counter)
+    #: The size limit of the batch being filled (changes only with adaptive batching).
+    batch_size: int = 0
 
 
 async def run_batcher(
@@ -23,9 +33,10 @@ async def run_batcher(
     *,
     batch_size: int | Callable[[], int],
     flush_interval: float,
-    counters: Counters | None = None,
+    stats: BatcherStats | None = None,
+    journal: SpillJournal | None = None,
+    salvage_timeout: float = 30.0,
     make_batch_id: Callable[[], str] = new_batch_id,
-    pending: list[Outcome] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Group outcomes into batches and send them to the writer.
@@ -37,70 +48,94 @@ async def run_batcher(
     To keep the per-record cost low, it takes everything already queued with
     ``receive_nowait()`` and only awaits when the channel is empty.
 
-    ``pending`` (optional) is the list the partial batch is kept in; an outcome
-    leaves it only once its batch was handed to the writer, so the owner can
-    rescue it if the batcher is cancelled mid-send.
-
     ``batch_size`` may be a callable, read at the start of each batch, so an
     adaptive controller can change it between batches.
 
     Retries nothing and escalates nothing: a blocked ``send`` is backpressure.
-    Closes ``batches`` (the send end) when it returns, which ends the writer.
+    On its way out by cancellation or failure, it salvages its partial batch
+    and the outcomes still queued for it into ``journal`` (when given).
+    Closes both its channel ends when it returns: ``batches`` (which ends the
+    writer) and ``outcomes``.
     """
-    counters = counters if counters is not None else Counters()
+    stats = stats if stats is not None else BatcherStats()
     size_of: Callable[[], int] = batch_size if callable(batch_size) else (lambda: batch_size)
-    with batches:
+    pending: list[Outcome] = []
+    with outcomes, batches:
         task_status.started()
-        pending = pending if pending is not None else []
-        opened_at = 0.0
-        deadline = math.inf
-        limit = size_of()
-        closed = False
-
-        async def flush(reason: FlushReason) -> None:
-            nonlocal deadline
-            batch = Batch(make_batch_id(), tuple(pending), reason, opened_at)
-            await batches.send(batch)
-            pending.clear()
-            deadline = math.inf
-            counters.pending_in_batcher = 0
-            counters.by_flush_reason[reason.value] += 1
-
-        while not closed:
-            if not pending:
-                try:
-                    first = await outcomes.receive()
-                except trio.EndOfChannel:
-                    break
-                pending.append(first)
-                limit = size_of()
-                counters.batch_size = limit
-                opened_at = trio.current_time()
-                deadline = opened_at + flush_interval
-            # Fill the batch until it is full, the deadline passes or the input ends:
-            # take what is already queued without awaiting, await only when the
-            # channel is empty, all under one cancel scope per batch.
-            with trio.move_on_at(deadline):
+        try:
+            await _fill(outcomes, batches, pending, size_of, flush_interval, stats, make_batch_id)
+        except BaseException:
+            if journal is not None:
                 while True:
-                    while len(pending) < limit:
-                        try:
-                            pending.append(outcomes.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                        except trio.EndOfChannel:
-                            closed = True
-                            break
-                    counters.pending_in_batcher = len(pending)
-                    if closed or len(pending) >= limit:
-                        break
                     try:
-                        pending.append(await outcomes.receive())
+                        pending.append(outcomes.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                await salvage(journal, pending, who="batcher", limit_s=salvage_timeout)  # noqa: ASYNC102 - shielded and bounded in salvage()
+            pending.clear()
+            stats.pending_in_batcher = 0
+            raise
+
+
+async def _fill(
+    outcomes: trio.MemoryReceiveChannel[Outcome],
+    batches: trio.MemorySendChannel[Batch],
+    pending: list[Outcome],
+    size_of: Callable[[], int],
+    flush_interval: float,
+    stats: BatcherStats,
+    make_batch_id: Callable[[], str],
+) -> None:
+    """The batcher's loop; an outcome leaves ``pending`` only once its batch was handed over."""
+    opened_at = 0.0
+    deadline = math.inf
+    limit = size_of()
+    closed = False
+
+    async def flush(reason: FlushReason) -> None:
+        nonlocal deadline
+        batch = Batch(make_batch_id(), tuple(pending), reason, opened_at)
+        await batches.send(batch)
+        pending.clear()
+        deadline = math.inf
+        stats.pending_in_batcher = 0
+        stats.by_flush_reason[reason.value] += 1
+
+    while not closed:
+        if not pending:
+            try:
+                first = await outcomes.receive()
+            except trio.EndOfChannel:
+                break
+            pending.append(first)
+            limit = size_of()
+            stats.batch_size = limit
+            opened_at = trio.current_time()
+            deadline = opened_at + flush_interval
+        # Fill the batch until it is full, the deadline passes or the input ends:
+        # take what is already queued without awaiting, await only when the
+        # channel is empty, all under one cancel scope per batch.
+        with trio.move_on_at(deadline):
+            while True:
+                while len(pending) < limit:
+                    try:
+                        pending.append(outcomes.receive_nowait())
+                    except trio.WouldBlock:
+                        break
                     except trio.EndOfChannel:
                         closed = True
                         break
-            if len(pending) >= limit:
-                await flush(FlushReason.SIZE)
-            elif not closed:
-                await flush(FlushReason.DEADLINE)
-        if pending:
-            await flush(FlushReason.SHUTDOWN)
+                stats.pending_in_batcher = len(pending)
+                if closed or len(pending) >= limit:
+                    break
+                try:
+                    pending.append(await outcomes.receive())
+                except trio.EndOfChannel:
+                    closed = True
+                    break
+        if len(pending) >= limit:
+            await flush(FlushReason.SIZE)
+        elif not closed:
+            await flush(FlushReason.DEADLINE)
+    if pending:
+        await flush(FlushReason.SHUTDOWN)

@@ -16,7 +16,6 @@ signal (running scenarios were cancelled).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import signal
@@ -40,9 +39,9 @@ from .errors import (
     primary_error,
 )
 from .logs import configure_logging, log_context
-from .models import RETRYABLE_STATUSES, Batch, Outcome, Scenario, Status
+from .models import Batch, BatchHook, OutcomeHook
 from .runtime import Runtime
-from .scenarios import iter_file, validate_file
+from .scenarios import validate_file
 from .settings import OPTIONS, OptionSpec, Settings, format_settings, load_settings
 from .store.dsn import redact_text
 
@@ -249,45 +248,6 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     out.write("\n".join(lines) + "\n")
 
 
-async def _plan_resume(
-    rt: Runtime, path: Path, *, force: bool, retry_errors: bool
-) -> tuple[Callable[[Scenario], bool], int]:
-    """What a resumed run skips (and how many), and at which attempt the others start."""
-    assert rt.store is not None
-    latest = await rt.store.latest_attempts(rt.run_id)
-
-    def check() -> tuple[set[str], list[str]]:
-        skip: set[str] = set()
-        changed: list[str] = []
-        for lineno, scenario in iter_file(path):
-            prior = latest.get(scenario.id)
-            if prior is None:
-                continue
-            attempt, status, final, digest = prior
-            if digest is not None and digest != scenario.content_hash:
-                changed.append(f"{path}:{lineno}: scenario {scenario.id!r}")
-                # With --force a changed scenario runs again as it is now: its stored
-                # outcome describes the old content.
-                rt.control.first_attempt[scenario.id] = attempt + 1
-                continue
-            rt.control.first_attempt[scenario.id] = attempt + 1
-            done = final and status != Status.CANCELLED.value
-            if done and not (retry_errors and Status(status) in RETRYABLE_STATUSES):
-                skip.add(scenario.id)
-        return skip, changed
-
-    skip, changed = await trio.to_thread.run_sync(check)
-    if changed and not force:
-        shown = "\n  ".join(changed[:10])
-        more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
-        raise ResumeError(
-            f"{len(changed)} scenario(s) changed since run {rt.run_id} first ran them:\n  {shown}{more}\n"
-            "Restore the original file, start a new run, or pass --force to re-run them as they are now."
-        )
-    log.info("resume %s: %d scenarios already done, skipped", rt.run_id, len(skip))
-    return (lambda s: s.id in skip), len(skip)
-
-
 async def _watch_signals(rt: Runtime, state: dict[str, bool], *, task_status: Any) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
@@ -313,7 +273,11 @@ async def _watch_signals(rt: Runtime, state: dict[str, bool], *, task_status: An
 
 
 class Observers:
-    """Everything that watches one run, fanned out from the runtime's two hooks."""
+    """What watches one run: the live display, the metrics endpoint, adaptive batching, batch logs.
+
+    Each hands the runtime its hooks (``hooks()``: the lists for
+    ``on_outcome`` and ``on_batch_written``); the runtime calls them in turn.
+    """
 
     def __init__(self, settings: Settings, args: argparse.Namespace) -> None:
         from .progress import ProgressModel, choose_mode, make_progress
@@ -341,50 +305,21 @@ class Observers:
         )
         self.model = ProgressModel(adaptive=self.adaptive)
         self.progress = make_progress(mode, self.model, interval=settings.progress_interval)
-        self._batch_hooks: list[Callable[[Batch, int, float], None]] = [self._log_batch]
-        self._outcome_hooks: list[Callable[[Outcome], None]] = []
+
+    def hooks(self) -> dict[str, Any]:
+        """The runtime's hook lists, and the adaptive batch size source if any."""
+        on_batch: list[BatchHook] = [_log_batch]
+        on_outcome: list[OutcomeHook] = []
         for observer in (self.progress, self.metrics, self.adaptive):
             if observer is not None:
-                self._batch_hooks.append(observer.on_batch_written)
+                on_batch.append(observer.on_batch_written)
         if self.metrics is not None:
-            self._outcome_hooks.append(self.metrics.on_outcome)
-
-    def on_batch_written(self, batch: Batch, inserted: int, latency: float) -> None:
-        for hook in self._batch_hooks:
-            hook(batch, inserted, latency)
-
-    def on_outcome(self, outcome: Outcome) -> None:
-        for hook in self._outcome_hooks:
-            hook(outcome)
-
-    @staticmethod
-    def _log_batch(batch: Batch, inserted: int, latency: float) -> None:
-        if batch_log.isEnabledFor(logging.DEBUG):
-            run_id = batch.outcomes[0].run_id if batch.outcomes else "-"
-            batch_log.debug(
-                "run %s batch %s: wrote %d new rows of %d (%s) in %.1f ms",
-                run_id,
-                batch.id,
-                inserted,
-                len(batch),
-                batch.reason.value,
-                latency * 1000,
-            )
-
-    def runtime_kwargs(self) -> dict[str, Any]:
-        """Hooks, and the adaptive batch size if this runtime can take it."""
-        kwargs: dict[str, Any] = {
-            "on_batch_written": self.on_batch_written,
-            "on_outcome": self.on_outcome,
+            on_outcome.append(self.metrics.on_outcome)
+        return {
+            "on_batch_written": on_batch,
+            "on_outcome": on_outcome,
+            "batch_size_source": self.adaptive.current if self.adaptive is not None else None,
         }
-        if self.adaptive is not None:
-            if "batch_size_source" in inspect.signature(Runtime).parameters:
-                kwargs["batch_size_source"] = self.adaptive.current
-            else:  # pragma: no cover - until the runtime takes a batch size source
-                log.warning(
-                    "adaptive batching: this runtime cannot change its batch size yet; it stays fixed"
-                )
-        return kwargs
 
     def start(self, rt: Runtime, nursery: trio.Nursery, total: int | None) -> None:
         """Begin displaying and serving (from inside ``async with rt``)."""
@@ -396,6 +331,8 @@ class Observers:
 
     def finish(self, rt: Runtime) -> None:
         """The final frame, and the final values for the metrics endpoint."""
+        if not rt.started:
+            return
         stats = rt.statistics()
         if self.metrics is not None:
             self.metrics.update(stats)
@@ -405,6 +342,20 @@ class Observers:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _log_batch(batch: Batch, inserted: int, latency: float) -> None:
+    if batch_log.isEnabledFor(logging.DEBUG):
+        run_id = batch.outcomes[0].run_id if batch.outcomes else "-"
+        batch_log.debug(
+            "run %s batch %s: wrote %d new rows of %d (%s) in %.1f ms",
+            run_id,
+            batch.id,
+            inserted,
+            len(batch),
+            batch.reason.value,
+            latency * 1000,
+        )
 
 
 async def _linger(seconds: float) -> None:
@@ -455,7 +406,7 @@ async def _run_observed(
         scenario_count=suite.count,
         config=config,
         resume=bool(args.resume),
-        **observers.runtime_kwargs(),
+        **observers.hooks(),
     )
     chatty = not args.quiet and not args.json
     with log_context(run_id=rt.run_id):
@@ -465,13 +416,13 @@ async def _run_observed(
                 async with rt:
                     if chatty:
                         _banner(rt, args, suite.count, executor.kind, observers)
-                    skip, skipped = None, 0
+                    plan = None
                     if args.resume:
-                        skip, skipped = await _plan_resume(
-                            rt, args.scenarios, force=args.force, retry_errors=args.retry_errors
+                        plan = await rt.plan_resume(
+                            args.scenarios, force=args.force, retry_errors=args.retry_errors
                         )
-                    observers.start(rt, nursery, suite.count - skipped)
-                    await rt.run_file(args.scenarios, skip=skip)
+                    observers.start(rt, nursery, suite.count - (plan.skipped if plan else 0))
+                    await rt.run_file(args.scenarios, skip=plan)
                 nursery.cancel_scope.cancel()
         finally:
             observers.finish(rt)
@@ -489,9 +440,9 @@ async def _run_observed(
                     file=sys.stderr,
                 )
             await _linger(settings.metrics_linger)
-    if summary["in_journal_batches"] or summary["rescued_outcomes"]:
+    if summary["in_journal_batches"]:
         print(
-            f"arcflow: some outcomes could not be written and are kept in {rt.journal.path}; "
+            f"arcflow: some outcomes could not be written and are kept in {rt.journal_path}; "
             f"run again with --resume {rt.run_id} to write them",
             file=sys.stderr,
         )

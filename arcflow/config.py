@@ -7,7 +7,7 @@ Every value is checked when the object is built; a bad one raises
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 
@@ -140,3 +140,33 @@ class RuntimeConfig:
             return str(value) if isinstance(value, Path) else value
 
         return attrs.asdict(self, value_serializer=conv)
+
+
+class RuntimeOptions(TypedDict, total=False):
+    """The fields of :class:`RuntimeConfig` as keyword arguments of ``Runtime(...)``.
+
+    Typed, so that ``mypy --strict`` rejects a misspelt option
+    (``batch_sise=500``) or a value of the wrong type; at run time the
+    :class:`RuntimeConfig` validators check the values.  Kept equal to the
+    config's fields by a test.
+    """
+
+    concurrency: int
+    batch_size: int
+    flush_interval: float
+    work_buffer: int | None
+    outcome_buffer: int | None
+    batch_buffer: int
+    writer_connections: int
+    timeout: float | None
+    attempts: int
+    attempt_backoff: float
+    attempt_backoff_max: float
+    grace: float
+    shutdown_timeout: float
+    data_dir: Path | str
+    journal_max_bytes: int
+    statement_timeout: float
+    retry: RetryPolicy
+    breaker: BreakerConfig
+    supervisor: SupervisorConfig

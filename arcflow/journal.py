@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
 
-from .models import Batch, FlushReason, Outcome
+from .models import Batch, FlushReason, Outcome, new_batch_id
 
 log = logging.getLogger("arcflow.journal")
 
@@ -76,17 +77,24 @@ def scan(path: Path) -> tuple[list[tuple[int, int]], int, int]:
 
 
 class SpillJournal:
-    """One run's journal file.  Use from one task at a time (the writer)."""
+    """One run's journal file, and the only code that writes it.
+
+    Every append goes through :meth:`append`, which keeps the index of
+    entries; appends and clears are serialized by a lock of the journal's
+    own, so any task may append (the writer spilling a batch, an actor
+    salvaging what it holds on its way out) and none can lose another's entry.
+    :meth:`clear` drops only the entries a replay has written: an entry
+    appended meanwhile stays.
+    """
 
     def __init__(self, path: Path | str, *, max_bytes: int = 1 << 30) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._entries: list[tuple[int, int]] = []
-        self._outcomes = 0
         self.size = 0
         #: Bytes cut from a torn tail when the journal was opened.
         self.torn_bytes = 0
-        self._opened = False
+        self._lock = trio.Lock()
 
     @property
     def pending_batches(self) -> int:
@@ -100,7 +108,8 @@ class SpillJournal:
 
     async def open(self) -> None:
         """Check the file, cut a torn tail, and index its entries."""
-        await trio.to_thread.run_sync(self._open_blocking)
+        async with self._lock:
+            await trio.to_thread.run_sync(self._open_blocking)
 
     def _open_blocking(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,9 +117,12 @@ class SpillJournal:
         if valid < size:
             self.torn_bytes = size - valid
             keep = self.path.with_name(f"{self.path.name}.torn-{os.getpid()}-{valid}")
-            with self.path.open("rb") as src, keep.open("wb") as dst:
+            fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with self.path.open("rb") as src, os.fdopen(fd, "wb") as dst:
                 src.seek(valid)
-                dst.write(src.read())
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
             with self.path.open("r+b") as f:
                 f.truncate(valid)
                 f.flush()
@@ -124,30 +136,44 @@ class SpillJournal:
             )
         self._entries = entries
         self.size = valid
-        self._opened = True
 
     async def append(self, batch: Batch) -> None:
-        """Append ``batch`` and fsync; when this returns the batch is durable."""
-        data = encode_entry(batch)
-        await trio.to_thread.run_sync(self._append_blocking, data)
-        self._entries.append((self.size + _HEADER.size, len(data) - _HEADER.size))
-        self.size += len(data)
+        """Append ``batch`` and fsync; when this returns the batch is durable.
 
-    def _append_blocking(self, data: bytes) -> None:
+        A write that fails part-way is cut back off the file before the error
+        propagates, so the journal never holds a partial entry followed by a
+        valid one.
+        """
+        data = encode_entry(batch)
+        async with self._lock:
+            offset = self.size
+            await trio.to_thread.run_sync(self._append_blocking, data, offset)
+            self._entries.append((offset + _HEADER.size, len(data) - _HEADER.size))
+            self.size = offset + len(data)
+
+    def _append_blocking(self, data: bytes, offset: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            try:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, offset)
+                    os.fsync(fd)
+                except OSError as exc:  # pragma: no cover - the disk refuses even that
+                    log.error("spill journal %s: could not cut a partial write: %s", self.path, exc)
+                raise
         finally:
             os.close(fd)
 
-    async def batches(self) -> AsyncIterator[Batch]:
-        """Yield the journal's batches in order, reading one entry at a time."""
-        for offset, length in list(self._entries):
+    async def batches(self, limit: int | None = None) -> AsyncIterator[Batch]:
+        """Yield the journal's batches in order (the first ``limit``), reading one at a time."""
+        for offset, length in self._entries[:limit]:
             payload = await trio.to_thread.run_sync(self._read_blocking, offset, length)
             yield decode_payload(payload)
 
@@ -156,15 +182,83 @@ class SpillJournal:
             f.seek(offset)
             return f.read(length)
 
-    async def clear(self) -> None:
-        """Empty the journal (after every entry was replayed), durably."""
-        await trio.to_thread.run_sync(self._clear_blocking)
-        self._entries = []
-        self.size = 0
+    async def clear(self, count: int | None = None) -> None:
+        """Drop the first ``count`` entries (default all), durably, after a replay wrote them.
 
-    def _clear_blocking(self) -> None:
+        Entries appended after those stay, in order.
+        """
+        async with self._lock:
+            count = len(self._entries) if count is None else min(count, len(self._entries))
+            if count == 0:
+                return
+            if count == len(self._entries):
+                await trio.to_thread.run_sync(self._truncate_blocking)
+                self._entries = []
+                self.size = 0
+                return
+            keep_from = self._entries[count][0] - _HEADER.size
+            await trio.to_thread.run_sync(self._keep_tail_blocking, keep_from)
+            self._entries = [(o - keep_from, n) for o, n in self._entries[count:]]
+            self.size -= keep_from
+
+    def _truncate_blocking(self) -> None:
         if self.path.exists():
             with self.path.open("r+b") as f:
                 f.truncate(0)
                 f.flush()
                 os.fsync(f.fileno())
+
+    def _keep_tail_blocking(self, keep_from: int) -> None:
+        """Replace the file by its bytes from ``keep_from`` on, atomically."""
+        tmp = self.path.with_name(f"{self.path.name}.compact-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with self.path.open("rb") as src, os.fdopen(fd, "wb") as dst:
+            src.seek(keep_from)
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+async def salvage(
+    journal: SpillJournal, outcomes: Sequence[Outcome], *, who: str, limit_s: float
+) -> None:
+    """Last resort on an actor's way out: append what it holds to the journal, shielded.
+
+    For an actor ending by failure or cancellation with outcomes that would
+    otherwise be lost; the next runtime with this run id replays them.
+    Bounded by ``limit_s`` seconds; a failure is logged as critical (there is no
+    other place left to put them) and not raised, so it cannot mask the
+    exception the actor is leaving with.
+    """
+    if not outcomes:
+        return
+    batch = Batch(new_batch_id(), tuple(outcomes), FlushReason.SHUTDOWN)
+    with trio.move_on_after(limit_s, shield=True) as scope:
+        try:
+            await journal.append(batch)
+        except Exception as exc:
+            log.critical(
+                "%s: could not salvage %d outcomes into %s: %s: %s",
+                who,
+                len(outcomes),
+                journal.path,
+                type(exc).__name__,
+                exc,
+            )
+            return
+    if scope.cancelled_caught:
+        log.critical(
+            "%s: salvaging %d outcomes into %s took over %gs; they are lost",
+            who,
+            len(outcomes),
+            journal.path,
+            limit_s,
+        )
+        return
+    log.error("%s: salvaged %d outcomes into %s", who, len(outcomes), journal.path)

@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -265,3 +266,22 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.outcomes)
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """The batch split in two (``ID.0`` and ``ID.1``), same reason: how poison is isolated."""
+        mid = len(self.outcomes) // 2
+        return (
+            Batch(f"{self.id}.0", self.outcomes[:mid], self.reason, self.opened_at),
+            Batch(f"{self.id}.1", self.outcomes[mid:], self.reason, self.opened_at),
+        )
+
+
+def new_batch_id() -> str:
+    """A fresh, unique batch id."""
+    return uuid.uuid4().hex[:16]
+
+
+#: Called with each outcome once it is handed to the batcher (in the runtime's trio thread).
+OutcomeHook = Callable[[Outcome], None]
+#: Called after each committed write: the batch (or bisected part), rows inserted, latency in s.
+BatchHook = Callable[[Batch, int, float], None]

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import attrs
 import trio
 
-from .config import RuntimeConfig
+from .config import RuntimeConfig, SupervisorConfig
 from .executors.base import ExecutionContext, Executor
-from .models import RETRYABLE_STATUSES, ExecutionResult, Outcome, Scenario, Status
-from .stats import Counters
+from .journal import SpillJournal, salvage
+from .models import RETRYABLE_STATUSES, ExecutionResult, Outcome, OutcomeHook, Scenario, Status
+from .supervisor import supervise
 
 log = logging.getLogger("arcflow.producers")
 
@@ -74,8 +76,25 @@ class ProducerPool:
 
 
 @attrs.define
+class ProducerStats:
+    """What the producers have done; written by the producers alone."""
+
+    #: Scenarios currently running.
+    running: int = 0
+    #: Scenarios whose last attempt has finished.
+    completed: int = 0
+    #: Outcomes produced, by status (every attempt counts).
+    by_status: Counter[str] = attrs.field(factory=Counter)
+
+
+@attrs.define
 class ShutdownControl:
-    """Shared by the runtime and its producers to stop taking work and cancel running work."""
+    """How the runtime tells its producers to stop taking work and to cancel running work.
+
+    The runtime calls :meth:`stop`, :meth:`cancel_running` and
+    :meth:`record_unstarted_scenarios`; the producers only read it (and
+    register the cancel scopes of their running attempts).
+    """
 
     #: No producer takes a new scenario or starts a new attempt once set.
     stopping: bool = False
@@ -85,10 +104,6 @@ class ShutdownControl:
     #: Set when the host cancelled the runtime: scenarios accepted but not started
     #: are recorded ``cancelled`` rather than left without a row.
     record_unstarted: bool = False
-    #: First attempt number per scenario id (resumed runs continue after stored attempts).
-    first_attempt: dict[str, int] = attrs.field(factory=dict)
-    #: How the producers share the work channel (see :class:`ProducerPool`).
-    pool: ProducerPool = attrs.field(factory=ProducerPool, repr=False, eq=False)
 
     def stop(self) -> None:
         """Stop taking new scenarios; running ones go on."""
@@ -100,6 +115,10 @@ class ShutdownControl:
         self.cancelled = True
         for scope in list(self.running):
             scope.cancel()
+
+    def record_unstarted_scenarios(self) -> None:
+        """Give every accepted scenario not started a ``cancelled`` row (the host was cancelled)."""
+        self.record_unstarted = True
 
 
 def _now() -> datetime:
@@ -147,16 +166,26 @@ class Producer:
         run_id: str,
         config: RuntimeConfig,
         control: ShutdownControl,
-        counters: Counters,
-        on_outcome: Callable[[Outcome], None] | None = None,
+        stats: ProducerStats,
+        pool: ProducerPool | None = None,
+        first_attempts: Mapping[str, int] | None = None,
+        on_outcome: Sequence[OutcomeHook] = (),
+        journal: SpillJournal | None = None,
     ) -> None:
         self.name = name
-        self.on_outcome = on_outcome
+        self.on_outcome = tuple(on_outcome)
         self.executor = executor
         self.run_id = run_id
         self.config = config
         self.control = control
-        self.counters = counters
+        self.stats = stats
+        #: Shared by the producers of one runtime (see :class:`ProducerPool`).
+        self.pool = pool if pool is not None else ProducerPool()
+        #: First attempt number per scenario id (a resumed run continues after stored attempts).
+        self.first_attempts: Mapping[str, int] = (
+            first_attempts if first_attempts is not None else {}
+        )
+        self.journal = journal
         self._backoff = config.attempt_backoff_policy()
         self._contexts: dict[tuple[int, float | None], ExecutionContext] = {}
         # Progress of this incarnation, read after its scope was cancelled.
@@ -172,16 +201,38 @@ class Producer:
         #: A scenario taken from the channel but never started (the runtime stopped).
         self._unstarted: Scenario | None = None
 
+    async def serve(
+        self,
+        work: trio.MemoryReceiveChannel[Scenario],
+        outcomes: trio.MemorySendChannel[Outcome],
+        *,
+        supervisor: SupervisorConfig | None = None,
+        restarts: Counter[str] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The actor: :meth:`run`, restarted after a crash with its scenario, until ``work`` ends.
+
+        Closes its clones of both channels when it returns.
+        """
+        state = ProducerState()
+        with work, outcomes:
+            task_status.started()
+            await supervise(
+                self.name, self.run, work, outcomes, state, config=supervisor, restarts=restarts
+            )
+
     async def run(
         self,
         work: trio.MemoryReceiveChannel[Scenario],
         outcomes: trio.MemorySendChannel[Outcome],
         state: ProducerState,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Take scenarios until ``work`` ends or the runtime stops taking them."""
-        task_status.started()
+        """One incarnation: take scenarios until ``work`` ends or the runtime stops taking them.
+
+        If the outcome channel is gone (the batcher ended by failure or
+        cancellation), or this task is cancelled from outside, an outcome not
+        yet handed over is salvaged into the journal.
+        """
         control = self.control
         self._phase = _IDLE
         self._unsent = None
@@ -204,10 +255,25 @@ class Producer:
                     if control.record_unstarted:
                         await self._record_unstarted(work, outcomes)
                     return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The batcher is gone: nobody takes outcomes any more.
+            await self._salvage_unsent()
+            return
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # a crash re-runs the scenario after the restart
+                await self._salvage_unsent()  # noqa: ASYNC102 - shielded and bounded in salvage()
+            raise
         finally:
             if self._counted:
                 self._counted = False
-                self.counters.running -= 1
+                self.stats.running -= 1
+
+    async def _salvage_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None and self.journal is not None:
+            await salvage(
+                self.journal, [unsent], who=self.name, limit_s=self.config.shutdown_timeout
+            )
 
     async def _loop(
         self,
@@ -223,8 +289,8 @@ class Producer:
         reach the next attempt.
         """
         control = self.control
-        pool = control.pool
-        counters = self.counters
+        pool = self.pool
+        stats = self.stats
         executor = self.executor
         config_timeout = self.config.timeout
         step_started = _perf_counter()
@@ -271,11 +337,11 @@ class Producer:
                 if not pool.receivers and pool.parked and not pool.waking:
                     pool.wake(1)
                 state.current = scenario
-                state.attempt = control.first_attempt.get(scenario.id, 1)
+                state.attempt = self.first_attempts.get(scenario.id, 1)
             if not self._counted:
                 self._counted = True
-                counters.running += 1
-                self._first = control.first_attempt.get(scenario.id, 1)
+                stats.running += 1
+                self._first = self.first_attempts.get(scenario.id, 1)
             if self._backoff_until is not None:
                 self._phase = _BACKOFF
                 await trio.sleep_until(self._backoff_until)
@@ -333,7 +399,7 @@ class Producer:
 
     def _scout(self, work: trio.MemoryReceiveChannel[Scenario]) -> None:
         """Woken while an attempt is running: wake a resting producer per queued scenario."""
-        pool = self.control.pool
+        pool = self.pool
         queued = work.statistics().current_buffer_used - pool.waking - 1
         if queued > 0:
             pool.wake(min(queued, pool.parked))
@@ -376,16 +442,16 @@ class Producer:
 
     def _sent(self, outcome: Outcome, state: ProducerState) -> None:
         """Bookkeeping once ``outcome`` is in the outcome channel."""
-        counters = self.counters
-        counters.by_status[_STATUS_VALUE[outcome.status]] += 1
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
+        stats = self.stats
+        stats.by_status[_STATUS_VALUE[outcome.status]] += 1
+        for hook in self.on_outcome:
+            hook(outcome)
         attempt = state.attempt = outcome.attempt + 1
         if not self._retry:
-            counters.completed += 1
+            stats.completed += 1
             state.current = None
             self._counted = False
-            counters.running -= 1
+            stats.running -= 1
             return
         delay = self._backoff.delay(attempt - self._first)
         self._backoff_until = trio.current_time() + delay
@@ -409,7 +475,7 @@ class Producer:
             outcome = Outcome(
                 self.run_id,
                 pending.id,
-                self.control.first_attempt.get(pending.id, 1),
+                self.first_attempts.get(pending.id, 1),
                 Status.CANCELLED,
                 now,
                 now,
@@ -421,10 +487,12 @@ class Producer:
                 scenario_hash=pending.content_hash,
                 tags=pending.tags,
             )
+            self._unsent = outcome
             await outcomes.send(outcome)
-            self.counters.by_status[Status.CANCELLED.value] += 1
-            if self.on_outcome is not None:
-                self.on_outcome(outcome)
+            self._unsent = None
+            self.stats.by_status[Status.CANCELLED.value] += 1
+            for hook in self.on_outcome:
+                hook(outcome)
             pending = None
 
     async def _recover(
@@ -460,11 +528,11 @@ class Producer:
         elif phase == _BACKOFF and scenario is not None:
             # The backoff before the next attempt was cancelled: the scenario ends here.
             self._backoff_until = None
-            self.counters.completed += 1
+            self.stats.completed += 1
             state.current = None
             if self._counted:
                 self._counted = False
-                self.counters.running -= 1
+                self.stats.running -= 1
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -23,16 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import trio_asyncio
 
-from .errors import (
-    ConfigError,
-    DatabaseUnavailable,
-    TransientWriteError,
-    arcflow_errors_unwrapped,
-)
-from .store import EMBEDDED, Store, resolve_dsn, start_embedded
-from .store.dsn import redact_dsn, redact_text
+from ._trio_asyncio import import_trio_asyncio
+from .errors import ConfigError, arcflow_errors_unwrapped
+from .store import Store, open_store
 
 STATUSES = ("passed", "failed", "error", "timeout", "cancelled")
 FORMATS = ("table", "json", "csv")
@@ -111,43 +105,17 @@ DEAD_LETTERS_SQL = "SELECT count(*) FROM arcflow.dead_letters WHERE run_id = $1"
 async def open_report_store(db: str | None, data_dir: Path | str) -> AsyncIterator[Store]:
     """A connected Store for reading reports (never creates a database or the schema).
 
-    arcflow errors raised inside the block come out as themselves, not wrapped
-    in the exception group of the asyncio bridge's nursery.
+    Opens a trio-asyncio loop of its own; arcflow errors raised inside the
+    block come out as themselves, not wrapped in the loop's exception group.
     """
+    trio_asyncio = import_trio_asyncio()  # here: importing it patches asyncio
     with arcflow_errors_unwrapped():
         async with trio_asyncio.open_loop():
-            store = await _connect_for_reading(db, data_dir)
+            store = await open_store(db, data_dir, for_reading=True)
             try:
                 yield store
             finally:
                 await store.aclose()
-
-
-async def _connect_for_reading(db: str | None, data_dir: Path | str) -> Store:
-    dsn = resolve_dsn(db)
-    if dsn == EMBEDDED:
-        if not (Path(data_dir) / "pg").is_dir():
-            raise DatabaseUnavailable(
-                f"no embedded database under {data_dir}: nothing has run here yet; "
-                "give --db DSN (or ARCFLOW_DB, or db in arcflow.toml) to read another database"
-            )
-        dsn = await start_embedded(data_dir)
-    store = Store(dsn)
-    try:
-        await store.connect()
-        if await store.fetchval("SELECT to_regclass('arcflow.runs')") is None:
-            raise DatabaseUnavailable(
-                f"no arcflow runs in {redact_dsn(dsn)}: the arcflow schema does not exist"
-            )
-    except TransientWriteError as exc:
-        await store.aclose()
-        raise DatabaseUnavailable(
-            f"cannot reach the database {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
-        ) from None
-    except BaseException:
-        await store.aclose()
-        raise
-    return store
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import trio
 from .errors import ScenarioFileError
 from .models import Scenario
 from .scenarios import parse_line
-from .stats import Counters
+from .stats import IntakeStats
 
 #: Bytes read from the file per trip to a worker thread.
 _READ_SIZE = 1 << 18
@@ -81,7 +81,7 @@ async def run_file_source(
     work: trio.MemorySendChannel[Scenario],
     *,
     skip: Callable[[Scenario], bool] | None = None,
-    counters: Counters | None = None,
+    stats: IntakeStats | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Stream ``path`` into ``work``, skipping scenarios for which ``skip`` is true.
@@ -96,12 +96,12 @@ async def run_file_source(
     Closes ``work`` (its send end) when it returns.
     """
     path = Path(path)
-    counters = counters if counters is not None else Counters()
+    stats = stats if stats is not None else IntakeStats()
     with work:
         task_status.started()
         reader = _LineReader(path)
         try:
-            await _feed(reader, work, skip, counters)
+            await _feed(reader, work, skip, stats)
         finally:
             reader.close()
 
@@ -110,7 +110,7 @@ async def _feed(
     reader: _LineReader,
     work: trio.MemorySendChannel[Scenario],
     skip: Callable[[Scenario], bool] | None,
-    counters: Counters,
+    stats: IntakeStats,
 ) -> None:
     path = reader.path
     while lines := await reader.read():
@@ -133,4 +133,4 @@ async def _feed(
                 if time.perf_counter() - step_started > _SLICE_S:
                     await trio.lowlevel.checkpoint()
                     step_started = time.perf_counter()
-            counters.submitted += 1
+            stats.submitted += 1

@@ -1,4 +1,11 @@
-"""Counters the actors update, and the frozen snapshot ``Runtime.statistics()`` returns."""
+"""The frozen snapshot ``Runtime.statistics()`` returns, assembled from the actors' own counts.
+
+Each actor owns the numbers it writes (:class:`~arcflow.writer.WriterStats`,
+:class:`~arcflow.batcher.BatcherStats`, :class:`~arcflow.producers.ProducerStats`,
+the breaker's transitions, the supervisors' restarts, :class:`IntakeStats`
+for what the runtime was handed); nothing else writes them.  The pipeline reads them all into one
+:class:`RuntimeStatistics` (``Pipeline.statistics``).
+"""
 
 from __future__ import annotations
 
@@ -64,6 +71,8 @@ class RuntimeStatistics:
     last_write_latency: float
     #: Current batch size target (changes only with adaptive batching).
     batch_size: int
+    #: Batches in the spill journal now, waiting to be replayed.
+    journal_batches: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-safe dict."""
@@ -71,24 +80,10 @@ class RuntimeStatistics:
 
 
 @attrs.define
-class Counters:
-    """Mutable counters shared by the actors of one runtime (single trio thread)."""
+class IntakeStats:
+    """What the runtime was handed; written by its intake (``submit``, ``record``, the file source)."""
 
+    #: Scenarios accepted by the source or by ``submit()``.
     submitted: int = 0
-    completed: int = 0
-    running: int = 0
-    by_status: Counter[str] = attrs.field(factory=Counter)
-    written: int = 0
-    already_written: int = 0
-    dead_lettered: int = 0
-    pending_in_batcher: int = 0
-    by_flush_reason: Counter[str] = attrs.field(factory=Counter)
-    batches_written: int = 0
-    write_transactions: int = 0
-    retries: int = 0
-    spilled_batches: int = 0
-    spilled_outcomes: int = 0
-    replayed_outcomes: int = 0
-    restarts: Counter[str] = attrs.field(factory=Counter)
-    last_write_latency: float = 0.0
-    batch_size: int = 0
+    #: Finished outcomes handed over with ``record()``, by status.
+    recorded: Counter[str] = attrs.field(factory=Counter)

@@ -16,7 +16,7 @@ channels are owned here, not by the actor, so a crash never closes them.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +24,6 @@ import trio
 
 from .config import SupervisorConfig
 from .errors import RestartIntensityExceeded
-from .stats import Counters
 
 log = logging.getLogger("arcflow.supervisor")
 
@@ -34,10 +33,12 @@ async def supervise(
     actor: Callable[..., Awaitable[Any]],
     *args: Any,
     config: SupervisorConfig | None = None,
-    counters: Counters | None = None,
+    restarts: Counter[str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``await actor(*args)`` until it returns, restarting it when it crashes.
+
+    ``restarts`` (optional) counts restarts by actor name.
 
     Retries: any ``Exception`` from the actor, with backoff, within the intensity.
     Escalates: :class:`RestartIntensityExceeded` (chained to the last crash).
@@ -59,8 +60,8 @@ async def supervise(
             if len(crashes) > config.max_restarts:
                 log.error("actor %s crashed past its restart intensity: %r", name, exc)
                 raise RestartIntensityExceeded(name, len(crashes), config.period, exc) from exc
-            if counters is not None:
-                counters.restarts[name] += 1
+            if restarts is not None:
+                restarts[name] += 1
             delay = backoff.delay(len(crashes))
             log.error(
                 "actor %s crashed (%s: %s); restart %d of at most %d per %gs in %.2fs",

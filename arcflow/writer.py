@@ -26,9 +26,14 @@ default 2), each pulling the next batch from the same channel and taking it
 down the ladder above.  While one connection waits for its commit to reach
 the disk, the other copies the next batch, so a batch's round trips and fsync
 no longer bound the throughput.  The lanes share the breaker and the journal;
-appends, replays and clears of the journal hold one lock, so a replay's clear
-can never drop a batch another lane spilled meanwhile.  Batches may therefore
-commit out of order; each is still one transaction.
+one lane replays at a time, and a replay clears only the entries it wrote, so
+a batch another lane spilled meanwhile stays.  Batches may therefore commit
+out of order; each is still one transaction.
+
+:meth:`Writer.serve` is the actor: it supervises the lanes (a crash restarts
+them, and each lane first takes the batch it held again), and on its way out,
+by failure or cancellation, it salvages what it holds, the batches in flight
+and those queued in its channel, into the journal before it closes the channel.
 """
 
 from __future__ import annotations
@@ -36,88 +41,143 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from .breaker import BreakerState, CircuitBreaker
-from .config import RetryPolicy
+from .config import RetryPolicy, SupervisorConfig
 from .errors import DataWriteError, TransientWriteError, leaf_exceptions
-from .journal import SpillJournal
-from .models import Batch, FlushReason, Outcome
-from .stats import Counters
+from .journal import SpillJournal, salvage
+from .models import Batch, BatchHook, Outcome
 from .store import Store
+from .supervisor import supervise
 
 log = logging.getLogger("arcflow.writer")
 
 
 @attrs.define
-class WriterState:
-    """State that outlives one writer incarnation (owned by the runtime, not the actor)."""
+class WriterStats:
+    """What the writer has done; written by the writer alone."""
 
-    #: The batch each lane is handling; a restarted writer handles them first, so none is lost.
-    in_flight: dict[int, Batch] = attrs.field(factory=dict)
-    #: Set at shutdown: the journal cap no longer stops the writer from pulling.
-    draining: bool = False
+    #: Outcomes whose row is in ``arcflow.outcomes`` (inserted by this writer).
+    written: int = 0
+    #: Outcomes whose key was already stored (a retried or replayed write).
+    already_written: int = 0
+    #: Outcomes stored in ``arcflow.dead_letters`` instead.
+    dead_lettered: int = 0
+    #: Batches written to PostgreSQL.
+    batches_written: int = 0
+    #: Write transactions committed (batches, bisected parts and journal replays).
+    write_transactions: int = 0
+    #: Whole-batch retries after transient failures.
+    retries: int = 0
+    #: Batches appended to the spill journal.
+    spilled_batches: int = 0
+    #: Outcomes appended to the spill journal.
+    spilled_outcomes: int = 0
+    #: Outcomes replayed from the journal into PostgreSQL.
+    replayed_outcomes: int = 0
+    #: Last write latency in seconds (0 before the first).
+    last_write_latency: float = 0.0
 
 
 class Writer:
     """Writes batches with retries, bisection, dead letters, a breaker and a spill journal.
 
     Retries: transient failures of a whole batch (backoff and jitter).
-    Escalates: bugs (anything not classified transient or data) and journal I/O
-    errors, by raising; the supervisor restarts it with ``WriterState`` intact.
-    Closes: nothing; the supervisor owns the batch channel's receive end.
+    Escalates: bugs (anything not classified transient or data) and journal
+    I/O errors, by raising out of :meth:`run`; :meth:`serve` restarts it,
+    within the restart intensity, and each lane first takes its batch again.
+    Closes: the batch channel's receive end, when :meth:`serve` returns
+    (after salvaging what is queued in it, if it ends by failure or cancellation).
 
-    ``store`` is one :class:`Store` or a sequence of them: one lane per store.
+    ``stores`` holds one :class:`Store` per lane.
     """
 
     def __init__(
         self,
-        store: Store | Sequence[Store],
+        stores: Store | Sequence[Store],
         journal: SpillJournal,
         breaker: CircuitBreaker,
         *,
         run_id: str,
         retry: RetryPolicy | None = None,
-        counters: Counters | None = None,
+        stats: WriterStats | None = None,
         rng: random.Random | None = None,
-        on_batch_written: Callable[[Batch, int, float], None] | None = None,
+        on_batch_written: Sequence[BatchHook] = (),
         final_replay_timeout: float = 30.0,
+        salvage_timeout: float = 30.0,
     ) -> None:
-        self.stores: tuple[Store, ...] = (store,) if isinstance(store, Store) else tuple(store)
+        self.stores: tuple[Store, ...] = (stores,) if isinstance(stores, Store) else tuple(stores)
         if not self.stores:
             raise ValueError("a writer needs at least one store")
-        #: The first lane's store (replays at start-up go through it).
-        self.store = self.stores[0]
-        self._journal_lock = trio.Lock()
-        self.final_replay_timeout = final_replay_timeout
         self.journal = journal
         self.breaker = breaker
         self.run_id = run_id
         self.retry = retry or RetryPolicy()
         self._backoff = self.retry.backoff()
-        self.counters = counters if counters is not None else Counters()
+        self.stats = stats if stats is not None else WriterStats()
         self.rng = rng or random.Random()
-        self.on_batch_written = on_batch_written
+        self.on_batch_written = tuple(on_batch_written)
+        self.final_replay_timeout = final_replay_timeout
+        self.salvage_timeout = salvage_timeout
+        #: The batch each lane is handling; outlives a crash, so a restarted lane takes it first.
+        self._in_flight: dict[int, Batch] = {}
+        #: Set by drain(): the journal's size cap no longer stops the lanes from pulling.
+        self._draining = False
+        #: One replay at a time (a replay clears only what it wrote, so appends need no lock).
+        self._replay_lock = trio.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Outcomes in the batches the lanes are writing right now."""
+        return sum(len(batch) for batch in self._in_flight.values())
+
+    def drain(self) -> None:
+        """Shutdown: keep pulling batches even with the journal at its cap (spill them all)."""
+        self._draining = True
 
     # -- the actor ------------------------------------------------------------------------------
 
-    async def run(
+    async def serve(
         self,
         batches: trio.MemoryReceiveChannel[Batch],
-        state: WriterState,
         *,
+        supervisor: SupervisorConfig | None = None,
+        restarts: Counter[str] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Handle batches until ``batches`` is closed and drained, then empty the journal if it can."""
-        task_status.started()
+        """Write batches until ``batches`` ends, restarting crashed lanes; salvage on the way out."""
+        with batches:
+            task_status.started()
+            try:
+                await supervise("writer", self.run, batches, config=supervisor, restarts=restarts)
+            except BaseException:
+                await self._salvage(batches)  # noqa: ASYNC102 - shielded and bounded in salvage()
+                raise
+
+    async def _salvage(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
+        """Move the batches in flight and those queued for the writer into the journal."""
+        held = list(self._in_flight.values())
+        self._in_flight.clear()
+        while True:
+            try:
+                held.append(batches.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        outcomes = [o for batch in held for o in batch.outcomes]
+        await salvage(self.journal, outcomes, who="writer", limit_s=self.salvage_timeout)
+
+    async def run(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
+        """One incarnation: the lanes, until ``batches`` is drained; then empty the journal if it can."""
         try:
             async with trio.open_nursery() as lanes:
                 for lane, store in enumerate(self.stores):
-                    lanes.start_soon(self._lane, lane, store, batches, state)
+                    lanes.start_soon(self._lane, lane, store, batches)
         except BaseExceptionGroup as group:
             # A lane crashed: the supervisor restarts the writer on its first error
             # (a cancellation among the leaves must keep propagating as it is).
@@ -130,25 +190,19 @@ class Writer:
         await self._final_replay()
 
     async def _lane(
-        self,
-        lane: int,
-        store: Store,
-        batches: trio.MemoryReceiveChannel[Batch],
-        state: WriterState,
+        self, lane: int, store: Store, batches: trio.MemoryReceiveChannel[Batch]
     ) -> None:
         """One connection's loop: pull a batch, take it down the ladder, until the input ends."""
-        restarted = state.in_flight.get(lane)
+        restarted = self._in_flight.get(lane)
         if restarted is not None:
             log.warning(
                 "run %s batch %s: writer restarted; handling the in-flight batch first",
                 self.run_id,
                 restarted.id,
             )
-            written = await self.handle(restarted, store)
-            self._done(state, lane, restarted)
-            await self._catch_up(store, written)
+            await self._take(lane, restarted, store)
         while True:
-            if self.journal.pending_batches and self.journal.full and not state.draining:
+            if self.journal.pending_batches and self.journal.full and not self._draining:
                 # At the cap: stop pulling; probe until the journal drains.
                 if not await self.replay(store):
                     await trio.sleep_until(self._next_probe_time())
@@ -168,20 +222,14 @@ class Writer:
                     batch = await batches.receive()
                 except trio.EndOfChannel:
                     break
-            state.in_flight[lane] = batch
-            written = await self.handle(batch, store)
-            self._done(state, lane, batch)
-            await self._catch_up(store, written)
+            self._in_flight[lane] = batch
+            await self._take(lane, batch, store)
 
-    @staticmethod
-    def _done(state: WriterState, lane: int, batch: Batch) -> None:
-        """``batch`` is written or spilled: no longer in flight (unless a rescue already took it)."""
-        if state.in_flight.get(lane) is batch:
-            del state.in_flight[lane]
-
-    async def _catch_up(self, store: Store, written: bool) -> None:
-        """After a write went through, replay the journal (unless another lane is at it now)."""
-        if written and self.journal.pending_batches and not self._journal_lock.locked():
+    async def _take(self, lane: int, batch: Batch, store: Store) -> None:
+        """Write or spill ``batch``; then it is no longer in flight; then catch up on the journal."""
+        written = await self.handle(batch, store)
+        del self._in_flight[lane]
+        if written and self.journal.pending_batches and not self._replay_lock.locked():
             await self.replay(store)
 
     async def _final_replay(self) -> None:
@@ -214,16 +262,14 @@ class Writer:
         return trio.current_time() + self.breaker.config.cooldown
 
     async def handle(self, batch: Batch, store: Store | None = None) -> bool:
-        """Write ``batch`` (through ``store``, default the first) or, if the database cannot take it now, spill it.
+        """Write ``batch`` (through ``store``, default the first lane's) or, if the database cannot take it now, spill it.
 
         Returns True if it was written, False if it was spilled.
         """
-        store = store or self.store
+        store = store or self.stores[0]
         if self.breaker.allow():
             try:
-                await self._write_isolating(
-                    store, batch.outcomes, batch.id, batch.reason.value, "live", 1
-                )
+                await self._write_isolating(store, batch, "live", 1)
             except TransientWriteError as exc:
                 log.warning(
                     "run %s batch %s: giving up writing for now (%s); spilling %d outcomes",
@@ -233,17 +279,16 @@ class Writer:
                     len(batch),
                 )
             else:
-                self.counters.batches_written += 1
+                self.stats.batches_written += 1
                 return True
         await self.spill(batch)
         return False
 
     async def spill(self, batch: Batch) -> None:
         """Append ``batch`` to the journal (durable when this returns)."""
-        async with self._journal_lock:
-            await self.journal.append(batch)
-        self.counters.spilled_batches += 1
-        self.counters.spilled_outcomes += len(batch)
+        await self.journal.append(batch)
+        self.stats.spilled_batches += 1
+        self.stats.spilled_outcomes += len(batch)
         log.info(
             "run %s batch %s: spilled %d outcomes to %s (%d bytes)",
             self.run_id,
@@ -254,79 +299,64 @@ class Writer:
         )
 
     async def replay(self, store: Store | None = None) -> bool:
-        """Write every journal batch to PostgreSQL (through ``store``), then clear the journal.
+        """Write every journal batch to PostgreSQL (through ``store``), then clear them.
 
         Returns False (journal kept) if the breaker refuses or a write fails
         transiently; replaying again later is safe since writes are idempotent.
-        Holds the journal lock throughout: no lane appends between the read and the clear.
+        Batches spilled while the replay runs are not cleared with it.
         """
         if not self.journal.pending_batches:
             return True
-        async with self._journal_lock:
-            return await self._replay_locked(store or self.store)
+        async with self._replay_lock:
+            return await self._replay_locked(store or self.stores[0])
 
     async def _replay_locked(self, store: Store) -> bool:
-        if not self.journal.pending_batches:
+        count = self.journal.pending_batches
+        if not count:
             return True  # another lane replayed it while this one waited for the lock
         if not self.breaker.allow():
             return False
-        count = 0
+        outcomes = 0
         try:
-            async for batch in self.journal.batches():
-                await self._write_isolating(
-                    store, batch.outcomes, batch.id, batch.reason.value, "replay", 1
-                )
-                count += len(batch)
+            async for batch in self.journal.batches(limit=count):
+                await self._write_isolating(store, batch, "replay", 1)
+                outcomes += len(batch)
         except TransientWriteError as exc:
             log.warning("run %s: journal replay interrupted (%s); will retry", self.run_id, exc)
             return False
         finally:
             self.breaker.release_probe()
-        await self.journal.clear()
-        self.counters.replayed_outcomes += count
+        await self.journal.clear(count)
+        self.stats.replayed_outcomes += outcomes
         log.info(
-            "run %s: replayed %d outcomes from the journal; journal cleared", self.run_id, count
+            "run %s: replayed %d outcomes from the journal; cleared them", self.run_id, outcomes
         )
         return True
 
     # -- the ladder -------------------------------------------------------------------------------
 
-    async def _write_isolating(
-        self,
-        store: Store,
-        outcomes: Sequence[Outcome],
-        batch_id: str,
-        reason: str,
-        source: str,
-        depth: int,
-    ) -> None:
-        """Write ``outcomes``; on a data error bisect until poison records stand alone."""
+    async def _write_isolating(self, store: Store, batch: Batch, source: str, depth: int) -> None:
+        """Write ``batch``; on a data error bisect it until poison records stand alone."""
         try:
-            await self._write_with_retry(store, outcomes, batch_id, reason, source)
+            await self._write_with_retry(store, batch, source)
             return
         except DataWriteError as exc:
             self.breaker.record_success()
-            if len(outcomes) == 1:
-                await self._dead_letter(store, outcomes[0], batch_id, exc, depth)
+            if len(batch) == 1:
+                await self._dead_letter(store, batch.outcomes[0], batch.id, exc, depth)
                 return
             log.info(
                 "run %s batch %s: data error (%s); bisecting %d outcomes",
                 self.run_id,
-                batch_id,
+                batch.id,
                 exc.sqlstate or "client",
-                len(outcomes),
+                len(batch),
             )
-        mid = len(outcomes) // 2
-        await self._write_isolating(
-            store, outcomes[:mid], f"{batch_id}.0", reason, source, depth + 1
-        )
-        await self._write_isolating(
-            store, outcomes[mid:], f"{batch_id}.1", reason, source, depth + 1
-        )
+        first, second = batch.halves()
+        await self._write_isolating(store, first, source, depth + 1)
+        await self._write_isolating(store, second, source, depth + 1)
 
-    async def _write_with_retry(
-        self, store: Store, outcomes: Sequence[Outcome], batch_id: str, reason: str, source: str
-    ) -> None:
+    async def _write_with_retry(self, store: Store, batch: Batch, source: str) -> None:
         """One transaction, retried on transient failures; raises when the budget is spent."""
         tries = self._backoff.start(rng=self.rng)
         while True:
@@ -335,11 +365,9 @@ class Writer:
                 # A live batch's first try cannot find its keys stored (unless a restarted
                 # writer retries a committed batch): COPY straight into outcomes.  A replay or a
                 # retry after an ambiguous failure may find them: merge through staging.
-                inserted = await store.write_outcomes(
-                    outcomes,
-                    batch_id=batch_id,
+                inserted = await store.write_batch(
+                    batch,
                     run_id=self.run_id,
-                    reason=reason,
                     source=source,
                     direct=source == "live" and tries.retries == 0,
                 )
@@ -348,11 +376,11 @@ class Writer:
                 delay = tries.next_delay()
                 if delay is None or self.breaker.state is not BreakerState.CLOSED:
                     raise
-                self.counters.retries += 1
+                self.stats.retries += 1
                 log.warning(
                     "run %s batch %s: transient failure %s (%s); retry %d/%d in %.2fs",
                     self.run_id,
-                    batch_id,
+                    batch.id,
                     exc.sqlstate or "-",
                     exc,
                     tries.retries,
@@ -366,15 +394,13 @@ class Writer:
                 raise
             latency = trio.current_time() - t0
             self.breaker.record_success()
-            c = self.counters
-            c.write_transactions += 1
-            c.written += inserted
-            c.already_written += len(outcomes) - inserted
-            c.last_write_latency = latency
-            if self.on_batch_written is not None:
-                self.on_batch_written(
-                    Batch(batch_id, tuple(outcomes), _reason(reason)), inserted, latency
-                )
+            stats = self.stats
+            stats.write_transactions += 1
+            stats.written += inserted
+            stats.already_written += len(batch) - inserted
+            stats.last_write_latency = latency
+            for hook in self.on_batch_written:
+                hook(batch, inserted, latency)
             return
 
     async def _dead_letter(
@@ -402,7 +428,7 @@ class Writer:
                 if delay is None or self.breaker.state is not BreakerState.CLOSED:
                     raise
             await trio.sleep(delay)
-        self.counters.dead_lettered += 1
+        self.stats.dead_lettered += 1
         log.error(
             "run %s batch %s: outcome %s attempt %d dead-lettered (%s: %s)",
             self.run_id,
@@ -418,11 +444,4 @@ def _printable(text: str) -> str:
     return text.replace("\x00", "\\u0000")
 
 
-def _reason(value: str) -> FlushReason:
-    try:
-        return FlushReason(value)
-    except ValueError:  # pragma: no cover - reasons come from FlushReason
-        return FlushReason.SHUTDOWN
-
-
-__all__ = ["Writer", "WriterState"]
+__all__ = ["Writer", "WriterStats"]

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import arrival_gaps, outcome
 
-from arcflow.batcher import run_batcher
+from arcflow.batcher import BatcherStats, run_batcher
 from arcflow.models import Batch, FlushReason, Outcome
-from arcflow.stats import Counters
 
 
 async def _collect(
@@ -94,20 +93,20 @@ async def test_shutdown_flush_and_counters(autojump_clock: trio.testing.MockCloc
     send, recv = trio.open_memory_channel[Outcome](10)
     bsend, brecv = trio.open_memory_channel[Batch](0)
     got: list[tuple[float, Batch]] = []
-    counters = Counters()
+    stats = BatcherStats()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_collect, brecv, got)
         await nursery.start(
             functools.partial(
-                run_batcher, recv, bsend, batch_size=4, flush_interval=30, counters=counters
+                run_batcher, recv, bsend, batch_size=4, flush_interval=30, stats=stats
             )
         )
         async with send:
             for i in range(6):
                 await send.send(outcome(i))
     assert [b.reason for _, b in got] == [FlushReason.SIZE, FlushReason.SHUTDOWN]
-    assert dict(counters.by_flush_reason) == {"size": 1, "shutdown": 1}
-    assert counters.pending_in_batcher == 0
+    assert dict(stats.by_flush_reason) == {"size": 1, "shutdown": 1}
+    assert stats.pending_in_batcher == 0
 
 
 async def test_closes_batch_channel_when_done(autojump_clock: trio.testing.MockClock) -> None:

@@ -432,7 +432,7 @@ async def _host_spill(dsn: str, run_id: str, data_dir: str) -> dict[str, Any]:
     except asyncio.CancelledError:
         pass
     took = loop.time() - started
-    journal = arcflow.Runtime.journal_path(data_dir, run_id)
+    journal = arcflow.runtime.journal_path(data_dir, run_id)
     journal_bytes = journal.stat().st_size if journal.exists() else 0
     await tx.rollback()
     await conn.close()

@@ -12,7 +12,8 @@ import trio
 import arcflow
 from arcflow.config import SupervisorConfig
 from arcflow.errors import RestartIntensityExceeded
-from arcflow.models import Scenario, Status
+from arcflow.journal import SpillJournal
+from arcflow.models import Batch, FlushReason, Scenario, Status
 from arcflow.store import Store
 
 
@@ -96,11 +97,11 @@ async def test_rewriting_a_batch_does_not_duplicate(dsn: str, run_id: str, db_qu
     async with trio_asyncio.open_loop():
         store = Store(dsn)
         await store.migrate()
-        first = await store.write_outcomes(
-            outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size"
+        first = await store.write_batch(
+            Batch(run_id + "-a", tuple(outcomes), FlushReason.SIZE), run_id=run_id
         )
-        again = await store.write_outcomes(
-            outcomes, batch_id=run_id + "-b", run_id=run_id, reason="size"
+        again = await store.write_batch(
+            Batch(run_id + "-b", tuple(outcomes), FlushReason.SIZE), run_id=run_id
         )
         await store.aclose()
     assert (first, again) == (20, 0)
@@ -173,7 +174,7 @@ async def test_writer_crash_is_restarted_and_batch_written_once(
     after_commit: bool,
 ) -> None:
     """A writer crashing on its first write, before or after the commit, is restarted; each row is stored once."""
-    original = Store.write_outcomes
+    original = Store.write_batch
     crashes = 0
 
     async def flaky(self: Store, *args: Any, **kwargs: Any) -> int:
@@ -184,7 +185,7 @@ async def test_writer_crash_is_restarted_and_batch_written_once(
             raise RuntimeError("injected writer bug")
         return inserted if after_commit else await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "write_outcomes", flaky)
+    monkeypatch.setattr(Store, "write_batch", flaky)
     async with arcflow.Runtime(
         arcflow.PythonExecutor(judge),
         dsn,
@@ -212,7 +213,7 @@ async def test_writer_past_intensity_fails_and_keeps_outcomes_in_journal(
     async def broken(self: Store, *args: Any, **kwargs: Any) -> int:
         raise RuntimeError("injected permanent writer bug")
 
-    monkeypatch.setattr(Store, "write_outcomes", broken)
+    monkeypatch.setattr(Store, "write_batch", broken)
     rt = arcflow.Runtime(
         arcflow.PythonExecutor(judge),
         dsn,
@@ -226,7 +227,7 @@ async def test_writer_past_intensity_fails_and_keeps_outcomes_in_journal(
             for i in range(10):
                 await rt.submit(Scenario(id=f"s{i}", input={"n": i}))
             await trio.sleep(5)
-    journal = arcflow.SpillJournal(rt.journal.path)
+    journal = SpillJournal(rt.journal_path)
     await journal.open()
     kept = [o.scenario_id async for b in journal.batches() for o in b.outcomes]
     assert sorted(kept) == sorted(f"s{i}" for i in range(10))

@@ -1,7 +1,8 @@
-"""The store's batch write: the direct COPY and the staging merge give the same rows."""
+"""The store's batch write (the direct COPY and the staging merge give the same rows) and its row encoding."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -11,11 +12,12 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import outcome
+from strategies import json_values, outcome
 
 from arcflow.errors import DataWriteError
+from arcflow.models import Batch, FlushReason, Outcome, Status
 from arcflow.store import Store
-from arcflow.store.postgres import decode_timestamptz, encode_timestamptz
+from arcflow.store.postgres import decode_timestamptz, encode_outcome, encode_timestamptz
 
 
 @pytest.fixture
@@ -49,8 +51,8 @@ async def test_batch_is_written_and_logged(
 ) -> None:
     """Either path stores every row once and logs the batch with its size and new rows."""
     outcomes = [outcome(i, run_id=run_id) for i in range(50)]
-    inserted = await store.write_outcomes(
-        outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size", direct=direct
+    inserted = await store.write_batch(
+        Batch(run_id + "-a", tuple(outcomes), FlushReason.SIZE), run_id=run_id, direct=direct
     )
     assert inserted == 50
     assert await _count(db_query, run_id) == 50
@@ -61,15 +63,15 @@ async def test_direct_write_meeting_stored_keys_merges_instead(
     store: Store, run_id: str, db_query: Any
 ) -> None:
     """A direct COPY that meets stored keys leaves nothing of itself and merges: no duplicate, no loss."""
-    await store.write_outcomes(
-        [outcome(i, run_id=run_id) for i in range(10)],
-        batch_id=run_id + "-a",
+    await store.write_batch(
+        Batch(
+            run_id + "-a", tuple([outcome(i, run_id=run_id) for i in range(10)]), FlushReason.SIZE
+        ),
         run_id=run_id,
-        reason="size",
     )
     overlapping = [outcome(i, run_id=run_id) for i in range(5, 25)]
-    inserted = await store.write_outcomes(
-        overlapping, batch_id=run_id + "-b", run_id=run_id, reason="size", direct=True
+    inserted = await store.write_batch(
+        Batch(run_id + "-b", tuple(overlapping), FlushReason.SIZE), run_id=run_id, direct=True
     )
     assert inserted == 15
     assert await _count(db_query, run_id) == 25
@@ -86,8 +88,8 @@ async def test_direct_write_of_a_batch_repeating_a_key(
 ) -> None:
     """A batch holding one key twice is stored with that key once (the merge skips the repeat)."""
     outcomes = [outcome(i, run_id=run_id) for i in range(5)] + [outcome(2, run_id=run_id)]
-    inserted = await store.write_outcomes(
-        outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size", direct=True
+    inserted = await store.write_batch(
+        Batch(run_id + "-a", tuple(outcomes), FlushReason.SIZE), run_id=run_id, direct=True
     )
     assert inserted == 5
     assert await _count(db_query, run_id) == 5
@@ -101,8 +103,8 @@ async def test_data_error_aborts_the_whole_batch(
     outcomes = [outcome(i, run_id=run_id) for i in range(5)]
     outcomes.append(outcome(99, run_id=run_id, error_message="nul \x00 byte"))
     with pytest.raises(DataWriteError) as info:
-        await store.write_outcomes(
-            outcomes, batch_id=run_id + "-a", run_id=run_id, reason="size", direct=direct
+        await store.write_batch(
+            Batch(run_id + "-a", tuple(outcomes), FlushReason.SIZE), run_id=run_id, direct=direct
         )
     assert info.value.sqlstate == "22021"
     assert await _count(db_query, run_id) == 0
@@ -123,8 +125,8 @@ async def test_concurrent_direct_writers_of_one_batch_store_it_once(
 
         async def write(s: Store, batch_id: str) -> None:
             results.append(
-                await s.write_outcomes(
-                    outcomes, batch_id=batch_id, run_id=run_id, reason="size", direct=True
+                await s.write_batch(
+                    Batch(batch_id, tuple(outcomes), FlushReason.SIZE), run_id=run_id, direct=True
                 )
             )
 
@@ -147,8 +149,8 @@ async def test_tags_are_stored_whether_or_not_a_batch_has_any(
         outcome(6, run_id=run_id, tags=("a", "b"))
     ]
     for n, batch in enumerate([untagged, mixed]):
-        await store.write_outcomes(
-            batch, batch_id=f"{run_id}-{n}", run_id=run_id, reason="size", direct=direct
+        await store.write_batch(
+            Batch(f"{run_id}-{n}", tuple(batch), FlushReason.SIZE), run_id=run_id, direct=direct
         )
     rows = await db_query(
         "SELECT scenario_id, tags FROM arcflow.outcomes WHERE run_id = $1 ORDER BY scenario_id",
@@ -231,11 +233,13 @@ async def test_timestamps_round_trip_through_the_database(
     """Timestamps written and read by the store's codec are the instants a plain connection sees."""
     t0 = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-7)))
     t1 = t0 + timedelta(seconds=2.5)
-    await store.write_outcomes(
-        [outcome(0, run_id=run_id, started_at=t0, finished_at=t1)],
-        batch_id=run_id + "-a",
+    await store.write_batch(
+        Batch(
+            run_id + "-a",
+            tuple([outcome(0, run_id=run_id, started_at=t0, finished_at=t1)]),
+            FlushReason.SIZE,
+        ),
         run_id=run_id,
-        reason="size",
         direct=True,
     )
     plain = await db_query(
@@ -251,3 +255,37 @@ async def test_timestamps_round_trip_through_the_database(
     assert mine[0]["started_at"] == t0 and mine[0]["started_at"].utcoffset() == timedelta(0)
     assert await store.fetchval("SELECT 'infinity'::timestamptz") == datetime.max
     assert await store.fetchval("SELECT $1::timestamptz = now()", datetime.max) is False
+
+
+# -- row encoding ---------------------------------------------------------------------------------
+
+
+def reference_row(o: Outcome, batch_id: str) -> tuple[Any, ...]:
+    dumps = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
+    return (
+        o.run_id, o.scenario_id, o.attempt, o.status.value, o.final, o.score,
+        None if o.output is None else dumps(o.output), o.error_type, o.error_message,
+        o.started_at, o.finished_at, o.duration_ms, dumps(dict(o.executor)), o.worker,
+        o.scenario_hash, batch_id, list(o.tags),
+    )  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    json_values,
+    st.sampled_from(list(Status)),
+    st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.integers(0, 10**7),
+)
+def test_encode_outcome_matches_reference(
+    output: Any, status: Status, executor: dict[str, Any], tags: list[str], micros: int
+) -> None:
+    """encode_outcome gives the row a straightforward reference encoding gives."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    o = Outcome(
+        "r", "s", 2, status, t0, t0 + timedelta(microseconds=micros), score=0.5, output=output,
+        executor=executor, worker="w", final=False, scenario_hash="h", tags=tags,
+    )  # fmt: skip
+    assert encode_outcome(o, "b1") == reference_row(o, "b1")
+    assert encode_outcome(o, "b1", tags=False) == reference_row(o, "b1")[:-1]

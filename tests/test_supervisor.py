@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import trio
 import trio.testing
 
 from arcflow.config import SupervisorConfig
 from arcflow.errors import RestartIntensityExceeded
-from arcflow.stats import Counters
 from arcflow.supervisor import supervise
 
 
@@ -21,11 +22,11 @@ async def test_restarts_a_crashed_actor(autojump_clock: trio.testing.MockClock) 
         if len(calls) < 3:
             raise RuntimeError("boom")
 
-    counters = Counters()
+    restarts: Counter[str] = Counter()
     cfg = SupervisorConfig(max_restarts=5, period=60, backoff_base=1, backoff_max=10)
-    await supervise("w", actor, config=cfg, counters=counters)
+    await supervise("w", actor, config=cfg, restarts=restarts)
     assert len(calls) == 3
-    assert counters.restarts["w"] == 2
+    assert restarts["w"] == 2
     # backoff doubles: 1 s, then 2 s
     assert calls[1] - calls[0] == pytest.approx(1)
     assert calls[2] - calls[1] == pytest.approx(2)
@@ -72,8 +73,8 @@ async def test_cancellation_is_not_a_crash(autojump_clock: trio.testing.MockCloc
         runs += 1
         await trio.sleep_forever()
 
-    counters = Counters()
+    restarts: Counter[str] = Counter()
     with trio.move_on_after(5):
-        await supervise("x", actor, counters=counters)
+        await supervise("x", actor, restarts=restarts)
     assert runs == 1
-    assert not counters.restarts
+    assert not restarts

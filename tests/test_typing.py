@@ -49,6 +49,8 @@ async def trio_host(dsn: str) -> None:
         stats = rt.statistics()
         assert_type(stats, arcflow.RuntimeStatistics)
         assert_type(stats.written, int)
+    async with arcflow.open_runtime(executor=score, db=dsn, on_outcome=[print]) as rt3:
+        await rt3.submit(arcflow.Scenario(id="plain-function"))
     async with arcflow.Runtime(FailingExecutor("^x", mode="hang"), dsn, run_id="r") as rt2:
         await rt2.submit(arcflow.Scenario(id="x", input={"n": 1}, tags=["t"]))
         rt2.submit_nowait(arcflow.Scenario(id="y"))
@@ -93,6 +95,9 @@ async def main() -> None:
     async with arcflow.aio.open_runtime(db=5) as rt:
         await rt.record("not an outcome")
     arcflow.open_runtime(executor=3.5)
+    arcflow.open_runtime(db="postgresql://h/db", batch_sise=1)
+    arcflow.Runtime(batch_size="100")
+    arcflow.aio.open_runtime(db="postgresql://h/db", flush_intervall=2.0)
 """
 
 
@@ -128,8 +133,10 @@ def test_public_api_types_reject_misuse(tmp_path: Path) -> None:
     proc = _mypy("--strict", "--follow-imports=silent", str(misuse))
     assert proc.returncode == 1
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 3, proc.stdout
-    assert all("[arg-type]" in line for line in errors), proc.stdout
+    assert len(errors) == 6, proc.stdout
+    assert sum("[arg-type]" in line for line in errors) == 4, proc.stdout
+    misspelt = [line for line in errors if "[call-arg]" in line]
+    assert len(misspelt) == 2 and "batch_sise" in misspelt[0] and "flush_intervall" in misspelt[1]
 
 
 def test_package_is_mypy_strict_clean() -> None:
@@ -168,3 +175,12 @@ def test_embedding_docs_examples_are_valid_python() -> None:
     assert len(blocks) >= 5
     for block in blocks:
         compile(textwrap.dedent(block), "docs/embedding.md", "exec")
+
+
+def test_runtime_options_are_the_config_fields() -> None:
+    """The typed keywords of Runtime(...) are exactly RuntimeConfig's fields."""
+    import attrs
+
+    from arcflow.config import RuntimeConfig, RuntimeOptions
+
+    assert set(RuntimeOptions.__annotations__) == {f.name for f in attrs.fields(RuntimeConfig)}

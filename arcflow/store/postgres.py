@@ -19,7 +19,7 @@ import trio
 
 from .._trio_asyncio import import_trio_asyncio
 from ..errors import DataWriteError, TransientWriteError, WriteError
-from ..models import Outcome, Status
+from ..models import Batch, Outcome, Status
 from .classify import classify, sqlstate_of
 from .dsn import redact_dsn
 from .schema import (
@@ -315,17 +315,15 @@ class Store:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def write_outcomes(
+    async def write_batch(
         self,
-        outcomes: Sequence[Outcome],
+        batch: Batch,
         *,
-        batch_id: str,
         run_id: str,
-        reason: str,
         source: str = "live",
         direct: bool = False,
     ) -> int:
-        """Write ``outcomes`` in one transaction; keys already stored are skipped.
+        """Write ``batch`` in one transaction, logged in ``arcflow.batches``; stored keys are skipped.
 
         The general path COPYs the rows into a staging table and moves them
         with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.  With
@@ -336,11 +334,20 @@ class Store:
         primary key, leaves nothing behind, and the batch takes the general
         path.  Either way the result is the same.  Returns how many rows were new.
         """
+        outcomes = batch.outcomes
         tagged = any(o.tags for o in outcomes)
-        records = [encode_outcome(o, batch_id, tags=tagged) for o in outcomes]
+        records = [encode_outcome(o, batch.id, tags=tagged) for o in outcomes]
         columns = OUTCOME_COLUMNS if tagged else UNTAGGED_COLUMNS
         return await self.run(
-            _write_aio, records, columns, batch_id, run_id, reason, len(records), source, direct
+            _write_aio,
+            records,
+            columns,
+            batch.id,
+            run_id,
+            batch.reason.value,
+            len(records),
+            source,
+            direct,
         )
 
     async def write_dead_letters(self, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -1,0 +1,56 @@
+"""Opening the database a run or a report uses: a DSN, the ``PG*`` variables, or the embedded server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DatabaseUnavailable, TransientWriteError
+from .dsn import EMBEDDED, redact_dsn, redact_text, resolve_dsn
+from .embedded import start_embedded
+from .postgres import Store
+
+__all__ = ["open_store"]
+
+
+async def open_store(
+    db: str | None,
+    data_dir: Path | str,
+    *,
+    statement_timeout: float = 60.0,
+    for_reading: bool = False,
+) -> Store:
+    """A connected :class:`Store` on the database ``db`` names; close it with ``aclose()``.
+
+    ``db`` is a DSN; None means ``ARCFLOW_DB``, then the ``PG*`` variables,
+    then the embedded server under ``data_dir`` (started if need be).  A run
+    (``for_reading=False``) creates or migrates the arcflow schema; a reader
+    creates nothing: no embedded server yet, or no schema, is an error saying
+    so.  Any failure to connect is :class:`DatabaseUnavailable` with the DSN
+    redacted.
+    """
+    dsn = resolve_dsn(db)
+    if dsn == EMBEDDED:
+        if for_reading and not (Path(data_dir) / "pg").is_dir():
+            raise DatabaseUnavailable(
+                f"no embedded database under {data_dir}: nothing has run here yet; "
+                "give --db DSN (or ARCFLOW_DB, or db in arcflow.toml) to read another database"
+            )
+        dsn = await start_embedded(data_dir)
+    store = Store(dsn, statement_timeout=statement_timeout)
+    try:
+        await store.connect()
+        if not for_reading:
+            await store.migrate()
+        elif await store.fetchval("SELECT to_regclass('arcflow.runs')") is None:
+            raise DatabaseUnavailable(
+                f"no arcflow runs in {redact_dsn(dsn)}: the arcflow schema does not exist"
+            )
+    except TransientWriteError as exc:
+        await store.aclose()
+        raise DatabaseUnavailable(
+            f"cannot reach the database {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
+        ) from None
+    except BaseException:
+        await store.aclose()
+        raise
+    return store
