@@ -1,0 +1,227 @@
+"""What a report reads: the SQL, the run listing and one run's report, from PostgreSQL.
+
+Counts by status are over each scenario's *latest* attempt (what the run
+concluded); errors are grouped over *every* attempt (what went wrong on the way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._trio_asyncio import import_trio_asyncio
+from ..errors import ConfigError, arcflow_errors_unwrapped
+from ..store import Store, open_store
+
+STATUSES = ("passed", "failed", "error", "timeout", "cancelled")
+
+# -- queries -------------------------------------------------------------------------------------
+
+_LATEST = """
+    SELECT DISTINCT ON (scenario_id) scenario_id, attempt, status, tags
+    FROM arcflow.outcomes WHERE run_id = $1
+    ORDER BY scenario_id, attempt DESC
+"""
+
+_STATUS_COUNTS = ", ".join(f"count(*) FILTER (WHERE status = '{s}') AS {s}" for s in STATUSES)
+
+RUNS_SQL = f"""
+SELECT r.run_id, r.suite, r.status, r.started_at, r.finished_at, r.scenarios,
+       coalesce(c.done, 0) AS done, {", ".join(f"coalesce(c.{s}, 0) AS {s}" for s in STATUSES)}
+FROM arcflow.runs r
+LEFT JOIN LATERAL (
+    SELECT count(*) AS done, {_STATUS_COUNTS}
+    FROM (SELECT DISTINCT ON (o.scenario_id) o.status FROM arcflow.outcomes o
+          WHERE o.run_id = r.run_id ORDER BY o.scenario_id, o.attempt DESC) latest
+) c ON true
+WHERE ($2::text IS NULL OR r.suite = $2) AND ($3::text IS NULL OR r.status = $3)
+ORDER BY r.started_at DESC, r.run_id
+LIMIT $1
+"""
+
+BY_STATUS_SQL = (
+    f"WITH latest AS ({_LATEST}) SELECT status, count(*) AS n FROM latest GROUP BY status"
+)
+
+BY_TAG_SQL = f"""
+WITH latest AS ({_LATEST})
+SELECT tag, count(*) AS scenarios, {_STATUS_COUNTS}
+FROM latest, unnest(tags) AS tag
+GROUP BY tag ORDER BY tag
+"""
+
+ATTEMPTS_SQL = "SELECT count(*) AS attempts, coalesce(sum(duration_ms), 0) AS total_ms FROM arcflow.outcomes WHERE run_id = $1"
+
+SLOWEST_SQL = """
+SELECT scenario_id, attempt, status, duration_ms FROM arcflow.outcomes
+WHERE run_id = $1 ORDER BY duration_ms DESC, scenario_id, attempt LIMIT $2
+"""
+
+ERRORS_SQL = """
+SELECT coalesce(error_type, status) AS error_type, count(*) AS attempts,
+       count(DISTINCT scenario_id) AS scenarios,
+       (array_agg(scenario_id ORDER BY scenario_id, attempt))[1] AS example_scenario,
+       (array_agg(error_message ORDER BY scenario_id, attempt))[1] AS example_message
+FROM arcflow.outcomes WHERE run_id = $1 AND status IN ('error', 'timeout')
+GROUP BY 1 ORDER BY attempts DESC, 1
+"""
+
+BATCHES_SQL = """
+SELECT count(*) AS batches, coalesce(sum(size), 0) AS records, coalesce(sum(inserted), 0) AS inserted,
+       min(size) AS min_size, max(size) AS max_size, avg(size)::float8 AS mean_size,
+       min(written_at) AS first_at, max(written_at) AS last_at
+FROM arcflow.batches WHERE run_id = $1
+"""
+
+BATCH_GROUPS_SQL = "SELECT {col} AS key, count(*) AS n FROM arcflow.batches WHERE run_id = $1 GROUP BY 1 ORDER BY 1"
+
+SERIES_SQL = """
+SELECT extract(epoch FROM written_at)::float8 AS t, inserted FROM arcflow.batches
+WHERE run_id = $1 ORDER BY written_at
+"""
+
+DEAD_LETTERS_SQL = "SELECT count(*) FROM arcflow.dead_letters WHERE run_id = $1"
+
+# -- opening the database ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_report_store(db: str | None, data_dir: Path | str) -> AsyncIterator[Store]:
+    """A connected Store for reading reports (never creates a database or the schema).
+
+    Opens a trio-asyncio loop of its own; arcflow errors raised inside the
+    block come out as themselves, not wrapped in the loop's exception group.
+    """
+    trio_asyncio = import_trio_asyncio()  # here: importing it patches asyncio
+    with arcflow_errors_unwrapped():
+        async with trio_asyncio.open_loop():
+            store = await open_store(db, data_dir, for_reading=True)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+async def list_runs(
+    store: Store, *, limit: int = 20, suite: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The latest runs, newest first: id, suite, status, times, planned scenarios, counts by status."""
+    if limit < 1:
+        raise ConfigError(f"invalid --limit={limit}: must be a whole number >= 1")
+    rows = await store.fetch(RUNS_SQL, limit, suite, status)
+    return [dict(r) for r in rows]
+
+
+# -- one run ------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Report:
+    """Everything ``report`` shows about one run."""
+
+    run: dict[str, Any]
+    totals: dict[str, Any]
+    by_status: dict[str, int]
+    by_tag: list[dict[str, Any]]
+    slowest: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    batches: dict[str, Any]
+    #: Rows written per time bucket: ``{"t": seconds since the first write, "rows": n, "width": s}``.
+    throughput: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+async def build_report(store: Store, run_id: str, *, slowest: int = 10) -> Report:
+    """Read one run's report from the database (raises ConfigError if there is no such run)."""
+    run = await store.get_run(run_id)
+    if run is None:
+        raise ConfigError(
+            f"no run {run_id!r} in the database; `python -m arcflow runs` lists the runs there"
+        )
+    by_status = {s: 0 for s in STATUSES}
+    by_status.update({r["status"]: r["n"] for r in await store.fetch(BY_STATUS_SQL, run_id)})
+    attempts = (await store.fetch(ATTEMPTS_SQL, run_id))[0]
+    done = sum(by_status.values())
+    dead = int(await store.fetchval(DEAD_LETTERS_SQL, run_id))
+    totals = {
+        "scenarios_planned": run.get("scenarios"),
+        "scenarios_with_outcome": done,
+        "attempts": attempts["attempts"],
+        "passed": by_status["passed"],
+        "pass_rate": _rate(by_status["passed"], done),
+        "dead_letters": dead,
+    }
+    by_tag = [
+        {**dict(r), "pass_rate": _rate(r["passed"], r["scenarios"])}
+        for r in await store.fetch(BY_TAG_SQL, run_id)
+    ]
+    return Report(
+        run=_run_info(run),
+        totals=totals,
+        by_status=by_status,
+        by_tag=by_tag,
+        slowest=[dict(r) for r in await store.fetch(SLOWEST_SQL, run_id, slowest)],
+        errors=[dict(r) for r in await store.fetch(ERRORS_SQL, run_id)],
+        batches=await _batch_stats(store, run_id),
+        throughput=throughput_series(
+            [(r["t"], r["inserted"]) for r in await store.fetch(SERIES_SQL, run_id)]
+        ),
+    )
+
+
+def _rate(part: int, whole: int | None) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
+    executor = run.get("executor")
+    if isinstance(executor, str):
+        executor = json.loads(executor)
+    return {
+        "run_id": run["run_id"],
+        "suite": run.get("suite"),
+        "status": run.get("status"),
+        "started_at": run.get("started_at"),
+        "finished_at": run.get("finished_at"),
+        "executor": (executor or {}).get("kind"),
+    }
+
+
+async def _batch_stats(store: Store, run_id: str) -> dict[str, Any]:
+    row = dict((await store.fetch(BATCHES_SQL, run_id))[0])
+    first, last = row.pop("first_at"), row.pop("last_at")
+    span = (last - first).total_seconds() if first and last else 0.0
+    row["mean_size"] = round(row["mean_size"], 2) if row["mean_size"] is not None else None
+    row["span_s"] = round(span, 3)
+    row["rows_per_s"] = round(row["inserted"] / span, 1) if span > 0 else None
+    for col, key in (("reason", "by_reason"), ("source", "by_source")):
+        rows = await store.fetch(BATCH_GROUPS_SQL.format(col=col), run_id)
+        row[key] = {r["key"]: r["n"] for r in rows}
+    return row
+
+
+def throughput_series(
+    points: Sequence[tuple[float, int]], *, max_buckets: int = 60
+) -> list[dict[str, Any]]:
+    """Rows written per bucket of time; at most ``max_buckets`` buckets of at least 1 s."""
+    if not points:
+        return []
+    start = points[0][0]
+    span = points[-1][0] - start
+    width = max(1.0, math.ceil(span / max_buckets)) if span > 0 else 1.0
+    count = int(span // width) + 1
+    rows = [0] * count
+    for t, n in points:
+        rows[min(count - 1, int((t - start) // width))] += n
+    return [{"t": i * width, "rows": n, "width": width} for i, n in enumerate(rows)]
