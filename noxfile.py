@@ -14,8 +14,6 @@ nox.options.reuse_existing_virtualenvs = True
 #: ASYNC113 checks their callers (and ASYNC114 stops asking for them).
 STARTABLE = [
     "run_batcher",
-    "run_file_source",
-    "supervise",
     "serve",
     "run",
     "_watch_signals",

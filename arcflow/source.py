@@ -82,7 +82,6 @@ async def run_file_source(
     *,
     skip: Callable[[Scenario], bool] | None = None,
     stats: IntakeStats | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Stream ``path`` into ``work``, skipping scenarios for which ``skip`` is true.
 
@@ -98,7 +97,6 @@ async def run_file_source(
     path = Path(path)
     stats = stats if stats is not None else IntakeStats()
     with work:
-        task_status.started()
         reader = _LineReader(path)
         try:
             await _feed(reader, work, skip, stats)

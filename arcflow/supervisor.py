@@ -34,7 +34,6 @@ async def supervise(
     *args: Any,
     config: SupervisorConfig | None = None,
     restarts: Counter[str] | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``await actor(*args)`` until it returns, restarting it when it crashes.
 
@@ -47,7 +46,6 @@ async def supervise(
     config = config or SupervisorConfig()
     backoff = config.backoff()
     crashes: deque[float] = deque()
-    task_status.started()
     while True:
         try:
             await actor(*args)
