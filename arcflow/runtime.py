@@ -124,7 +124,6 @@ class Runtime:
         on_outcome: OutcomeHook | Sequence[OutcomeHook] | None = None,
         on_batch_written: BatchHook | Sequence[BatchHook] | None = None,
         batch_size_source: Callable[[], int] | None = None,
-        first_attempts: Mapping[str, int] | None = None,
         resume: bool = False,
         **options: Unpack[RuntimeOptions],
     ) -> None:
@@ -137,7 +136,6 @@ class Runtime:
         self._on_outcome = _hooks(on_outcome)
         self._on_batch_written = _hooks(on_batch_written)
         self._batch_size_source = batch_size_source
-        self._first_attempts = dict(first_attempts or {})
         self._intake = IntakeStats()
         self._journal = SpillJournal(
             journal_path(self.config.data_dir, self.run_id),
@@ -251,7 +249,6 @@ class Runtime:
                 batch_size=self._batch_size_source or cfg.batch_size,
                 on_outcome=self._on_outcome,
                 on_batch_written=self._on_batch_written,
-                first_attempts=self._first_attempts,
             )
             if self._journal.pending_batches:
                 log.info(

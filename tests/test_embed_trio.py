@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 import trio
+import trio.testing
 
 import arcflow
 from arcflow.testing import FailingExecutor, make_outcome
@@ -184,7 +185,7 @@ async def test_trio_backpressure_stalled_writer_makes_hand_over_wait_and_nowait_
             # the lock goes away: the waiting hand-over completes
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(hand_over, accepted)
-                await trio.sleep(0.2)
+                await trio.testing.wait_all_tasks_blocked()  # the hand-over waits for room
                 await trio_asyncio.aio_as_trio(tx.rollback)()
             accepted += 1
         await trio_asyncio.aio_as_trio(conn.close)()

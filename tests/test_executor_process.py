@@ -162,38 +162,50 @@ async def test_stderr_tail_in_error_message_is_the_end_of_stderr() -> None:
     assert "earlier bytes dropped" in result.error_message
 
 
+async def cancel_once_started(
+    mode: str, pid_file: Path, executor: ProcessExecutor | None = None, **extra: Any
+) -> list[int]:
+    """Run ``mode`` and cancel it as soon as its pid file exists; the pids it wrote.
+
+    The child writes the file atomically once it (and any grandchild) runs, so
+    the cancellation lands on a started process, however slow the machine.
+    """
+
+    async def cancel_when_started(scope: trio.CancelScope) -> None:
+        while not pid_file.exists():  # no event for another process's file: poll
+            await trio.sleep(0.01)
+        scope.cancel()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_when_started, nursery.cancel_scope)
+            await run_mode(mode, executor, pid_file=str(pid_file), **extra)
+            raise AssertionError("the run was not cancelled")  # pragma: no cover
+    return [int(p) for p in pid_file.read_text().split()]
+
+
 async def test_cancelled_run_kills_the_process(tmp_path: Path) -> None:
     """A run cancelled by its timeout leaves no process behind: it is killed and reaped."""
-    pid_file = tmp_path / "pid"
-    executor = ProcessExecutor.from_spec(SPEC)
-    with trio.move_on_after(0.5) as scope:
-        await run_mode("sleep", executor, pid_file=str(pid_file), seconds=60)
-    assert scope.cancelled_caught
-    pid = int(pid_file.read_text())
+    (pid,) = await cancel_once_started("sleep", tmp_path / "pid", seconds=60)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
 
 async def test_cancelled_run_kills_the_whole_process_group(tmp_path: Path) -> None:
     """Cancellation also ends the child's own children (the process group gets the signals)."""
-    pid_file = tmp_path / "pids"
-    with trio.move_on_after(0.7):
-        await run_mode("sleep_tree", pid_file=str(pid_file))
-    leader, grandchild = (int(p) for p in pid_file.read_text().split())
+    leader, grandchild = await cancel_once_started("sleep_tree", tmp_path / "pids")
     assert is_gone(leader)
     assert await wait_gone(grandchild)
 
 
 async def test_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
-    """A child that ignores SIGTERM gets SIGKILL once kill_grace_s has passed."""
-    pid_file = tmp_path / "pid"
+    """A child that ignores SIGTERM gets SIGKILL once kill_grace_s has passed, not before."""
     executor = ProcessExecutor.from_spec(SPEC, kill_grace_s=0.3)
     start = trio.current_time()
-    with trio.move_on_after(0.5):
-        await run_mode("stubborn", executor, pid_file=str(pid_file))
+    (pid,) = await cancel_once_started("stubborn", tmp_path / "pid", executor)
     elapsed = trio.current_time() - start
-    assert is_gone(int(pid_file.read_text()))
-    assert 0.75 <= elapsed < 5
+    assert is_gone(pid)
+    assert 0.3 <= elapsed < 5
 
 
 async def test_env_is_merged_and_cwd_is_used(tmp_path: Path) -> None:

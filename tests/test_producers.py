@@ -176,12 +176,12 @@ async def test_cancelling_100_running_scenarios_stops_all(
                     )
                 )
             with trio.fail_after(60):
-                while len(list(pid_dir.iterdir())) < 100 or rt.statistics().running < 100:
+                while len(list(pid_dir.glob("*.pid"))) < 100 or rt.statistics().running < 100:
                     await trio.sleep(0.05)
             host.cancel()
             await trio.sleep_forever()
     assert host.cancelled_caught
-    pids = [int(p.read_text()) for p in pid_dir.iterdir() if p.read_text()]
+    pids = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
     assert len(pids) == 100
     assert [p for p in pids if _alive(p)] == []
     result = await rows(db_query, run_id)
@@ -557,7 +557,7 @@ async def test_fast_scenarios_do_not_wake_every_producer() -> None:
                     f"p{i}", ex, run_id="r", config=cfg, control=control, stats=stats, pool=pool
                 )
                 nursery.start_soon(p.run, work_recv.clone(), out_send.clone(), ProducerState())
-        await trio.sleep(0.01)  # every producer has found the channel empty
+        await trio.testing.wait_all_tasks_blocked()  # every producer has found the channel empty
         async with work_send:
             for i in range(3000):
                 await work_send.send(Scenario(f"s{i}"))

@@ -11,6 +11,14 @@ import sys
 import time
 
 
+def write_pids(path: str, *pids: int) -> None:
+    """Write the pids atomically: a reader sees all of them or no file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(" ".join(str(pid) for pid in pids))
+    os.replace(tmp, path)
+
+
 def main() -> int:
     scenario = json.load(sys.stdin)
     data = scenario["input"]
@@ -32,21 +40,18 @@ def main() -> int:
     elif mode == "env":
         print(json.dumps({"output": {"value": os.environ.get(data["name"]), "cwd": os.getcwd()}}))
     elif mode == "sleep":
-        with open(data["pid_file"], "w") as f:
-            f.write(str(os.getpid()))
+        write_pids(data["pid_file"], os.getpid())
         time.sleep(data.get("seconds", 60))
         print("null")
     elif mode == "sleep_tree":
         # A grandchild in the same process group: cancellation must kill it too.
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        with open(data["pid_file"], "w") as f:
-            f.write(f"{os.getpid()} {child.pid}")
+        write_pids(data["pid_file"], os.getpid(), child.pid)
         time.sleep(60)
     elif mode == "stubborn":
         # Ignores SIGTERM: only SIGKILL ends it.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with open(data["pid_file"], "w") as f:
-            f.write(str(os.getpid()))
+        write_pids(data["pid_file"], os.getpid())
         time.sleep(60)
     elif mode == "flood":
         # Megabytes on stdout and stderr: the executor must keep reading.
