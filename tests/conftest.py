@@ -75,10 +75,26 @@ def db_query(dsn: str) -> Any:
     return run
 
 
+def quickstart_args(dsn: str, run_id: str, data_dir: Any) -> list[str]:
+    """``run`` of the bundled example with the quickstart executor into ``dsn`` (add more flags)."""
+    return [
+        "run",
+        "examples/quickstart.jsonl",
+        "--executor",
+        "python:examples.quickstart:score",
+        "--db",
+        dsn,
+        "--run-id",
+        run_id,
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up a developer's ARCFLOW_DB by accident."""
     monkeypatch.delenv("ARCFLOW_DB", raising=False)
 
 
-__all__ = ["IN_CI", "query", "trio"]
+__all__ = ["IN_CI", "query", "quickstart_args", "trio"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import attrs
 from hypothesis import strategies as st
 
 from arcflow.models import Outcome, Scenario, Status
+from arcflow.stats import RuntimeStatistics
 
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -57,3 +60,36 @@ arrival_gaps = st.lists(
     min_size=0,
     max_size=60,
 )
+
+
+def mid_run_statistics(**changes: Any) -> RuntimeStatistics:
+    """A snapshot mid-run; override any field."""
+    base = RuntimeStatistics(
+        run_id="r-1",
+        submitted=150,
+        completed=120,
+        running=8,
+        by_status={"passed": 100, "failed": 15, "error": 5},
+        written=100,
+        already_written=0,
+        dead_lettered=0,
+        pending_in_batcher=12,
+        outcome_queue=3,
+        work_queue=16,
+        batch_queue=1,
+        by_flush_reason={"size": 2, "deadline": 1},
+        batches_written=3,
+        write_transactions=4,
+        retries=0,
+        breaker_state="closed",
+        breaker_transitions={},
+        spilled_batches=0,
+        spilled_outcomes=0,
+        replayed_outcomes=0,
+        journal_bytes=1536,
+        restarts={},
+        elapsed=4.0,
+        last_write_latency=0.0123,
+        batch_size=50,
+    )
+    return attrs.evolve(base, **changes)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import quickstart_args
 
 from arcflow.adaptive import AdaptiveBatchSize, AdaptiveConfig
 from arcflow.batcher import run_batcher
@@ -160,16 +161,7 @@ def test_cli_adaptive_batching_moves_the_stored_batch_sizes(
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     code = cli.main(
         [
-            "run",
-            "examples/quickstart.jsonl",
-            "--executor",
-            "python:examples.quickstart:score",
-            "--db",
-            dsn,
-            "--run-id",
-            run_id,
-            "--data-dir",
-            str(tmp_path),
+            *quickstart_args(dsn, run_id, tmp_path),
             "--json",
             "--adaptive-batching",
             "--batch-size",

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import query
+from conftest import query, quickstart_args
 
 from arcflow import cli
 
@@ -38,16 +38,7 @@ def finished_run(
     """The bundled example run to the end through the command line; its --json summary."""
     code = cli.main(
         [
-            "run",
-            "examples/quickstart.jsonl",
-            "--executor",
-            "python:examples.quickstart:score",
-            "--db",
-            dsn,
-            "--run-id",
-            run_id,
-            "--data-dir",
-            str(tmp_path),
+            *quickstart_args(dsn, run_id, tmp_path),
             "--batch-size",
             "64",
             "--json",

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import quickstart_args
 
 import arcflow
 from arcflow import cli
@@ -176,16 +177,7 @@ def test_cli_json_logs_keep_stdout_clean(
     monkeypatch.chdir(ROOT)
     code = cli.main(
         [
-            "run",
-            "examples/quickstart.jsonl",
-            "--executor",
-            "python:examples.quickstart:score",
-            "--db",
-            dsn,
-            "--run-id",
-            run_id,
-            "--data-dir",
-            str(tmp_path),
+            *quickstart_args(dsn, run_id, tmp_path),
             "--batch-size",
             "100",
             "--json",

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import quickstart_args
 from prometheus_client.parser import text_string_to_metric_families
+from strategies import mid_run_statistics
 
 import arcflow
 from arcflow.errors import ConfigError
@@ -135,36 +137,8 @@ async def test_scraped_during_and_after_a_real_run(dsn: str, run_id: str, tmp_pa
 def test_metric_names_are_documented() -> None:
     """Every metric family the endpoint serves is listed in docs/operations.md."""
     from arcflow.metrics import stats_families
-    from arcflow.stats import RuntimeStatistics
 
-    snapshot = RuntimeStatistics(
-        run_id="r",
-        submitted=0,
-        completed=0,
-        running=0,
-        by_status={},
-        written=0,
-        already_written=0,
-        dead_lettered=0,
-        pending_in_batcher=0,
-        outcome_queue=0,
-        work_queue=0,
-        batch_queue=0,
-        by_flush_reason={},
-        batches_written=0,
-        write_transactions=0,
-        retries=0,
-        breaker_state="closed",
-        breaker_transitions={},
-        spilled_batches=0,
-        spilled_outcomes=0,
-        replayed_outcomes=0,
-        journal_bytes=0,
-        restarts={},
-        elapsed=0.0,
-        last_write_latency=0.0,
-        batch_size=1,
-    )
+    snapshot = mid_run_statistics()
     names = {f.name + ("_total" if f.type == "counter" else "") for f in stats_families(snapshot)}
     names |= {
         "arcflow_batch_size_records",
@@ -209,16 +183,7 @@ def test_cli_metrics_port_serves_the_final_summary(dsn: str, run_id: str, tmp_pa
             sys.executable,
             "-m",
             "arcflow",
-            "run",
-            "examples/quickstart.jsonl",
-            "--executor",
-            "python:examples.quickstart:score",
-            "--db",
-            dsn,
-            "--run-id",
-            run_id,
-            "--data-dir",
-            str(tmp_path),
+            *quickstart_args(dsn, run_id, tmp_path),
             "--concurrency",
             "1",
             "--batch-size",

@@ -13,7 +13,9 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from conftest import quickstart_args
 from rich.console import Console
+from strategies import mid_run_statistics
 
 from arcflow import cli
 from arcflow.adaptive import AdaptiveBatchSize, AdaptiveConfig
@@ -34,37 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "operations.md"
 
 
-def stats(**changes: Any) -> RuntimeStatistics:
-    """A snapshot mid-run; override any field."""
-    base = RuntimeStatistics(
-        run_id="r-1",
-        submitted=150,
-        completed=120,
-        running=8,
-        by_status={"passed": 100, "failed": 15, "error": 5},
-        written=100,
-        already_written=0,
-        dead_lettered=0,
-        pending_in_batcher=12,
-        outcome_queue=3,
-        work_queue=16,
-        batch_queue=1,
-        by_flush_reason={"size": 2, "deadline": 1},
-        batches_written=3,
-        write_transactions=4,
-        retries=0,
-        breaker_state="closed",
-        breaker_transitions={},
-        spilled_batches=0,
-        spilled_outcomes=0,
-        replayed_outcomes=0,
-        journal_bytes=1536,
-        restarts={},
-        elapsed=4.0,
-        last_write_latency=0.0123,
-        batch_size=50,
-    )
-    return attrs.evolve(base, **changes)
+stats = mid_run_statistics
 
 
 def fake_terminal(width: int = 160) -> Console:
@@ -277,16 +249,7 @@ def test_cli_off_a_terminal_prints_plain_lines(
     monkeypatch.chdir(ROOT)
     code = cli.main(
         [
-            "run",
-            "examples/quickstart.jsonl",
-            "--executor",
-            "python:examples.quickstart:score",
-            "--db",
-            dsn,
-            "--run-id",
-            run_id,
-            "--data-dir",
-            str(tmp_path),
+            *quickstart_args(dsn, run_id, tmp_path),
             "--batch-size",
             "50",
             "--concurrency",
@@ -315,16 +278,7 @@ def test_cli_json_off_a_terminal_prints_no_progress(
     monkeypatch.chdir(ROOT)
     code = cli.main(
         [
-            "run",
-            "examples/quickstart.jsonl",
-            "--executor",
-            "python:examples.quickstart:score",
-            "--db",
-            dsn,
-            "--run-id",
-            run_id,
-            "--data-dir",
-            str(tmp_path),
+            *quickstart_args(dsn, run_id, tmp_path),
             "--json",
             "--progress-interval",
             "0.01",
