@@ -20,9 +20,13 @@ STARTABLE = [
 ]
 
 
-@nox.session
+#: The Python versions arcflow supports; a session whose interpreter is missing here is skipped.
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite against a real PostgreSQL (started by the tests themselves)."""
+    """The test suite against a real PostgreSQL (started by the tests themselves), per Python."""
     session.install("-e", ".[dev]")
     session.run("pytest", *session.posargs)
 
