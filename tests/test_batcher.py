@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import trio
@@ -159,3 +160,29 @@ def test_property_every_record_once_in_order(
         assert sum(1 for _, b in got if b.reason is FlushReason.SHUTDOWN) <= 1
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_cancelled_batcher_salvages_what_it_holds(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Cancelled with a batch nobody takes, the batcher journals it and its queued outcomes, and closes its input."""
+    from arcflow.journal import SpillJournal
+
+    journal = SpillJournal(tmp_path / "j")
+    await journal.open()
+    send, recv = trio.open_memory_channel[Outcome](10)
+    bsend, _brecv = trio.open_memory_channel[Batch](0)  # nobody receives: the send blocks
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                run_batcher, recv, bsend, batch_size=3, flush_interval=30, journal=journal
+            )
+        )
+        for i in range(5):
+            send.send_nowait(outcome(i))
+        await trio.testing.wait_all_tasks_blocked()  # a full batch waits in send, two are queued
+        nursery.cancel_scope.cancel()
+    kept = sorted([o.scenario_id async for b in journal.batches() for o in b.outcomes])
+    assert kept == [f"s{i}" for i in range(5)]
+    with pytest.raises(trio.BrokenResourceError):
+        send.send_nowait(outcome(9))
