@@ -35,6 +35,7 @@ from .errors import (
     ExecutorSpecError,
     RestartIntensityExceeded,
     ResumeError,
+    RunInUse,
     ScenarioFileError,
     primary_error,
 )
@@ -440,6 +441,14 @@ async def _run_observed(
                     file=sys.stderr,
                 )
             await _linger(settings.metrics_linger)
+    if summary["lost_outcomes"]:
+        print(
+            f"arcflow: {summary['lost_outcomes']} outcomes could be neither written nor kept in "
+            f"{rt.journal_path} (see the log above); the run is marked failed. Run again with "
+            f"--resume {rt.run_id} to re-run their scenarios",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if summary["in_journal_batches"]:
         print(
             f"arcflow: some outcomes could not be written and are kept in {rt.journal_path}; "
@@ -465,6 +474,7 @@ def _banner(
 
 
 _USAGE_ERRORS = (
+    RunInUse,
     ScenarioFileError,
     ExecutorSpecError,
     ConfigError,

@@ -5,6 +5,7 @@
     │   └── ExecutorSpecError     --executor names nothing usable
     ├── ScenarioFileError         the scenario file is malformed (file, line, reason; exit 2)
     ├── ResumeError               --resume found a changed scenario or an unknown run (exit 2)
+    ├── RunInUse                  another process holds the run (host, pid, since; exit 2)
     ├── DatabaseUnavailable       the database cannot be reached at start (exit 2)
     ├── RuntimeClosed             submit() after the runtime began to drain
     ├── PipelineFull              submit_nowait()/record_nowait() while the pipeline is full
@@ -57,6 +58,17 @@ class ScenarioFileError(ArcflowError):
 
 class ResumeError(ArcflowError):
     """A resumed run cannot go on (unknown run id, or changed scenarios without --force)."""
+
+
+class RunInUse(ArcflowError):
+    """Another process holds the run: a run is driven by one process at a time.
+
+    ``holder`` describes it (host, pid, since when) when it is known.
+    """
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        self.holder = holder
+        super().__init__(message)
 
 
 class DatabaseUnavailable(ArcflowError):

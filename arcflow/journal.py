@@ -94,6 +94,8 @@ class SpillJournal:
         self.size = 0
         #: Bytes cut from a torn tail when the journal was opened.
         self.torn_bytes = 0
+        #: Outcomes a salvage could not put here (the disk refused): lost, and the run failed.
+        self.lost_outcomes = 0
         self._lock = trio.Lock()
 
     @property
@@ -243,6 +245,7 @@ async def salvage(
         try:
             await journal.append(batch)
         except Exception as exc:
+            journal.lost_outcomes += len(outcomes)
             log.critical(
                 "%s: could not salvage %d outcomes into %s: %s: %s",
                 who,
@@ -253,6 +256,7 @@ async def salvage(
             )
             return
     if scope.cancelled_caught:
+        journal.lost_outcomes += len(outcomes)
         log.critical(
             "%s: salvaging %d outcomes into %s took over %gs; they are lost",
             who,

@@ -11,22 +11,28 @@ which reports use too.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from .errors import ArcflowError, ResumeError
+from .errors import ArcflowError, ResumeError, RunInUse
 from .models import RETRYABLE_STATUSES, Scenario, Status
 from .scenarios import iter_file
 from .store import Store
 
 log = logging.getLogger("arcflow.runs")
 
-__all__ = ["ResumePlan", "RunRecord", "plan_resume", "run_status"]
+__all__ = ["ResumePlan", "RunLock", "RunRecord", "plan_resume", "run_status"]
 
 
 @attrs.frozen
@@ -97,9 +103,13 @@ async def plan_resume(
     return ResumePlan(skip=frozenset(skip), first_attempts=first_attempts)
 
 
-def run_status(*, in_journal: int, failed: bool, stopped: bool) -> str:
-    """How a run ended: ``incomplete`` while anything is still in its journal, then
-    ``failed``, ``stopped`` (a stop request) or ``finished``."""
+def run_status(*, in_journal: int, failed: bool, stopped: bool, lost: int = 0) -> str:
+    """How a run ended: ``failed`` if an outcome was lost or an actor failed for good,
+    else ``incomplete`` while anything is still in its journal, then ``stopped`` (a stop
+    request) or ``finished``.  (A run whose process ended
+    without recording its end reads ``interrupted``: see :meth:`RunLock.mark_interrupted`.)"""
+    if lost:
+        return "failed"
     if in_journal:
         return "incomplete"
     if failed:
@@ -118,12 +128,15 @@ class RunRecord:
     suite: str | None = None
     suite_hash: str | None = None
     scenario_count: int | None = None
+    #: The row as it was before this start (a resumed run's), for :meth:`restore`.
+    previous: dict[str, Any] | None = None
 
     async def start(
         self, *, executor: Mapping[str, Any], config: Mapping[str, Any], resume: bool
     ) -> None:
         """Mark the run ``running``; a resume of a run the database does not know is refused."""
-        if resume and await self.store.get_run(self.run_id) is None:
+        self.previous = await self.store.get_run(self.run_id)
+        if resume and self.previous is None:
             raise ResumeError(
                 f"cannot resume run {self.run_id!r}: no such run in {self.store.redacted_dsn} "
                 "(check the id, and --db / --data-dir)"
@@ -137,9 +150,189 @@ class RunRecord:
             scenarios=self.scenario_count,
         )
 
+    async def restore(self) -> None:
+        """Put the row back as it was before :meth:`start` (a resume refused before it ran anything)."""
+        prev = self.previous
+        if prev is None:
+            return
+        try:
+            await self.store.restore_run(prev)
+        except ArcflowError as exc:
+            log.warning("run %s: could not restore the run's row: %s", self.run_id, exc)
+
     async def finish(self, *, status: str, summary: Mapping[str, Any]) -> None:
         """Record how the run ended; a database that cannot take it now is logged, not raised."""
         try:
             await self.store.finish_run(self.run_id, status=status, summary=summary)
         except ArcflowError as exc:
             log.warning("run %s: could not record the run's end: %s", self.run_id, exc)
+
+
+def _lock_key(run_id: str) -> int:
+    """The advisory lock key of a run (a signed 64-bit number derived from its id)."""
+    digest = hashlib.blake2b(
+        b"arcflow-run:" + run_id.encode("utf-8", "surrogatepass"), digest_size=8
+    )
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+class RunLock:
+    """One run, one owner: who holds a run, held for as long as the run goes.
+
+    * a PostgreSQL session advisory lock on a connection of its own (released
+      by the server if the process dies), and a row in ``arcflow.run_owners``
+      saying who holds it (host, pid, since when);
+    * an exclusive ``flock`` on ``<journal>.lock``, so two processes on one
+      machine never share a run's spill journal, even while the database is
+      down.
+
+    :meth:`acquire` raises :class:`RunInUse` naming the holder.  The lease
+    row has a heartbeat column, so that it can become a lease with expiry for
+    several workers sharing a run.
+    """
+
+    def __init__(self, dsn: str | None, run_id: str, journal_path: Path) -> None:
+        self.run_id = run_id
+        self.journal_path = Path(journal_path)
+        self._store = Store(dsn)
+        self._token = uuid.uuid4().hex
+        self._fd: int | None = None
+        self._locked = False
+
+    @property
+    def lock_path(self) -> Path:
+        """The file locked beside the journal."""
+        return self.journal_path.with_name(self.journal_path.name + ".lock")
+
+    @staticmethod
+    def describe_self() -> str:
+        """``host pid since`` of this process, as the holder of a run."""
+        return f"{socket.gethostname()} pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}"
+
+    async def acquire(self) -> None:
+        """Hold the run, or raise :class:`RunInUse` naming who holds it."""
+        await trio.to_thread.run_sync(self._lock_file)
+        try:
+            await self._lock_database()
+        except BaseException:
+            await trio.to_thread.run_sync(self._unlock_file)
+            with trio.move_on_after(5, shield=True):
+                await self._store.aclose()
+            raise
+
+    def _lock_file(self) -> None:
+        path = self.lock_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunInUse(
+                f"run {self.run_id!r} is already being run on this machine by {holder} "
+                f"(its journal {self.journal_path} is locked): wait for that process to end, "
+                f"or stop it; one run is driven by one process at a time",
+                holder=holder,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, self.describe_self().encode(), 0)
+        self._fd = fd
+
+    def _unlock_file(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases the flock
+
+    async def _lock_database(self) -> None:
+        key = _lock_key(self.run_id)
+        got = await self._store.fetchval("SELECT pg_try_advisory_lock($1::bigint)", key)
+        if not got:
+            row = await self._store.fetch(
+                "SELECT host, pid, acquired_at FROM arcflow.run_owners WHERE run_id = $1",
+                self.run_id,
+            )
+            holder = (
+                f"{row[0]['host']} pid {row[0]['pid']} since {row[0]['acquired_at'].isoformat(timespec='seconds')}"
+                if row
+                else "another process"
+            )
+            raise RunInUse(
+                f"run {self.run_id!r} is already being run by {holder} (database "
+                f"{self._store.redacted_dsn}): wait for that process to end, or stop it; "
+                "one run is driven by one process at a time",
+                holder=holder,
+            )
+        self._locked = True
+        await self._store.fetchval(
+            """
+            INSERT INTO arcflow.run_owners (run_id, host, pid, token)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (run_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+                token = EXCLUDED.token, acquired_at = now(), heartbeat_at = now(),
+                released_at = NULL
+            RETURNING 1
+            """,
+            self.run_id,
+            socket.gethostname(),
+            os.getpid(),
+            self._token,
+        )
+
+    async def mark_interrupted(self, limit: int = 100) -> list[str]:
+        """Runs left ``running`` by a process that ended without recording it: now ``interrupted``.
+
+        A run is left so when its process was killed, or the database was down
+        when it ended.  Only runs nobody holds are marked (their advisory lock
+        is free); returns their ids.
+        """
+        rows = await self._store.fetch(
+            "SELECT run_id FROM arcflow.runs WHERE status = 'running' AND run_id <> $1 "
+            "ORDER BY started_at LIMIT $2",
+            self.run_id,
+            limit,
+        )
+        marked: list[str] = []
+        for row in rows:
+            other = row["run_id"]
+            key = _lock_key(other)
+            if not await self._store.fetchval("SELECT pg_try_advisory_lock($1::bigint)", key):
+                continue  # a live process holds it
+            try:
+                done = await self._store.fetchval(
+                    "UPDATE arcflow.runs SET status = 'interrupted' "
+                    "WHERE run_id = $1 AND status = 'running' RETURNING run_id",
+                    other,
+                )
+            finally:
+                await self._store.fetchval("SELECT pg_advisory_unlock($1::bigint)", key)
+            if done:
+                marked.append(other)
+                log.warning(
+                    "run %s was left 'running' by a process that ended without recording it; "
+                    "marked 'interrupted' (resume it with --resume %s)",
+                    other,
+                    other,
+                )
+        return marked
+
+    async def release(self) -> None:
+        """Let the run go: the owner row says so, the locks are released.  Shielded, bounded."""
+        with trio.move_on_after(10, shield=True):
+            try:
+                if self._locked:
+                    await self._store.fetchval(
+                        "UPDATE arcflow.run_owners SET released_at = now() "
+                        "WHERE run_id = $1 AND token = $2 RETURNING 1",
+                        self.run_id,
+                        self._token,
+                    )
+                    await self._store.fetchval(
+                        "SELECT pg_advisory_unlock($1::bigint)", _lock_key(self.run_id)
+                    )
+            except ArcflowError as exc:  # the connection is gone: the server released the lock
+                log.info("run %s: could not record the release of the run: %s", self.run_id, exc)
+            finally:
+                self._locked = False
+                await self._store.aclose()
+                await trio.to_thread.run_sync(self._unlock_file)

@@ -39,14 +39,16 @@ from .errors import (
     ConfigError,
     DatabaseUnavailable,
     PipelineFull,
+    ResumeError,
     RuntimeClosed,
     arcflow_errors_unwrapped,
+    primary_error,
 )
 from .executors import Executor, parse_executor
 from .journal import SpillJournal
 from .models import Batch, BatchHook, FlushReason, Outcome, OutcomeHook, Scenario, new_batch_id
 from .pipeline import Pipeline
-from .runs import ResumePlan, RunRecord, plan_resume, run_status
+from .runs import ResumePlan, RunLock, RunRecord, plan_resume, run_status
 from .source import run_file_source
 from .stats import IntakeStats, RuntimeStatistics
 from .store import Store, open_store
@@ -229,6 +231,10 @@ class Runtime:
             )
             stack.push_async_callback(store.aclose)
             self._store = store
+            lock = RunLock(store.dsn, self.run_id, self._journal.path)
+            await lock.acquire()
+            stack.push_async_callback(lock.release)
+            await lock.mark_interrupted()
             if self.executor is not None:
                 await self.executor.start()
                 stack.push_async_callback(self._close_executor)
@@ -291,13 +297,28 @@ class Runtime:
                 raise
             finally:
                 self._finished_at = trio.current_time()
-                status = run_status(
-                    in_journal=self._journal.pending_batches,
-                    failed=failed is not None,
-                    stopped=pipeline.control.stopping,
-                )
                 with trio.move_on_after(10, shield=True):
-                    await record.finish(status=status, summary=self.summary())
+                    if self._refused_before_running(failed):
+                        await record.restore()  # a refused resume leaves the old row as it was
+                    else:
+                        status = run_status(
+                            in_journal=self._journal.pending_batches,
+                            failed=failed is not None,
+                            stopped=pipeline.control.stopping,
+                            lost=self._journal.lost_outcomes,
+                        )
+                        await record.finish(status=status, summary=self.summary())
+
+    def _refused_before_running(self, failed: BaseException | None) -> bool:
+        """A resume refused (changed scenarios) before anything was handed in."""
+        intake = self._intake
+        return (
+            self.resume
+            and failed is not None
+            and isinstance(primary_error(failed), ResumeError)
+            and intake.submitted == 0
+            and not intake.recorded
+        )
 
     async def _close_executor(self) -> None:
         assert self.executor is not None
@@ -472,6 +493,7 @@ class Runtime:
             "already_written": s.already_written,
             "dead_lettered": s.dead_lettered,
             "in_journal_batches": s.journal_batches,
+            "lost_outcomes": self._journal.lost_outcomes,
             "spilled_outcomes": s.spilled_outcomes,
             "replayed_outcomes": s.replayed_outcomes,
             "batches": sum(s.by_flush_reason.values()),

@@ -24,8 +24,10 @@ async def nul_output(scenario: Scenario) -> dict[str, Any]:
 
 
 async def by_input(scenario: Scenario) -> dict[str, Any] | None:
-    """Behaves as input.mode says: pass (default), fail, or error."""
+    """Behaves as input.mode says: pass (default), fail, error, or sleep input.seconds then pass."""
     mode = scenario.input.get("mode", "pass")
+    if mode == "sleep":
+        await trio.sleep(float(scenario.input.get("seconds", 1)))
     if mode == "error":
         raise RuntimeError("asked to error")
     if mode == "fail":

@@ -407,6 +407,24 @@ class Store:
             _dumps(dict(summary)),
         )
 
+    async def restore_run(self, row: Mapping[str, Any]) -> None:
+        """Write back a run's row as :meth:`get_run` returned it."""
+        await self.run(
+            _execute_aio,
+            """
+            UPDATE arcflow.runs SET status = $2, finished_at = $3, summary = $4, config = $5,
+                executor = $6, scenarios = $7
+            WHERE run_id = $1
+            """,
+            row["run_id"],
+            row["status"],
+            row["finished_at"],
+            row["summary"],
+            row["config"],
+            row["executor"],
+            row["scenarios"],
+        )
+
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row as a dict, or None."""
         row = await self.run(_fetchrow_aio, "SELECT * FROM arcflow.runs WHERE run_id = $1", run_id)

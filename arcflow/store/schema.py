@@ -100,6 +100,18 @@ MIGRATIONS: list[str] = [
         UNIQUE (run_id, scenario_id, attempt)
     );
     """,
+    # 2: who holds a run (one process at a time; see arcflow.runs.RunLock)
+    """
+    CREATE TABLE arcflow.run_owners (
+        run_id        text PRIMARY KEY,
+        host          text NOT NULL,
+        pid           integer NOT NULL,
+        token         text NOT NULL,
+        acquired_at   timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+        released_at   timestamptz
+    );
+    """,
 ]
 
 BOOTSTRAP = """
