@@ -25,7 +25,8 @@ Metric names (see docs/operations.md for the full table)::
     arcflow_spilled_outcomes_total, arcflow_replayed_outcomes_total
     arcflow_restarts_total{actor}, arcflow_breaker_transitions_total{from,to}
     arcflow_channel_depth{channel}, arcflow_pending_records, arcflow_running_scenarios
-    arcflow_breaker_state{state}, arcflow_journal_bytes, arcflow_batch_size
+    arcflow_breaker_state{state}, arcflow_journal_bytes, arcflow_journal_write_errors_total,
+    arcflow_batch_size
     arcflow_last_write_latency_seconds, arcflow_elapsed_seconds, arcflow_run_info{run_id}
     arcflow_batch_size_records, arcflow_write_latency_seconds,
     arcflow_scenario_duration_seconds           (histograms)
@@ -215,6 +216,11 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
         state.add_metric([name], 1.0 if s.breaker_state == name else 0.0)
     yield state
     yield gauge("arcflow_journal_bytes", "Bytes in the spill journal.", s.journal_bytes)
+    yield counter(
+        "arcflow_journal_write_errors",
+        "Spill journal appends that failed (disk full, read-only, I/O error) and were retried.",
+        s.journal_write_errors,
+    )
     yield gauge(
         "arcflow_batch_size",
         "Current batch size limit (moves with adaptive batching).",

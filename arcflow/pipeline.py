@@ -246,6 +246,7 @@ class Pipeline:
             breaker_transitions=dict(self.breaker.transitions),
             journal_bytes=self.journal.size,
             journal_batches=self.journal.pending_batches,
+            journal_error=self.writer.journal_error,
             restarts=dict(self.restarts),
             elapsed=elapsed,
             **attrs.asdict(self.writer_stats),

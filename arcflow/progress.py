@@ -222,12 +222,13 @@ class ProgressModel:
         return Field("breaker", text, style)
 
     def _journal(self, s: RuntimeStatistics) -> Field:
-        return Field(
-            "journal",
+        text = (
             f"{format_bytes(s.journal_bytes)} · {s.spilled_batches:,} batches spilled · "
-            f"{s.replayed_outcomes:,} outcomes replayed",
-            "yellow" if s.journal_bytes else "",
+            f"{s.replayed_outcomes:,} outcomes replayed"
         )
+        if s.journal_error:
+            return Field("journal", f"{text} · REFUSES WRITES: {s.journal_error}", "bold red")
+        return Field("journal", text, "yellow" if s.journal_bytes else "")
 
 
 def plain_line(fields: list[Field]) -> str:

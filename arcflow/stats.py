@@ -73,6 +73,10 @@ class RuntimeStatistics:
     batch_size: int
     #: Batches in the spill journal now, waiting to be replayed.
     journal_batches: int = 0
+    #: Journal appends that failed (disk full, read-only, I/O error) and were retried.
+    journal_write_errors: int = 0
+    #: What is wrong with the journal while it refuses writes (None when it takes them).
+    journal_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-safe dict."""

@@ -53,10 +53,14 @@ from .config import RetryPolicy, SupervisorConfig
 from .errors import DataWriteError, TransientWriteError, leaf_exceptions
 from .journal import SpillJournal, salvage
 from .models import Batch, BatchHook, Outcome
+from .retry import Backoff
 from .store import Store
 from .supervisor import supervise
 
 log = logging.getLogger("arcflow.writer")
+
+#: How a lane waits for a journal that refuses writes: no limit on tries, 30 s at most between.
+_JOURNAL_RETRY = Backoff(base=0.5, cap=30.0)
 
 
 @attrs.define
@@ -81,6 +85,8 @@ class WriterStats:
     spilled_outcomes: int = 0
     #: Outcomes replayed from the journal into PostgreSQL.
     replayed_outcomes: int = 0
+    #: Journal appends that failed (disk full, read-only, I/O error) and were retried.
+    journal_write_errors: int = 0
     #: Last write latency in seconds (0 before the first).
     last_write_latency: float = 0.0
 
@@ -131,6 +137,8 @@ class Writer:
         self._draining = False
         #: One replay at a time (a replay clears only what it wrote, so appends need no lock).
         self._replay_lock = trio.Lock()
+        #: What is wrong with the journal while it refuses writes (None when it takes them).
+        self.journal_error: str | None = None
 
     @property
     def in_flight(self) -> int:
@@ -264,25 +272,53 @@ class Writer:
     async def handle(self, batch: Batch, store: Store | None = None) -> bool:
         """Write ``batch`` (through ``store``, default the first lane's) or, if the database cannot take it now, spill it.
 
-        Returns True if it was written, False if it was spilled.
+        Returns True if it was written, False if it was spilled.  If the journal
+        cannot take it either (disk full, read-only, I/O error), the batch is
+        held: the lane pulls nothing more, so backpressure takes over, and it
+        tries the database and the journal again with backoff until one of
+        them takes the batch, saying loudly what is wrong.
         """
         store = store or self.stores[0]
-        if self.breaker.allow():
+        tries = None
+        while True:
+            if self.breaker.allow():
+                try:
+                    await self._write_isolating(store, batch, "live", 1)
+                except TransientWriteError as exc:
+                    log.warning(
+                        "run %s batch %s: giving up writing for now (%s); spilling %d outcomes",
+                        self.run_id,
+                        batch.id,
+                        exc,
+                        len(batch),
+                    )
+                else:
+                    self.stats.batches_written += 1
+                    self.journal_error = None
+                    return True
             try:
-                await self._write_isolating(store, batch, "live", 1)
-            except TransientWriteError as exc:
-                log.warning(
-                    "run %s batch %s: giving up writing for now (%s); spilling %d outcomes",
+                await self.spill(batch)
+            except OSError as exc:
+                self.stats.journal_write_errors += 1
+                self.journal_error = f"{exc.strerror or exc} ({self.journal.path})"
+                tries = tries or _JOURNAL_RETRY.start(rng=self.rng)
+                delay = tries.next_delay() or _JOURNAL_RETRY.cap
+                log.error(
+                    "run %s batch %s: the database cannot take %d outcomes and the spill "
+                    "journal cannot either: %s; holding them (nothing more is taken in) and "
+                    "trying again in %.1fs; free space on that disk or make it writable",
                     self.run_id,
                     batch.id,
-                    exc,
                     len(batch),
+                    self.journal_error,
+                    delay,
                 )
-            else:
-                self.stats.batches_written += 1
-                return True
-        await self.spill(batch)
-        return False
+                await trio.sleep(delay)
+                continue
+            if tries is not None:
+                log.warning("run %s: the spill journal takes batches again", self.run_id)
+            self.journal_error = None
+            return False
 
     async def spill(self, batch: Batch) -> None:
         """Append ``batch`` to the journal (durable when this returns)."""

@@ -441,3 +441,64 @@ async def test_journal_cap_turns_into_backpressure(
     counts = await final_counts(own_pg.dsn, run_id)
     assert len(counts) == accepted and set(counts.values()) == {1}
     assert rt.statistics().journal_batches == 0
+
+
+async def test_a_journal_that_refuses_writes_turns_into_backpressure(
+    own_pg: TemporaryPostgres, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database down and the journal's disk full: the writer holds its batches, intake waits, the
+    first partial write is cut back, and once space returns every outcome is kept and written."""
+    import errno
+
+    from arcflow.journal import SpillJournal
+
+    real_write = os.write
+    disk = {"full": False, "partial": 0}
+
+    def write(fd: int, data: Any) -> int:
+        if disk["full"] and len(data) > 16:
+            if disk["partial"] == 0:  # the first failing append gets half its bytes out
+                disk["partial"] = real_write(fd, bytes(data)[: len(data) // 2])
+                return disk["partial"]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("arcflow.journal.os.write", write)
+    async with arcflow.Runtime(
+        arcflow.PythonExecutor(slow),
+        own_pg.dsn,
+        run_id=run_id,
+        batch_size=5,
+        concurrency=2,
+        work_buffer=4,
+        outcome_buffer=2,
+        flush_interval=0.1,
+        retry=RetryPolicy(max_retries=0),
+        breaker=BreakerConfig(failure_threshold=1, cooldown=0.3),
+        data_dir=tmp_path,
+        statement_timeout=2,
+    ) as rt:
+        await trio.to_thread.run_sync(own_pg.stop)
+        disk["full"] = True
+        accepted = 0
+        with trio.move_on_after(4):
+            while True:
+                await rt.submit(Scenario(id=f"s{accepted:04d}", input={"sleep": 0.001}))
+                accepted += 1
+        stats = rt.statistics()
+        assert stats.journal_write_errors >= 2 and "No space left" in (stats.journal_error or "")
+        assert stats.batch_queue == 1 and stats.work_queue == 4  # backpressure, not loss
+        with pytest.raises(trio.WouldBlock):
+            rt.submit_nowait(Scenario(id="one-more"))
+        disk["full"] = False
+        with trio.fail_after(20):
+            while rt.statistics().journal_error is not None:
+                await trio.sleep(0.05)
+        # Nothing half-written was left in the file: it reopens clean, every entry valid.
+        check = SpillJournal(rt.journal_path)
+        await check.open()
+        assert check.torn_bytes == 0 and check.pending_batches == rt.statistics().journal_batches
+        await trio.to_thread.run_sync(own_pg.start)
+    counts = await final_counts(own_pg.dsn, run_id)
+    assert len(counts) == accepted and set(counts.values()) == {1}
+    assert rt.statistics().journal_batches == 0 and rt.statistics().journal_error is None
