@@ -3,30 +3,34 @@
 Each scenario gets a fresh sandbox running ``COMMAND ARGS``; the contract is
 the ``process:`` executor's: scenario JSON on the command's stdin, a JSON
 result on its stdout, logs on stderr, and the same outcome mapping (see
-:func:`arcflow.executors.process.result_from_output`).
+:func:`arcflow.executors.output.result_from_output`; bytes that are not UTF-8
+are replaced, as there).
 
-Modal's client is asyncio; arcflow is trio.  Calls go through Modal's
-``.aio`` API wrapped in :func:`trio_asyncio.aio_as_trio`, inside the
-trio-asyncio loop that the runtime opens once at the top.  Neither ``modal``
-nor ``trio_asyncio`` is imported until :meth:`ModalExecutor.start`, so
-``import arcflow`` never patches asyncio.
+Modal's client is asyncio on an event loop of its own; arcflow is trio.  Each
+attempt crosses to that loop twice (create, then run to completion), each time
+as one coroutine cancelled as a unit (:mod:`.bridge`, :mod:`.lifecycle`).
+Neither ``modal`` nor ``trio_asyncio`` is imported until :meth:`ModalExecutor.start`.
 
 What protects your Modal bill and quota:
 
-* a creation-rate limit (``max_creations_per_second``, a token bucket on
-  trio's clock shared by every producer) and a cap on sandboxes being created
-  at once (``max_starting``);
-* creations refused for rate limit or capacity (Modal raises
-  ``modal.exception.ResourceExhaustedError``) are retried with exponential
-  backoff and full jitter, ``create_attempts`` times in all;
-* the creation call itself is shielded from cancellation (for at most
-  ``create_timeout_s``), because a sandbox the server already made would
-  otherwise be unknown to us and run until its own timeout;
-* ``terminate()`` runs in a shielded ``finally`` (at most
-  ``terminate_timeout_s``) whenever the sandbox did not exit on its own:
-  timeouts and cancellations never leak a sandbox;
-* every sandbox gets a lifetime (``timeout_s``, or the attempt's timeout plus
-  a margin) so even a lost client cannot keep it running.
+* an adaptive creation rate shared by every producer (:mod:`.rate`): it starts at
+  what a new account allows, grows while creations succeed, falls on
+  RESOURCE_EXHAUSTED (honouring Modal's retry-after hint), never above
+  ``max_creations_per_second``; and a cap on sandboxes being created at once;
+* refused creations are retried (for at most ``create_retry_s`` per attempt), and so
+  are creations that fail because the control plane is unreachable or failing (with
+  backoff, for at most ``outage_retry_s``);
+* cancellation (timeout, Ctrl-C) terminates the sandbox at once; a creation in
+  flight is waited for (bounded) and what it made is terminated;
+* a sandbox that cannot be terminated now (control plane lost) keeps its id in the
+  outcome and is terminated in the background once Modal answers; creations whose
+  fate is unknown are found by their tags; at the end of the run, whatever this
+  process left running is found by its tags and terminated;
+* every sandbox is tagged (``arcflow-run``, ``arcflow-scenario``, ``arcflow-attempt``,
+  ``arcflow-client``), so ``--resume RUN_ID`` and ``python -m arcflow modal sweep
+  RUN_ID`` terminate what a crashed process left;
+* every sandbox gets a lifetime (``timeout_s``, or the attempt's timeout plus a
+  margin) so even a lost client cannot keep it running.
 """
 
 from __future__ import annotations
@@ -36,24 +40,27 @@ import logging
 import math
 import random
 import shlex
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from ...errors import ExecutorSpecError, leaf_exceptions
+from ...errors import ExecutorSpecError
 from ...models import ExecutionResult, Scenario, Status
 from ..base import ExecutionContext, Executor
 from ..output import OutputCapture, result_from_output
-from ..ratelimit import RateLimiter
 from .config import ModalConfig
+from .lifecycle import TAG_ATTEMPT, TAG_CLIENT, TAG_MARK, TAG_RUN, TAG_SCENARIO, TAG_TRY
+from .rate import CreationRate
 from .sandboxes import (
+    CreatedSandbox,
     SandboxCreationThrottled,
-    SandboxFactory,
-    SandboxHandle,
-    SandboxLifetimeExceeded,
+    SandboxCreationUnavailable,
+    SandboxReport,
     SandboxRequest,
+    SandboxRunner,
 )
 from .sdk import ModalBackend
 
@@ -63,14 +70,33 @@ logger = logging.getLogger("arcflow.executors.modal")
 DEFAULT_SANDBOX_TIMEOUT_S = 300
 #: Seconds a sandbox may outlive its attempt's timeout: the producer cancels first.
 SANDBOX_TIMEOUT_MARGIN_S = 30
+#: Longest tag value sent (longer scenario ids are cut, keeping a hash of the whole).
+_TAG_VALUE_MAX = 200
+
+
+@attrs.define
+class ModalStats:
+    """The executor's counters, read by :meth:`ModalExecutor.statistics`."""
+
+    #: Creation calls sent, creations that succeeded, refused (RESOURCE_EXHAUSTED),
+    #: and failed because the control plane was unreachable or failing.
+    creation_calls: int = 0
+    created: int = 0
+    refused: int = 0
+    unavailable: int = 0
+    #: Attempts that gave up creating (refused or unreachable for too long, or another error).
+    creation_failures: int = 0
+    #: Sandboxes running now (created, not finished), and sandboxes terminated on cancellation.
+    running: int = 0
+    terminated: int = 0
 
 
 class ModalExecutor(Executor):
     """Runs ``command`` in a new Modal Sandbox per scenario.
 
-    ``sandbox_factory`` replaces Modal itself (tests, other sandbox providers):
-    when given, :meth:`start` checks no Modal credentials and imports nothing.
-    ``rng`` is the random source of the creation backoff's jitter.
+    ``runner`` replaces Modal itself (tests, other sandbox providers): when given,
+    :meth:`start` checks no Modal credentials and imports nothing.  ``rng`` is the
+    random source of the retry backoffs' jitter.
     """
 
     kind = "modal"
@@ -80,7 +106,7 @@ class ModalExecutor(Executor):
         command: Sequence[str],
         config: ModalConfig | None = None,
         *,
-        sandbox_factory: SandboxFactory | None = None,
+        runner: SandboxRunner | None = None,
         rng: random.Random | None = None,
     ) -> None:
         argv = [str(part) for part in command]
@@ -90,16 +116,25 @@ class ModalExecutor(Executor):
                 "for example modal:python /app/score.py"
             )
         self.command: tuple[str, ...] = tuple(argv)
-        self.config = config or ModalConfig()
-        self._backend: ModalBackend | None = None
-        if sandbox_factory is None:
-            self._backend = ModalBackend(self.config)
-            sandbox_factory = self._backend.create
-        self._create_sandbox: SandboxFactory = sandbox_factory
-        self._rate = RateLimiter(self.config.max_creations_per_second, self.config.creation_burst)
-        self._starting = trio.CapacityLimiter(self.config.max_starting)
+        self.config = cfg = config or ModalConfig()
+        #: Tag value marking this process's sandboxes (``arcflow-client``).
+        self.client_tag = uuid.uuid4().hex[:16]
+        self.backend: ModalBackend | None = None
+        if runner is None:
+            self.backend = ModalBackend(cfg, client_tag=self.client_tag)
+            runner = self.backend
+        self._runner: SandboxRunner = runner
+        self.rate = CreationRate(
+            cfg.initial_rate,
+            ceiling=cfg.rate_ceiling,
+            floor=min(0.2, cfg.initial_rate),
+            burst=cfg.creation_burst,
+            interval=cfg.rate_interval_s,
+            decrease=cfg.rate_decrease,
+        )
+        self._starting = trio.Semaphore(cfg.max_starting)
         self._rng = rng or random.Random()
-        self._backoff = self.config.creation_backoff()
+        self.stats = ModalStats()
 
     @classmethod
     def from_spec(cls, rest: str, **options: Any) -> ModalExecutor:
@@ -116,26 +151,62 @@ class ModalExecutor(Executor):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "command": list(self.command), **attrs.asdict(self.config)}
 
+    def statistics(self) -> dict[str, float]:
+        """The current creation rate, refusals and the sandboxes running, for display and metrics."""
+        s = self.stats
+        out: dict[str, float] = {
+            "modal_creation_rate": round(self.rate.rate, 3),
+            "modal_creations": s.created,
+            "modal_creation_refusals": s.refused,
+            "modal_creation_unavailable": s.unavailable,
+            "modal_sandboxes_running": s.running,
+            "modal_sandboxes_terminated": s.terminated,
+        }
+        if self.backend is not None:
+            reaper = self.backend.reaper_stats
+            out["modal_terminations_pending"] = (
+                reaper.pending - reaper.terminated_later if reaper.pending else 0
+            )
+            out["modal_orphans_terminated"] = reaper.orphans_terminated + reaper.swept
+        return out
+
     async def start(self) -> None:
         """Check credentials, look up the app and build the image, before any scenario.
 
         Raises :class:`ConfigError` when credentials are missing or rejected.
         """
-        if self._backend is not None:
-            await self._backend.start()
+        if self.backend is not None:
+            await self.backend.start()
+
+    async def begin_run(self, run_id: str, *, resume: bool) -> None:
+        """On ``--resume``: terminate the run's sandboxes a process that died left running."""
+        if not resume or self.backend is None:
+            return
+        found, terminated = await self.backend.sweep({TAG_RUN: run_id})
+        if found:
+            logger.warning(
+                "modal: run %s: terminated %d of %d sandbox(es) still running from before",
+                run_id,
+                len(terminated),
+                len(found),
+            )
+
+    async def aclose(self) -> None:
+        """Terminate what this process left running (found by its tag), bounded."""
+        if self.backend is not None:
+            await self.backend.aclose()
+
+    # -- one attempt ----------------------------------------------------------------------
 
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
-        state = _SandboxRun(
-            details={
-                "kind": self.kind,
-                "command": list(self.command),
-                "app": self.config.app_name,
-                "sandbox_id": None,
-                "exit_code": None,
-                "creation_attempts": 0,
-            },
-            known=context.details,
-        )
+        details: dict[str, Any] = {
+            "kind": self.kind,
+            "command": list(self.command),
+            "app": self.config.app_name,
+            "sandbox_id": None,
+            "exit_code": None,
+            "creation_attempts": 0,
+        }
         request = SandboxRequest(
             command=self.command,
             timeout_s=self._sandbox_timeout(context),
@@ -143,23 +214,30 @@ class ModalExecutor(Executor):
             run_id=context.run_id,
             attempt=context.attempt,
         )
+        created = await self._create(request, details)
+        if isinstance(created, ExecutionResult):
+            return created
+        sandbox_id = created.object_id
+        details["sandbox_id"] = sandbox_id
+        context.details.update(details)
+        report = SandboxReport(
+            stdout=OutputCapture(self.config.stdout_limit, keep="head"),
+            stderr=OutputCapture(self.config.stderr_limit, keep="tail"),
+        )
+        payload = json.dumps(scenario.to_json()).encode()
+        self.stats.running += 1
         try:
-            try:
-                await self._create_with_retries(request, state)
-            except SandboxCreationThrottled as exc:
-                return state.error(
-                    "SandboxCreationThrottled",
-                    f"Modal refused to create the sandbox {state.details['creation_attempts']} "
-                    f"times (rate limit or no capacity): {exc}",
-                )
-            except Exception as exc:
-                return state.error(type(exc).__name__, f"cannot create the sandbox: {exc}")
-            assert state.sandbox is not None
-            return await self._exchange(state, scenario)
+            await self._runner.finish(created, payload, report)
+        except Exception as exc:
+            details.update(report.details())
+            return _error(details, type(exc).__name__, f"sandbox {sandbox_id}: {exc}")
         finally:
-            if state.sandbox is not None and not state.exited:
-                # _terminate runs under move_on_after(terminate_timeout_s, shield=True) itself.
-                await self._terminate(state.sandbox)  # noqa: ASYNC102 - shielded and bounded inside
+            self.stats.running -= 1
+            if report.terminated:
+                self.stats.terminated += 1
+            details.update(report.details())
+            context.details.update(details)
+        return self._result(report, details, sandbox_id)
 
     def _sandbox_timeout(self, context: ExecutionContext) -> int:
         """The sandbox lifetime: configured, else the attempt's timeout plus a margin."""
@@ -169,179 +247,128 @@ class ModalExecutor(Executor):
             return math.ceil(context.timeout_s) + SANDBOX_TIMEOUT_MARGIN_S
         return DEFAULT_SANDBOX_TIMEOUT_S
 
-    async def _create_with_retries(self, request: SandboxRequest, state: _SandboxRun) -> None:
-        """Create the sandbox into ``state.sandbox``.
+    def _tags(self, request: SandboxRequest) -> dict[str, str]:
+        return {
+            TAG_MARK: "1",
+            TAG_RUN: _tag_value(request.run_id),
+            TAG_SCENARIO: _tag_value(request.scenario_id),
+            TAG_ATTEMPT: str(request.attempt),
+            TAG_CLIENT: self.client_tag,
+            TAG_TRY: uuid.uuid4().hex[:16],
+        }
 
-        Retries :class:`SandboxCreationThrottled` up to ``create_attempts``
-        times in all, sleeping with exponential backoff and full jitter between
-        attempts.  Escalates the last throttle error, and any other error at once.
-        """
-        attempts = self.config.create_attempts
-        for attempt in range(1, attempts + 1):
-            state.details["creation_attempts"] = attempt
+    async def _create(
+        self, request: SandboxRequest, details: dict[str, Any]
+    ) -> CreatedSandbox | ExecutionResult:
+        """Create the sandbox, retrying refusals and outages; an error result when it gives up."""
+        cfg = self.config
+        stats = self.stats
+        refusals = cfg.refusal_backoff().start(rng=self._rng)
+        outage = cfg.outage_backoff().start(rng=self._rng)
+        refused = unavailable = 0
+        while True:
+            delay: float | None = None
+            details["creation_attempts"] += 1
             try:
-                await self._create_once(request, state)
-                return
+                async with self._starting:
+                    await self.rate.acquire()
+                    stats.creation_calls += 1
+                    sandbox = await self._runner.create(
+                        attrs.evolve(request, tags=self._tags(request))
+                    )
             except SandboxCreationThrottled as exc:
-                if attempt == attempts:
-                    raise
-                delay = self._backoff.delay(attempt, self._rng)
+                stats.refused += 1
+                refused += 1
+                details["creation_refusals"] = refused
+                self.rate.refused(exc.retry_after)
+                if refusals.elapsed >= cfg.create_retry_s:
+                    stats.creation_failures += 1
+                    return _error(
+                        details,
+                        "SandboxCreationThrottled",
+                        f"Modal refused to create the sandbox {refused} times in "
+                        f"{refusals.elapsed:.0f}s (rate limit or no capacity; "
+                        f"ModalConfig.create_retry_s): {exc}",
+                    )
+                if exc.retry_after is None:
+                    # No hint (no capacity, too many running): back off before the next try.
+                    delay = refusals.next_delay()
+                logger.debug("scenario %r: creation refused (%s)", request.scenario_id, exc)
+            except SandboxCreationUnavailable as exc:
+                stats.unavailable += 1
+                unavailable += 1
+                details["creation_unavailable"] = unavailable
+                delay = outage.next_delay()
+                if delay is None:
+                    stats.creation_failures += 1
+                    return _error(
+                        details,
+                        "ModalUnavailable",
+                        f"could not reach Modal to create the sandbox for {outage.elapsed:.0f}s "
+                        f"({unavailable} tries; ModalConfig.outage_retry_s): {exc}",
+                    )
                 logger.info(
-                    "sandbox creation for scenario %r throttled (%s); retry %d/%d in %.1fs",
+                    "scenario %r: creation failed (%s); retry in %.1fs",
                     request.scenario_id,
                     exc,
-                    attempt,
-                    attempts - 1,
                     delay,
                 )
+            except Exception as exc:
+                stats.creation_failures += 1
+                return _error(details, type(exc).__name__, f"cannot create the sandbox: {exc}")
+            else:
+                stats.created += 1
+                self.rate.succeeded()
+                return sandbox
+            if delay:
                 await trio.sleep(delay)
 
-    async def _create_once(self, request: SandboxRequest, state: _SandboxRun) -> None:
-        """One creation: within the starting cap and the creation rate, shielded.
-
-        The shield keeps a cancellation from abandoning a creation the server
-        may already have carried out: the caller's ``finally`` then sees the
-        sandbox in ``state`` and terminates it.  Raises ``trio.TooSlowError``
-        after ``create_timeout_s``.
-        """
-        async with self._starting:
-            await self._rate.acquire()
-            with trio.move_on_after(self.config.create_timeout_s, shield=True) as scope:
-                state.sandbox = await self._create_sandbox(request)
-                state.details["sandbox_id"] = state.sandbox.object_id
-                state.known.update(state.details)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError(
-                    f"Modal did not create the sandbox within {self.config.create_timeout_s:g}s "
-                    "(ModalConfig.create_timeout_s)"
-                )
-
-    async def _exchange(self, state: _SandboxRun, scenario: Scenario) -> ExecutionResult:
-        """Send the scenario, read stdout and stderr, wait for the exit, map the outcome."""
-        sandbox = state.sandbox
-        assert sandbox is not None
-        stdout = OutputCapture(self.config.stdout_limit, keep="head")
-        stderr = OutputCapture(self.config.stderr_limit, keep="tail")
-        payload = json.dumps(scenario.to_json()).encode()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(state.send_input, payload)
-                nursery.start_soon(_read_chunks, sandbox.stdout(), stdout)
-                nursery.start_soon(_read_chunks, sandbox.stderr(), stderr)
-                nursery.start_soon(state.wait_for_exit)
-        except Exception as exc:
-            error_type, message = _describe_error(exc)
-            return state.error(
-                error_type, f"lost contact with sandbox {sandbox.object_id}: {message}"
-            )
-        if state.lifetime_exceeded:
-            return state.error(
+    def _result(
+        self, report: SandboxReport, details: dict[str, Any], sandbox_id: str
+    ) -> ExecutionResult:
+        """Map how the sandbox ended to a result (as the process executor does)."""
+        if report.error is not None:
+            error_type, message = report.error
+            return _error(details, error_type, message)
+        if report.lifetime_exceeded:
+            return _error(
+                details,
                 "SandboxTimeout",
-                f"sandbox {sandbox.object_id} reached its lifetime of "
-                f"{self._sandbox_timeout_hint()} and Modal stopped it",
+                f"sandbox {sandbox_id} reached its lifetime of {self._lifetime_hint()} "
+                "and Modal stopped it",
                 status=Status.TIMEOUT,
             )
-        assert state.exit_code is not None
+        assert report.exit_code is not None
         result = result_from_output(
-            exit_code=state.exit_code,
-            stdout=stdout,
-            stderr=stderr,
-            details=state.details,
+            exit_code=report.exit_code,
+            stdout=report.stdout,
+            stderr=report.stderr,
+            details=details,
             subject="sandbox command",
         )
-        if state.input_error is not None and result.status is Status.ERROR:
-            note = f" (writing the scenario to stdin failed: {state.input_error})"
+        if report.input_error is not None and result.status is Status.ERROR:
+            note = f" (writing the scenario to stdin failed: {report.input_error})"
             result = attrs.evolve(result, error_message=f"{result.error_message}{note}")
         return result
 
-    def _sandbox_timeout_hint(self) -> str:
+    def _lifetime_hint(self) -> str:
         if self.config.timeout_s is not None:
             return f"{self.config.timeout_s}s (ModalConfig.timeout_s)"
         return "its timeout"
 
-    async def _terminate(self, sandbox: SandboxHandle) -> None:
-        """Terminate a sandbox that did not exit on its own.
 
-        Shielded and bounded by ``terminate_timeout_s``; a failure is logged,
-        not raised (the sandbox still stops at its own lifetime).
-        """
-        with trio.move_on_after(self.config.terminate_timeout_s, shield=True) as scope:
-            try:
-                await sandbox.terminate()
-            except Exception as exc:
-                logger.warning(
-                    "could not terminate sandbox %s: %s: %s; it stops at its own timeout",
-                    sandbox.object_id,
-                    type(exc).__name__,
-                    exc,
-                )
-        if scope.cancelled_caught:
-            logger.warning(
-                "terminating sandbox %s took over %gs; it stops at its own timeout",
-                sandbox.object_id,
-                self.config.terminate_timeout_s,
-            )
+def _error(
+    details: dict[str, Any], error_type: str, message: str, status: Status = Status.ERROR
+) -> ExecutionResult:
+    return ExecutionResult(
+        status=status, error_type=error_type, error_message=message, executor=dict(details)
+    )
 
 
-@attrs.define
-class _SandboxRun:
-    """What one run knows about its sandbox; read by its ``finally``."""
+def _tag_value(value: str) -> str:
+    if len(value) <= _TAG_VALUE_MAX:
+        return value
+    import hashlib
 
-    details: dict[str, Any]
-    #: The attempt's ``ExecutionContext.details``: the sandbox id is copied there as
-    #: soon as it is known, so a timed-out or cancelled attempt still records it.
-    known: dict[str, Any] = attrs.field(factory=dict)
-    sandbox: SandboxHandle | None = None
-    exit_code: int | None = None
-    exited: bool = False
-    lifetime_exceeded: bool = False
-    input_error: str | None = None
-
-    async def send_input(self, payload: bytes) -> None:
-        """Send the scenario; a failure is noted, not raised.
-
-        A command that exits without reading stdin is judged by its exit code
-        and stdout, as with the process executor.
-        """
-        assert self.sandbox is not None
-        try:
-            await self.sandbox.send_input(payload)
-        except Exception as exc:
-            self.input_error = f"{type(exc).__name__}: {exc}"
-            logger.debug("sandbox %s: %s", self.sandbox.object_id, self.input_error)
-
-    async def wait_for_exit(self) -> None:
-        """Wait for the sandbox to finish and record how."""
-        assert self.sandbox is not None
-        try:
-            self.exit_code = await self.sandbox.wait()
-        except SandboxLifetimeExceeded:
-            self.lifetime_exceeded = True
-        self.exited = True
-        self.details["exit_code"] = self.exit_code
-
-    def error(
-        self, error_type: str, message: str, status: Status = Status.ERROR
-    ) -> ExecutionResult:
-        return ExecutionResult(
-            status=status,
-            error_type=error_type,
-            error_message=message,
-            executor=dict(self.details),
-        )
-
-
-async def _read_chunks(chunks: AsyncIterator[bytes | str], capture: OutputCapture) -> None:
-    """Read a sandbox stream to EOF into ``capture`` (beyond its limit, read and drop)."""
-    async for chunk in chunks:
-        capture.feed(chunk)
-
-
-def _describe_error(exc: BaseException) -> tuple[str, str]:
-    """(type name, message) of the first real error inside nursery exception groups."""
-    leaves = leaf_exceptions(exc)
-    first = leaves[0]
-    message = str(first) or repr(first)
-    if len(leaves) > 1:
-        message += f" (and {len(leaves) - 1} more error(s))"
-    return type(first).__name__, message
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    return f"{value[: _TAG_VALUE_MAX - 17]}~{digest}"

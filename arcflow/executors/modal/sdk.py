@@ -1,188 +1,204 @@
-"""The real Modal backend: ``modal.Sandbox`` driven through Modal's ``.aio`` API from trio.
+"""The real Modal backend: sandboxes made and run through Modal's ``.aio`` API from trio.
 
-Every call crosses into asyncio through :func:`trio_asyncio.aio_as_trio`
-inside the trio-asyncio loop that the runtime opens once at the top.
-Neither ``modal`` nor ``trio_asyncio`` is imported before
-:meth:`ModalBackend.start`, so importing arcflow never patches asyncio.
+:class:`ModalBackend` is the :class:`~.sandboxes.SandboxRunner` of
+:class:`~.executor.ModalExecutor`.  Each of its calls crosses once from trio to the
+modal SDK's own event loop (:mod:`.bridge`) and runs there as one coroutine of
+:class:`~.lifecycle.SandboxOps`: one crossing to create a sandbox, one to run it to
+completion, each cancelled as a unit.
+
+Neither ``modal`` nor ``trio_asyncio`` is imported before :meth:`ModalBackend.start`
+(or :meth:`~ModalBackend.connect`), so importing arcflow never patches asyncio.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+import os
+import resource
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import trio
 
-from ..._trio_asyncio import import_trio_asyncio
 from ...errors import ConfigError
+from . import _internals
+from .bridge import LoopBridge
 from .config import ModalConfig
 from .credentials import MISSING_CREDENTIALS_HELP, find_modal_credentials
-from .sandboxes import (
-    SandboxCreationThrottled,
-    SandboxHandle,
-    SandboxLifetimeExceeded,
-    SandboxRequest,
-)
-
-if TYPE_CHECKING:  # pragma: no cover
-    import modal
+from .lifecycle import Opened, ReaperStats, SandboxOps
+from .sandboxes import CreatedSandbox, SandboxReport, SandboxRequest
 
 logger = logging.getLogger("arcflow.executors.modal")
 
+T = TypeVar("T")
+
+#: The SDK retries a throttled call by itself, without limit, unless this is 0: arcflow
+#: sets it (when the user did not) so that refusals reach its adaptive creation rate.
+THROTTLE_ENV = "MODAL_MAX_THROTTLE_WAIT"
+#: Seconds the end-of-run sweep of this process's sandboxes may take.
+CLOSE_TIMEOUT_S = 8.0
+#: Extra seconds a cancelled call gets beyond its own bounded clean-up.
+_UNWIND_MARGIN_S = 5.0
+#: Open files wanted at most (each running sandbox holds one connection).
+_NOFILE_WANTED = 65536
+
 
 class ModalBackend:
-    """Creates ``modal.Sandbox`` objects through Modal's ``.aio`` API from trio.
+    """Creates and runs ``modal.Sandbox`` objects from trio; one per attempt.
 
-    :meth:`start` must run inside a trio-asyncio loop (``arcflow.Runtime``
-    opens one); it imports ``modal`` and ``trio_asyncio`` lazily.
+    ``client_tag`` marks the sandboxes of this process (tag ``arcflow-client``), so that
+    what is left at the end of the run (or after a crash, with the run's tag) is found.
     """
 
-    def __init__(self, config: ModalConfig) -> None:
+    def __init__(self, config: ModalConfig, *, client_tag: str) -> None:
         self.config = config
+        self.ops = SandboxOps(config, client_tag=client_tag)
+        self._bridge: LoopBridge | None = None
         self._modal: Any = None
-        self._aio: Callable[[Any], Any] | None = None
-        self._app: Any = None
-        self._image: Any = None
-        self._secrets: list[Any] = []
-        self._start_lock = trio.Lock()
+        self._source = ""
+        self._prepared = False
+        self._lock = trio.Lock()
+
+    # -- start --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Credentials, ``import modal``, the SDK's loop and the app; once.
+
+        Raises :class:`ConfigError` for missing or rejected credentials, or modal not
+        installed (or a modal release whose internals arcflow does not know).
+        """
+        if self._bridge is not None:
+            return
+        self._source = await trio.to_thread.run_sync(find_modal_credentials)
+        try:
+            modal_ = await trio.to_thread.run_sync(importlib.import_module, "modal")
+        except ImportError as exc:
+            raise ConfigError(
+                "the modal: executor needs the modal package: pip install 'arcflow[modal]'"
+            ) from exc
+        try:
+            _internals.check(modal_)
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+        _own_throttling()
+        _raise_open_files_limit()
+        loop = await trio.to_thread.run_sync(_internals.sdk_loop)
+        bridge = LoopBridge(loop)
+        self._modal = modal_
+        await self._call(bridge, lambda: self.ops.connect(modal_), "looking up the app")
+        self._bridge = bridge
 
     async def start(self) -> None:
-        """Credentials, imports, app lookup, image build and secret lookup; once.
+        """:meth:`connect`, then resolve the secrets and build the image; once.
 
-        Raises :class:`ConfigError` for missing or rejected credentials,
-        unknown secrets, a failed image build, or modal not installed.
+        Raises :class:`ConfigError` for credentials, unknown secrets, a failed image build.
         """
-        async with self._start_lock:
-            if self._app is not None:
+        async with self._lock:
+            if self._prepared:
                 return
-            source = await trio.to_thread.run_sync(find_modal_credentials)
-            self._modal, self._aio = await _import_modal()
-            try:
-                await self._prepare()
-            except self._modal.exception.AuthError as exc:
-                raise ConfigError(
-                    f"Modal rejected the credentials from {source}: {exc}. "
-                    f"{MISSING_CREDENTIALS_HELP}"
-                ) from exc
-            logger.info("modal: app %r ready, credentials from %s", self.config.app_name, source)
+            await self.connect()
+            assert self._bridge is not None
+            await self._call(self._bridge, self.ops.prepare, "preparing the image and secrets")
+            self._prepared = True
+            logger.info(
+                "modal: app %r ready, credentials from %s", self.config.app_name, self._source
+            )
 
-    async def _prepare(self) -> None:
+    async def _call(
+        self, bridge: LoopBridge, fn: Callable[[], Coroutine[Any, Any, T]], what: str
+    ) -> T:
         modal_ = self._modal
-        aio = self._aio
-        assert aio is not None
-        app = await aio(modal_.App.lookup.aio)(self.config.app_name, create_if_missing=True)
-        secrets = []
-        for name in self.config.secrets:
-            secret = modal_.Secret.from_name(name)
-            try:
-                await aio(secret.hydrate.aio)()
-            except modal_.exception.NotFoundError as exc:
-                raise ConfigError(
-                    f"Modal secret {name!r} not found (ModalConfig.secrets): create it with "
-                    f"`modal secret create {name} KEY=VALUE`"
-                ) from exc
-            secrets.append(secret)
-        image = (
-            modal_.Image.from_registry(self.config.image)
-            if self.config.image
-            else modal_.Image.debian_slim()
-        )
-        if self.config.pip:
-            image = image.pip_install(*self.config.pip)
         try:
-            image = await aio(image.build.aio)(app)
+            return await bridge.run(fn, unwind_s=_UNWIND_MARGIN_S)
+        except modal_.exception.AuthError as exc:
+            raise ConfigError(
+                f"Modal rejected the credentials from {self._source}: {exc}. "
+                f"{MISSING_CREDENTIALS_HELP}"
+            ) from exc
+        except modal_.exception.NotFoundError as exc:
+            raise ConfigError(
+                f"Modal could not find what ModalConfig names while {what}: {exc} "
+                "(a secret: create it with `modal secret create NAME KEY=VALUE`)"
+            ) from exc
         except modal_.exception.RemoteError as exc:
             raise ConfigError(
                 f"building the Modal image ({self.config.image or 'debian_slim'}, "
                 f"pip {list(self.config.pip)}) failed: {exc}"
             ) from exc
-        self._secrets = secrets
-        self._image = image
-        self._app = app
 
-    async def create(self, request: SandboxRequest) -> SandboxHandle:
-        """``Sandbox.create.aio(*command, ...)``; throttling becomes SandboxCreationThrottled."""
-        if self._app is None or self._aio is None:
+    def _require(self) -> LoopBridge:
+        if self._bridge is None or not self._prepared:
             raise RuntimeError("ModalExecutor.start() must run before any scenario")
-        modal_ = self._modal
-        try:
-            sandbox = await self._aio(modal_.Sandbox.create.aio)(
-                *request.command,
-                app=self._app,
-                image=self._image,
-                secrets=self._secrets,
-                cpu=self.config.cpu,
-                memory=self.config.memory,
-                timeout=request.timeout_s,
+        return self._bridge
+
+    # -- the runner -----------------------------------------------------------------------
+
+    async def create(self, request: SandboxRequest) -> CreatedSandbox:
+        bridge = self._require()
+        cfg = self.config
+        return await bridge.run(
+            lambda: self.ops.create(request),
+            unwind_s=2 * cfg.terminate_timeout_s + _UNWIND_MARGIN_S,
+            abandon=self.ops.abandon,
+        )
+
+    async def finish(self, sandbox: CreatedSandbox, stdin: bytes, report: SandboxReport) -> None:
+        bridge = self._require()
+        assert isinstance(sandbox, Opened)
+        await bridge.run(
+            lambda: self.ops.finish(sandbox, stdin, report),
+            unwind_s=self.config.terminate_timeout_s + _UNWIND_MARGIN_S,
+            always_start=True,
+        )
+
+    # -- by tags --------------------------------------------------------------------------
+
+    async def sweep(
+        self, tags: Mapping[str, str], *, dry_run: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Terminate the app's running sandboxes carrying all ``tags``: (found, terminated)."""
+        await self.connect()
+        assert self._bridge is not None
+        return await self._bridge.run(
+            lambda: self.ops.sweep(tags, dry_run=dry_run), unwind_s=_UNWIND_MARGIN_S
+        )
+
+    async def aclose(self) -> None:
+        """Terminate what this process left running (bounded), and stop retrying."""
+        if self._bridge is None:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT_S + _UNWIND_MARGIN_S, shield=True):
+            await self._bridge.run(
+                lambda: self.ops.close(CLOSE_TIMEOUT_S), unwind_s=_UNWIND_MARGIN_S
             )
-        except modal_.exception.ResourceExhaustedError as exc:
-            raise SandboxCreationThrottled(str(exc) or type(exc).__name__) from exc
-        return ModalSandbox(
-            sandbox, aio=self._aio, sandbox_timeout_error=modal_.exception.SandboxTimeoutError
-        )
-
-
-async def _import_modal() -> tuple[Any, Callable[[Any], Any]]:
-    """Import modal (in a thread: it is a heavy import) and check for a trio-asyncio loop."""
-    try:
-        modal_ = await trio.to_thread.run_sync(importlib.import_module, "modal")
-    except ImportError as exc:
-        raise ConfigError(
-            "the modal: executor needs the modal package: pip install 'arcflow[modal]'"
-        ) from exc
-    trio_asyncio = import_trio_asyncio()
-
-    if trio_asyncio.current_loop.get() is None:
-        raise RuntimeError(
-            "the modal: executor must run inside a trio-asyncio loop "
-            "(`async with trio_asyncio.open_loop(): ...`); arcflow.Runtime opens one for you"
-        )
-    return modal_, trio_asyncio.aio_as_trio
-
-
-class ModalSandbox:
-    """A ``modal.Sandbox`` driven from trio: every call crosses into asyncio via ``aio``."""
-
-    def __init__(
-        self,
-        sandbox: modal.Sandbox,
-        *,
-        aio: Callable[[Any], Any],
-        sandbox_timeout_error: type[BaseException],
-    ) -> None:
-        self._sandbox = sandbox
-        self._aio = aio
-        self._timeout_error = sandbox_timeout_error
 
     @property
-    def object_id(self) -> str:
-        return str(self._sandbox.object_id)
-
-    async def send_input(self, data: bytes) -> None:
-        await self._aio(_send_and_close)(self._sandbox.stdin, data)
-
-    def stdout(self) -> AsyncIterator[bytes | str]:
-        return aiter(self._aio(self._sandbox.stdout))
-
-    def stderr(self) -> AsyncIterator[bytes | str]:
-        return aiter(self._aio(self._sandbox.stderr))
-
-    async def wait(self) -> int:
-        try:
-            await self._aio(self._sandbox.wait.aio)(raise_on_termination=False)
-        except self._timeout_error as exc:
-            raise SandboxLifetimeExceeded(str(exc)) from exc
-        code = self._sandbox.returncode
-        return int(code) if code is not None else -1
-
-    async def terminate(self) -> None:
-        await self._aio(self._sandbox.terminate.aio)()
+    def reaper_stats(self) -> ReaperStats:
+        return self.ops.reaper.stats
 
 
-async def _send_and_close(stdin: Any, data: bytes) -> None:
-    """(asyncio side) Write, close and flush a Modal StreamWriter."""
-    stdin.write(data)
-    stdin.write_eof()
-    await stdin.drain.aio()
+def _own_throttling() -> None:
+    """Have the SDK raise RESOURCE_EXHAUSTED instead of retrying it on its own."""
+    value = os.environ.get(THROTTLE_ENV)
+    if value is None:
+        os.environ[THROTTLE_ENV] = "0"
+    elif value.strip() != "0":
+        logger.warning(
+            "modal: %s=%s: the SDK waits out refusals itself, so arcflow's adaptive creation "
+            "rate sees them late; unset it (arcflow then sets 0)",
+            THROTTLE_ENV,
+            value,
+        )
+
+
+def _raise_open_files_limit() -> None:
+    """Each running sandbox holds a connection: raise the soft open-files limit to the hard one."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = _NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_WANTED)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            logger.info("modal: open files limit raised from %d to %d", soft, wanted)
+    except (ValueError, OSError) as exc:  # pragma: no cover - platform dependent
+        logger.debug("modal: cannot raise the open files limit: %s", exc)
