@@ -28,6 +28,8 @@ Metric names (see docs/operations.md for the full table)::
     arcflow_breaker_state{state}, arcflow_journal_bytes, arcflow_journal_write_errors_total,
     arcflow_batch_size
     arcflow_last_write_latency_seconds, arcflow_elapsed_seconds, arcflow_run_info{run_id}
+    arcflow_executor_*                          (the executor's statistics(), e.g.
+                                                 arcflow_executor_modal_creation_rate)
     arcflow_batch_size_records, arcflow_write_latency_seconds,
     arcflow_scenario_duration_seconds           (histograms)
 """
@@ -232,6 +234,8 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
         s.last_write_latency,
     )
     yield gauge("arcflow_elapsed_seconds", "Seconds since the run started.", s.elapsed)
+    for name, stat in s.executor.items():  # Executor.statistics(): modal creation rate, refusals
+        yield gauge(f"arcflow_executor_{name}", f"Executor statistic {name}.", stat)
     info = GaugeMetricFamily("arcflow_run_info", "The run being measured.", labels=["run_id"])
     info.add_metric([s.run_id], 1.0)
     yield info

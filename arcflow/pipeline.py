@@ -247,6 +247,7 @@ class Pipeline:
             journal_bytes=self.journal.size,
             journal_batches=self.journal.pending_batches,
             journal_error=self.writer.journal_error,
+            executor=self.executor.statistics() if self.executor is not None else {},
             restarts=dict(self.restarts),
             elapsed=elapsed,
             **attrs.asdict(self.writer_stats),

@@ -154,7 +154,7 @@ class ProgressModel:
     def fields(self, s: RuntimeStatistics) -> list[Field]:
         """Every field of :data:`FIELDS`, in order, for snapshot ``s``."""
         rate = self.rate.update(self._clock(), s.completed)
-        return [
+        fields = [
             self._scenarios(s, rate),
             self._status(s),
             self._batcher(s),
@@ -168,6 +168,10 @@ class ProgressModel:
                 f"work {s.work_queue} · outcomes {s.outcome_queue} · batches {s.batch_queue}",
             ),
         ]
+        if s.executor:  # the executor's own numbers (modal: creation rate, refusals)
+            text = " · ".join(f"{k.replace('_', ' ')} {v:,.4g}" for k, v in s.executor.items())
+            fields.append(Field("executor", text))
+        return fields
 
     def _scenarios(self, s: RuntimeStatistics, rate: float) -> Field:
         if self.total:

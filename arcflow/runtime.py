@@ -238,6 +238,7 @@ class Runtime:
             if self.executor is not None:
                 await self.executor.start()
                 stack.push_async_callback(self._close_executor)
+                await self.executor.begin_run(self.run_id, resume=self.resume)
             await self._journal.open()
             writer_stores = [
                 Store(store.dsn, statement_timeout=cfg.statement_timeout)

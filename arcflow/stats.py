@@ -77,6 +77,9 @@ class RuntimeStatistics:
     journal_write_errors: int = 0
     #: What is wrong with the journal while it refuses writes (None when it takes them).
     journal_error: str | None = None
+    #: The executor's own counters and gauges (``Executor.statistics()``), e.g. Modal's
+    #: current creation rate and refusals.
+    executor: dict[str, float] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-safe dict."""

@@ -59,8 +59,21 @@ class Executor(abc.ABC):
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
         """Run ``scenario`` once and report how it went."""
 
+    async def begin_run(self, run_id: str, *, resume: bool) -> None:  # noqa: B027 - optional hook
+        """Called once after :meth:`start`, before any scenario, with the run's id.
+
+        ``resume``: the run continues one a previous process started (``--resume``);
+        release what that process may have left behind (the modal: executor terminates
+        the run's sandboxes still running).
+        """
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources; called once after the last scenario."""
+
+    def statistics(self) -> dict[str, float]:
+        """Counters and gauges of the executor (``name: number``) for the live display and
+        the metrics; the modal: executor reports its creation rate and refusals."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description for the run's config snapshot (no secrets)."""
