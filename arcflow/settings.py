@@ -193,11 +193,19 @@ class Settings:
         "modal: executor: memory per sandbox in MiB",
         metavar="MIB",
     )
-    modal_creation_rate: float = _from(
+    modal_creation_rate: float | None = _from(
         ModalConfig,
         "max_creations_per_second",
+        "optional_float",
+        "modal: executor: sandbox creations per second at most (unset: no ceiling; "
+        "the rate adapts to what Modal allows)",
+        metavar="N",
+    )
+    modal_initial_creation_rate: float = _from(
+        ModalConfig,
+        "initial_creations_per_second",
         "float",
-        "modal: executor: sandbox creations per second at most",
+        "modal: executor: sandbox creations per second at the start (what a new account allows)",
         metavar="N",
     )
     modal_max_starting: int = _from(
@@ -206,6 +214,13 @@ class Settings:
         "int",
         "modal: executor: sandboxes starting at once at most",
         metavar="N",
+    )
+    modal_outage_retry: float = _from(
+        ModalConfig,
+        "outage_retry_s",
+        "float",
+        "modal: executor: seconds an attempt retries while Modal's control plane is unreachable",
+        metavar="S",
     )
     max_retries: int = _from(RetryPolicy, "max_retries", "int", "retries of a failed batch write")
     breaker_threshold: int = _from(

@@ -250,6 +250,7 @@ def test_config_command_prints_values_and_sources(
         "modal_image",
         "modal_cpu",
         "modal_memory",
+        "modal_creation_rate",
     }
     assert set(lines) == set(OPTIONS) - unset  # options left unset (None) are not printed
     assert lines["batch_size"].endswith(f"# {tmp_path / 'arcflow.toml'}:1")
