@@ -2,7 +2,8 @@
 
     ArcflowError
     ├── ConfigError               an option or config value is invalid (exit code 2)
-    │   └── ExecutorSpecError     --executor names nothing usable
+    │   ├── ExecutorSpecError     --executor names nothing usable
+    │   └── DataDirError          the data folder (journals, locks, embedded database) is unusable
     ├── ScenarioFileError         the scenario file is malformed (file, line, reason; exit 2)
     ├── ResumeError               --resume found a changed scenario or an unknown run (exit 2)
     ├── RunInUse                  another process holds the run (host, pid, since; exit 2)
@@ -43,6 +44,13 @@ class ConfigError(ArcflowError):
 
 class ExecutorSpecError(ConfigError):
     """The executor specification cannot be turned into an executor."""
+
+
+class DataDirError(ConfigError):
+    """The data folder cannot be used: not creatable, not writable, not a folder.
+
+    The message names the path, what the system said, and the fix.
+    """
 
 
 class ScenarioFileError(ArcflowError):

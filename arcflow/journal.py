@@ -22,10 +22,13 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from .errors import DataDirError
 from .models import Batch, FlushReason, Outcome, new_batch_id
+from .poison import output_problem, safe_repr
 
 log = logging.getLogger("arcflow.journal")
 
@@ -34,25 +37,59 @@ _HEADER = struct.Struct(">4sII")
 
 
 def encode_entry(batch: Batch) -> bytes:
-    """The bytes of one journal entry for ``batch``."""
-    payload = json.dumps(
-        {
-            "batch_id": batch.id,
-            "reason": batch.reason.value,
-            "outcomes": [o.to_json() for o in batch.outcomes],
-        },
-        separators=(",", ":"),
-    ).encode()
+    """The bytes of one journal entry for ``batch``.
+
+    An outcome whose output JSON cannot encode (only a ``record()``-ed outcome
+    can have one; producers check theirs) is kept as an ``error`` outcome
+    saying why, so that one bad record never stops a batch from being spilled.
+    """
+    body: dict[str, Any] = {"batch_id": batch.id, "reason": batch.reason.value, "outcomes": None}
+    try:
+        body["outcomes"] = [o.to_json() for o in batch.outcomes]
+        text = json.dumps(body, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        body["outcomes"] = [_encodable(o) for o in batch.outcomes]
+        text = json.dumps(body, separators=(",", ":"))
+    payload = text.encode("utf-8", "surrogatepass")
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def _encodable(outcome: Outcome) -> dict[str, object]:
+    """``outcome.to_json()``, or, if its output cannot be encoded, an error outcome saying so."""
+    data = outcome.to_json()
+    try:
+        json.dumps(data, separators=(",", ":"))
+        return data
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        pass
+    problem = output_problem(outcome.output) or "the outcome cannot be encoded as JSON"
+    data.update(
+        status="error",
+        output=None,
+        error_type="InvalidOutput",
+        error_message=problem,
+        executor={"unencodable": safe_repr(dict(outcome.executor))},
+    )
+    return data
+
+
 def decode_payload(payload: bytes) -> Batch:
-    data = json.loads(payload)
+    data = json.loads(payload.decode("utf-8", "surrogatepass"))
     return Batch(
         id=data["batch_id"],
         outcomes=tuple(Outcome.from_json(o) for o in data["outcomes"]),
         reason=FlushReason(data["reason"]),
     )
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) if need be; the folder itself is 0700.
+
+    Journals hold outcome data: only their owner may list or read them.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077 and path.stat().st_uid == os.geteuid():
+        path.chmod(0o700)
 
 
 def scan(path: Path) -> tuple[list[tuple[int, int]], int, int]:
@@ -109,12 +146,22 @@ class SpillJournal:
         return self.size >= self.max_bytes
 
     async def open(self) -> None:
-        """Check the file, cut a torn tail, and index its entries."""
+        """Check the file, cut a torn tail, and index its entries.
+
+        Raises :class:`DataDirError` if the folder or the file cannot be used.
+        A torn tail is cut only once its copy is safely on disk.
+        """
         async with self._lock:
-            await trio.to_thread.run_sync(self._open_blocking)
+            try:
+                await trio.to_thread.run_sync(self._open_blocking)
+            except OSError as exc:
+                raise DataDirError(
+                    f"cannot use the spill journal {self.path}: {exc.strerror or exc}; "
+                    "make its folder writable, free space, or choose another --data-dir"
+                ) from None
 
     def _open_blocking(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         entries, valid, size = scan(self.path)
         if valid < size:
             self.torn_bytes = size - valid
@@ -154,7 +201,7 @@ class SpillJournal:
             self.size = offset + len(data)
 
     def _append_blocking(self, data: bytes, offset: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             view = memoryview(data)

@@ -147,7 +147,8 @@ class Scenario:
                     "timeout_s": self.timeout_s,
                 }
             )
-        return _sha256(body.encode()).hexdigest()
+        # surrogatepass: a lone surrogate (a JSON "\ud800" escape) hashes instead of raising.
+        return _sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         """The scenario as the JSON object a scenario file line or a process executor sees."""

@@ -20,6 +20,7 @@ from .config import RuntimeConfig, SupervisorConfig
 from .executors.base import ExecutionContext, Executor
 from .journal import SpillJournal, salvage
 from .models import RETRYABLE_STATUSES, ExecutionResult, Outcome, OutcomeHook, Scenario, Status
+from .poison import output_problem
 from .supervisor import supervise
 
 log = logging.getLogger("arcflow.producers")
@@ -415,7 +416,22 @@ class Producer:
     def _outcome(
         self, scenario: Scenario, attempt: int, started: datetime, result: ExecutionResult
     ) -> Outcome:
-        """The attempt's outcome; decides (in ``self._retry``) whether another attempt follows."""
+        """The attempt's outcome; decides (in ``self._retry``) whether another attempt follows.
+
+        An output that cannot be stored as JSON makes the attempt ``error``
+        (``InvalidOutput``), so poison never travels down the pipeline.
+        """
+        output = result.output
+        if output is not None and type(output) not in _SCALARS:
+            problem = output_problem(output)
+            if problem is not None:
+                result = ExecutionResult(
+                    status=Status.ERROR,
+                    score=result.score,
+                    error_type="InvalidOutput",
+                    error_message=problem,
+                    executor=result.executor,
+                )
         status = result.status
         retry = self._retry = (
             status in RETRYABLE_STATUSES
@@ -542,3 +558,5 @@ _SLICE_S = 0.0003
 #: Producers waiting on the work channel before others rest instead (see ProducerPool).
 _RECEIVERS = 2
 _STATUS_VALUE = {status: status.value for status in Status}
+#: Outputs that are JSON as they are, with no check.
+_SCALARS = frozenset({str, int, float, bool})

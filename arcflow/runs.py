@@ -25,7 +25,8 @@ from typing import Any
 import attrs
 import trio
 
-from .errors import ArcflowError, ResumeError, RunInUse
+from .errors import ArcflowError, DataDirError, ResumeError, RunInUse
+from .journal import make_private_dir
 from .models import RETRYABLE_STATUSES, Scenario, Status
 from .scenarios import iter_file
 from .store import Store
@@ -211,7 +212,13 @@ class RunLock:
 
     async def acquire(self) -> None:
         """Hold the run, or raise :class:`RunInUse` naming who holds it."""
-        await trio.to_thread.run_sync(self._lock_file)
+        try:
+            await trio.to_thread.run_sync(self._lock_file)
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot use the data folder {self.lock_path.parent}: {exc.strerror or exc}; "
+                "make it writable, or choose another --data-dir"
+            ) from None
         try:
             await self._lock_database()
         except BaseException:
@@ -222,7 +229,7 @@ class RunLock:
 
     def _lock_file(self) -> None:
         path = self.lock_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

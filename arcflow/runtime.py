@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -65,6 +66,21 @@ P = ParamSpec("P")
 def new_run_id() -> str:
     """A fresh run id: sortable by time, unique."""
     return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
+
+
+#: What a run id may be: it names files (the journal), so no path separators or dot-dot.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a safe name; :class:`ConfigError` saying what is allowed if not."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        shown = run_id[:60] + "..." if isinstance(run_id, str) and len(run_id) > 60 else run_id
+        raise ConfigError(
+            f"invalid run id {shown!r}: use 1 to 200 letters, digits, '.', '_' or '-', "
+            "starting with a letter or a digit"
+        )
+    return run_id
 
 
 def journal_path(data_dir: Path | str, run_id: str) -> Path:
@@ -131,7 +147,7 @@ class Runtime:
     ) -> None:
         self.config = _build_config(config, options)
         self.executor: Executor | None = parse_executor(executor) if executor is not None else None
-        self.run_id = run_id or new_run_id()
+        self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         self.resume = resume
         self._db = db
         self._suite = (suite, suite_hash, scenario_count)

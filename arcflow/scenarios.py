@@ -23,6 +23,8 @@ from .errors import ScenarioFileError
 from .models import Scenario
 
 _KEYS = {"id", "input", "tags", "metadata", "timeout_s"}
+#: Bytes read from a scenario file at a time.
+_READ_CHUNK = 1 << 20
 
 
 @attrs.frozen
@@ -52,9 +54,16 @@ def parse_scenario(data: Any, path: Path | str, line: int) -> Scenario:
         sid = str(sid)
     if not isinstance(sid, str) or not sid:
         raise ScenarioFileError(path, line, f'"id" must be a non-empty string, got {sid!r}')
+    problem = _text_problem(sid, MAX_ID_BYTES)
+    if problem:
+        raise ScenarioFileError(path, line, f'"id" {problem}')
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ScenarioFileError(path, line, '"tags" must be a list of strings')
+    for tag in tags:
+        problem = _text_problem(tag, MAX_ID_BYTES)
+        if problem:
+            raise ScenarioFileError(path, line, f"tag {tag[:40]!r} {problem}")
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ScenarioFileError(path, line, '"metadata" must be a JSON object')
@@ -75,6 +84,23 @@ def parse_scenario(data: Any, path: Path | str, line: int) -> Scenario:
     )
 
 
+#: Longest id (and tag) in UTF-8 bytes: PostgreSQL's index entries hold about 2,700 bytes.
+MAX_ID_BYTES = 1024
+
+
+def _text_problem(text: str, max_bytes: int) -> str | None:
+    """Why PostgreSQL could not store ``text`` as an id or a tag, or None."""
+    if "\x00" in text:
+        return "contains a NUL character, which PostgreSQL text cannot hold"
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (a \\ud800-\\udfff escape), which is not valid Unicode"
+    if size > max_bytes:
+        return f"is {size} bytes long; at most {max_bytes} bytes (UTF-8) are allowed"
+    return None
+
+
 def parse_line(text: str, path: Path | str, lineno: int) -> Scenario | None:
     """One line of a scenario file: None if blank, else its Scenario or ScenarioFileError."""
     if not text.strip():
@@ -85,27 +111,60 @@ def parse_line(text: str, path: Path | str, lineno: int) -> Scenario | None:
         raise ScenarioFileError(
             path, lineno, f"invalid JSON at column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ScenarioFileError(path, lineno, "JSON nested too deep to read") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise ScenarioFileError(path, lineno, f"invalid JSON value: {exc}") from None
     return parse_scenario(data, path, lineno)
 
 
-def iter_file(path: Path | str) -> Iterator[tuple[int, Scenario]]:
-    """Yield (line number, scenario) for each non-blank line; raise on the first bad one."""
+def iter_lines(path: Path | str) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for each line, as text mode would split them (\\n, \\r\\n, \\r).
+
+    Each line is decoded on its own, so a byte that is not UTF-8 is reported
+    on its own line, exactly.
+    """
     path = Path(path)
     try:
-        f = path.open("r", encoding="utf-8")
+        f = path.open("rb")
     except FileNotFoundError:
         raise ScenarioFileError(path, None, "no such file") from None
     except OSError as exc:
         raise ScenarioFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
     with f:
         lineno = 0
-        try:
-            for lineno, text in enumerate(f, start=1):
-                scenario = parse_line(text, path, lineno)
-                if scenario is not None:
-                    yield lineno, scenario
-        except UnicodeDecodeError as exc:
-            raise ScenarioFileError(path, lineno + 1, f"not UTF-8 text: {exc.reason}") from None
+        carry = b""
+        while True:
+            chunk = f.read(_READ_CHUNK)
+            data = carry + chunk
+            if not chunk:
+                lines = data.splitlines()
+                carry = b""
+            else:
+                # Hold back the last line if it may be incomplete: no line end yet, or a
+                # \r that a \n at the start of the next chunk would join.
+                lines = data.splitlines(keepends=True)
+                carry = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+                lines = [line.rstrip(b"\r\n") for line in lines]
+            for raw in lines:
+                lineno += 1
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ScenarioFileError(
+                        path, lineno, f"not UTF-8 text: {exc.reason} at byte {exc.start + 1}"
+                    ) from None
+            if not chunk:
+                return
+
+
+def iter_file(path: Path | str) -> Iterator[tuple[int, Scenario]]:
+    """Yield (line number, scenario) for each non-blank line; raise on the first bad one."""
+    path = Path(path)
+    for lineno, text in iter_lines(path):
+        scenario = parse_line(text, path, lineno)
+        if scenario is not None:
+            yield lineno, scenario
 
 
 def _id_key(sid: str) -> int:

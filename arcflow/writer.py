@@ -38,7 +38,6 @@ and those queued in its channel, into the journal before it closes the channel.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -53,6 +52,7 @@ from .config import RetryPolicy, SupervisorConfig
 from .errors import DataWriteError, TransientWriteError, leaf_exceptions
 from .journal import SpillJournal, salvage
 from .models import Batch, BatchHook, Outcome
+from .poison import dead_letter_payload, storable_text
 from .retry import Backoff
 from .store import Store
 from .supervisor import supervise
@@ -442,15 +442,20 @@ class Writer:
     async def _dead_letter(
         self, store: Store, outcome: Outcome, batch_id: str, exc: DataWriteError, attempts: int
     ) -> None:
-        payload = json.dumps(outcome.to_json(), default=repr)
+        """Store a poison outcome in ``arcflow.dead_letters``, in a form that can always be stored.
+
+        The payload is ASCII JSON (or JSON around a bounded repr), ids and message
+        escaped and bounded (see :mod:`arcflow.poison`), so this write can fail only
+        transiently; those failures are retried like a batch's.
+        """
         row: dict[str, Any] = {
-            "run_id": outcome.run_id,
-            "scenario_id": outcome.scenario_id,
+            "run_id": storable_text(outcome.run_id, 500),
+            "scenario_id": storable_text(outcome.scenario_id, 500),
             "attempt": outcome.attempt,
-            "batch_id": batch_id,
-            "payload": payload,
+            "batch_id": storable_text(batch_id, 500),
+            "payload": dead_letter_payload(outcome),
             "sqlstate": exc.sqlstate,
-            "message": _printable(str(exc)),
+            "message": storable_text(str(exc), 4000),
             "attempts": attempts,
         }
         tries = self._backoff.start(rng=self.rng)
@@ -469,15 +474,11 @@ class Writer:
             "run %s batch %s: outcome %s attempt %d dead-lettered (%s: %s)",
             self.run_id,
             batch_id,
-            outcome.scenario_id,
+            storable_text(outcome.scenario_id, 200),
             outcome.attempt,
             exc.sqlstate or "client",
-            _printable(str(exc))[:200],
+            storable_text(str(exc), 200),
         )
-
-
-def _printable(text: str) -> str:
-    return text.replace("\x00", "\\u0000")
 
 
 __all__ = ["Writer", "WriterStats"]

@@ -214,3 +214,54 @@ def test_modal_options_are_validated(capsys: pytest.CaptureFixture[str]) -> None
     code = main(["run", str(EXAMPLE), "--executor", "modal:python x.py", "--modal-memory", "-5"])
     assert code == 2
     assert "memory" in capsys.readouterr().err
+
+
+def _dsn_with(dsn: str, *, user: str | None = None, database: str | None = None) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
+    path = parts.path if database is None else f"/{database}"
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+@pytest.mark.parametrize(
+    ("make_dsn", "needle"),
+    [
+        (lambda dsn: _dsn_with(dsn, database="no_such_db"), 'database "no_such_db" does not exist'),
+        (lambda dsn: _dsn_with(dsn, user="no_such_user"), 'role "no_such_user" does not exist'),
+        (lambda dsn: "postgresql://u:s3cret@127.0.0.1:notaport/db", "cannot"),
+        (lambda dsn: "postgresql://u:s3cret@[::1/db", "cannot"),
+    ],
+    ids=["unknown-database", "unknown-user", "non-numeric-port", "malformed-ipv6"],
+)
+def test_database_refusals_are_one_line_and_exit_2(
+    dsn: str, tmp_path: Path, make_dsn: Any, needle: str
+) -> None:
+    """A database that refuses the connection, or a malformed DSN: exit 2, one line, no traceback."""
+    proc = run_cli(
+        "run", str(EXAMPLE), "--executor", SCORE, "--db", make_dsn(dsn), "--data-dir", str(tmp_path)
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("arcflow: error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+
+
+def test_unusable_data_dir_and_unsafe_run_ids_exit_2(dsn: str, tmp_path: Path) -> None:
+    """A data dir that is a file, a run id with a path in it or over 200 characters: exit 2, one line."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    cases = [
+        (["--data-dir", str(not_a_dir)], "cannot use the data folder"),
+        (
+            ["--data-dir", str(tmp_path), "--run-id", "../../escape"],
+            "invalid run id '../../escape'",
+        ),
+        (["--data-dir", str(tmp_path), "--run-id", "r" * 250], "invalid run id"),
+    ]
+    for extra, needle in cases:
+        proc = run_cli("run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+    assert not (tmp_path.parent / "escape.journal").exists()

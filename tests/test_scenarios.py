@@ -37,3 +37,63 @@ def test_duplicate_id_reported_past_the_in_memory_limit(tmp_path: Any, monkeypat
         sc.validate_file(path)
     path.write_text("\n".join(lines) + "\n")
     assert sc.validate_file(path).count == 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(
+        st.sampled_from([b"a", b"bc", b"\n", b"\r", b"\r\n", b"{}", b" ", b"\xc3\xa9"]), max_size=40
+    ),
+    chunk=st.integers(1, 7),
+)
+def test_lines_split_as_text_mode_splits_them(
+    parts: list[bytes], chunk: int, tmp_path_factory: Any
+) -> None:
+    """iter_lines gives the lines text mode gives (\\n, \\r\\n, \\r), whatever the read size."""
+    import arcflow.scenarios as sc
+
+    path = tmp_path_factory.mktemp("lines") / "s.jsonl"
+    path.write_bytes(b"".join(parts))
+    old, sc._READ_CHUNK = sc._READ_CHUNK, chunk
+    try:
+        got = [text for _, text in sc.iter_lines(path)]
+    finally:
+        sc._READ_CHUNK = old
+    with path.open(newline=None, encoding="utf-8") as f:
+        assert got == [line.rstrip("\n") for line in f]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"id": "a\\u0000b"}', r's\.jsonl:5: "id" contains a NUL character'),
+        (b'{"id": "x\\ud800"}', r's\.jsonl:5: "id" contains a lone surrogate'),
+        (b'{"id": "' + b"x" * 2000 + b'"}', r's\.jsonl:5: "id" is 2000 bytes long; at most 1024'),
+        (b'{"id": "t", "tags": ["ok", "\\u0000"]}', r"s\.jsonl:5: tag '\\x00' contains a NUL"),
+        (
+            b'{"id": "deep", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            r"s\.jsonl:5: JSON nested too deep",
+        ),
+        (
+            b'{"id": "big", "input": ' + b"9" * 5000 + b"}",
+            r"s\.jsonl:5: invalid JSON value: Exceeds the limit",
+        ),
+        (
+            b'{"id": "bytes", "input": "caf\xe9"}',
+            r"s\.jsonl:5: not UTF-8 text: invalid continuation byte at byte 30",
+        ),
+    ],
+)
+def test_what_postgresql_or_json_cannot_take_is_refused_at_its_line(
+    tmp_path: Any, line: bytes, message: str
+) -> None:
+    """NUL, lone surrogates, over-long ids, deep nesting, huge integers, bad bytes: file:line and why."""
+    from arcflow.errors import ScenarioFileError
+    from arcflow.scenarios import validate_file
+
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(
+        b"".join(json.dumps({"id": f"ok{i}"}).encode() + b"\n" for i in range(4)) + line + b"\n"
+    )
+    with pytest.raises(ScenarioFileError, match=message):
+        validate_file(path)

@@ -4,12 +4,15 @@
 kind               what                                                 the writer then
 =================  ===================================================  ======================
 ``transient``      connection lost/refused, OS and timeout errors,       retries the whole batch
+                   asyncpg's InternalClientError after a lost connection
                    SQLSTATE class 08 (connection), 53 (resources),      with backoff; counts
                    57P01-57P03 (shutdown, cannot connect now),          toward the breaker;
                    40001 (serialization), 40P01 (deadlock)              spills when exhausted
-``data``           SQLSTATE class 22 (data exception) and 23            bisects the batch and
-                   (integrity constraint violation); values the         dead-letters the poison
-                   client cannot encode (asyncpg DataError, UnicodeError)
+``data``           SQLSTATE class 22 (data exception), 23               bisects the batch and
+                   (integrity constraint violation) and 54 (program     dead-letters the poison
+                   limit exceeded: an index entry or a jsonb value too
+                   large, nesting too deep); values the client cannot
+                   encode (asyncpg DataError, UnicodeError)
 ``bug``            anything else (syntax, undefined table, our code)    escalates: the actor
                                                                         crashes and the
                                                                         supervisor restarts it
@@ -28,7 +31,7 @@ Kind = Literal["transient", "data", "bug"]
 
 TRANSIENT_CLASSES = ("08", "53")
 TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "57014"})
-DATA_CLASSES = ("22", "23")
+DATA_CLASSES = ("22", "23", "54")
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -65,7 +68,8 @@ def classify(exc: BaseException) -> Kind:
         | asyncio.TimeoutError
         | trio.TooSlowError
         | asyncpg.exceptions.ConnectionDoesNotExistError
-        | asyncpg.exceptions.InterfaceError,
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.InternalClientError,
     ):
         return "transient"
     if isinstance(exc, EOFError):

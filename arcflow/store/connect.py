@@ -38,7 +38,15 @@ async def open_store(
         dsn = await start_embedded(data_dir)
     store = Store(dsn, statement_timeout=statement_timeout)
     try:
-        await store.connect()
+        try:
+            await store.connect()
+        except TransientWriteError:
+            raise
+        except Exception as exc:  # refused credentials, no such database, a malformed DSN
+            raise DatabaseUnavailable(
+                f"cannot connect to the database {redact_dsn(dsn)}: "
+                f"{redact_text(_describe(exc), dsn)}"
+            ) from None
         if not for_reading:
             await store.migrate()
         elif await store.fetchval("SELECT to_regclass('arcflow.runs')") is None:
@@ -54,3 +62,22 @@ async def open_store(
         await store.aclose()
         raise
     return store
+
+
+#: What to do about a connection refused for these SQLSTATEs.
+_HINTS = {
+    "28P01": "check the password in the DSN (or PGPASSWORD)",
+    "28000": "check the user name, or create the role",
+    "3D000": "create the database, or fix its name in the DSN",
+    "42501": "grant the user the right to connect and create the arcflow schema",
+}
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a refused connection: the server's or the parser's words, and what to do."""
+    code = getattr(exc, "sqlstate", None)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = _HINTS.get(code) if isinstance(code, str) else None
+    if hint is None and isinstance(exc, ValueError):
+        hint = "the DSN is malformed: postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    return f"{text} ({hint})" if hint else text

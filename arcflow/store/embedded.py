@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable, DataDirError
 
 log = logging.getLogger("arcflow.store")
 
@@ -34,7 +34,13 @@ def _start_blocking(pgdata: Path) -> str:
                 "pip install 'arcflow[embedded]', or pass --db postgresql://USER@HOST/DB "
                 "(or set ARCFLOW_DB)"
             ) from exc
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pgdata.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot use the data folder {pgdata.parent}: {exc.strerror or exc}; "
+                "make it writable, or choose another --data-dir (or give --db)"
+            ) from None
         try:
             get_server = pgserver.get_server  # type: ignore[attr-defined]
             server = get_server(pgdata, cleanup_mode="stop")

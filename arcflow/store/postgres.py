@@ -336,7 +336,12 @@ class Store:
         """
         outcomes = batch.outcomes
         tagged = any(o.tags for o in outcomes)
-        records = [encode_outcome(o, batch.id, tags=tagged) for o in outcomes]
+        try:
+            records = [encode_outcome(o, batch.id, tags=tagged) for o in outcomes]
+        except Exception as exc:  # an output or a field the encoder cannot take: poison
+            raise DataWriteError(
+                f"cannot encode the batch for PostgreSQL: {type(exc).__name__}: {exc}"
+            ) from exc
         columns = OUTCOME_COLUMNS if tagged else UNTAGGED_COLUMNS
         return await self.run(
             _write_aio,
