@@ -82,6 +82,9 @@ def _add_option(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
     kwargs: dict[str, Any] = {"dest": spec.key, "default": argparse.SUPPRESS, "help": help_text}
     if spec.kind == "bool":
         kwargs["action"] = argparse.BooleanOptionalAction
+    elif spec.kind in ("names", "pairs"):
+        kwargs["action"] = "append"
+        kwargs["metavar"] = spec.metavar or "VALUE"
     elif spec.kind == "choice":
         kwargs["choices"] = spec.choices
         kwargs["type"] = str.upper if spec.key == "log_level" else str.lower

@@ -109,7 +109,11 @@ class RuntimeConfig:
     #: Spill journal size cap in bytes; at the cap the writer stops pulling.
     journal_max_bytes: int = attrs.field(default=1 << 30, validator=whole(1024))
     #: Seconds a database statement may take before it counts as a transient failure.
-    statement_timeout: float = attrs.field(default=60.0, validator=positive)
+    statement_timeout: float = attrs.field(default=30.0, validator=positive)
+    #: Seconds of silence after which a TCP connection to the database is probed, and
+    #: about how long unacknowledged data may wait: a half-open connection is found in
+    #: seconds, not at the statement timeout.
+    tcp_keepalive: float = attrs.field(default=10.0, validator=positive)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
@@ -167,6 +171,7 @@ class RuntimeOptions(TypedDict, total=False):
     data_dir: Path | str
     journal_max_bytes: int
     statement_timeout: float
+    tcp_keepalive: float
     retry: RetryPolicy
     breaker: BreakerConfig
     supervisor: SupervisorConfig

@@ -243,7 +243,10 @@ class Runtime:
                 # drops at the wrong moment, and that must not crash the runtime.
                 loop.set_exception_handler(_log_asyncio_error)
             store = await open_store(
-                self._db, cfg.data_dir, statement_timeout=cfg.statement_timeout
+                self._db,
+                cfg.data_dir,
+                statement_timeout=cfg.statement_timeout,
+                tcp_keepalive=cfg.tcp_keepalive,
             )
             stack.push_async_callback(store.aclose)
             self._store = store
@@ -257,7 +260,11 @@ class Runtime:
                 await self.executor.begin_run(self.run_id, resume=self.resume)
             await self._journal.open()
             writer_stores = [
-                Store(store.dsn, statement_timeout=cfg.statement_timeout)
+                Store(
+                    store.dsn,
+                    statement_timeout=cfg.statement_timeout,
+                    tcp_keepalive=cfg.tcp_keepalive,
+                )
                 for _ in range(cfg.writer_connections)
             ]
             for writer_store in writer_stores:

@@ -109,8 +109,24 @@ def _from(cls: type, name: str, kind: str, help: str, **kwargs: Any) -> Any:
 
 
 def _names(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    parts = value.split(",") if isinstance(value, str) else value
-    return tuple(part.strip() for part in parts if part.strip())
+    """Names from a comma-separated string, or from a list of such strings (repeated flags)."""
+    parts = [value] if isinstance(value, str) else list(value)
+    return tuple(name.strip() for part in parts for name in part.split(",") if name.strip())
+
+
+def _pairs(value: str | list[str] | tuple[str, ...] | Mapping[str, Any]) -> tuple[str, ...]:
+    """``NAME=VALUE`` entries: a list of them (repeated flags), one per line, or a TOML table."""
+    if isinstance(value, Mapping):
+        entries = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        entries = [line for line in value.splitlines() if line.strip()]
+    else:
+        entries = list(value)
+    for entry in entries:
+        name, sep, _ = entry.partition("=")
+        if not sep or not name.strip() or any(c in name for c in " \t\n"):
+            raise ValueError(f"{entry!r} is not NAME=VALUE")
+    return tuple(entries)
 
 
 @attrs.frozen
@@ -154,6 +170,20 @@ class Settings:
     attempts: int = _from(RuntimeConfig, "attempts", "int", "attempts for error/timeout outcomes")
     grace: float = _from(
         RuntimeConfig, "grace", "float", "seconds running scenarios get after Ctrl-C", metavar="S"
+    )
+    pass_env: tuple[str, ...] = _opt(
+        (),
+        "names",
+        "process: executor: environment variables passed to each scenario's command, besides "
+        "PATH, HOME, the locale and a few more (never ARCFLOW_*, PG*); repeatable, comma-separated",
+        metavar="NAME",
+    )
+    env: tuple[str, ...] = _opt(
+        (),
+        "pairs",
+        "process: executor: NAME=VALUE set in each scenario's command environment; repeatable",
+        secret=True,
+        metavar="NAME=VALUE",
     )
     modal_app: str = _from(
         ModalConfig,
@@ -231,6 +261,20 @@ class Settings:
     )
     journal_max_bytes: int = _from(
         RuntimeConfig, "journal_max_bytes", "int", "spill journal cap in bytes", metavar="N"
+    )
+    statement_timeout: float = _from(
+        RuntimeConfig,
+        "statement_timeout",
+        "float",
+        "seconds a database statement may take before it counts as a transient failure",
+        metavar="S",
+    )
+    tcp_keepalive: float = _from(
+        RuntimeConfig,
+        "tcp_keepalive",
+        "float",
+        "seconds after which a silent database connection is probed (half-open connections)",
+        metavar="S",
     )
     writer_connections: int = _from(
         RuntimeConfig,
@@ -322,9 +366,16 @@ class Settings:
         return ModalConfig(**self._targeting(ModalConfig))
 
     def executor_options(self) -> dict[str, Any]:
-        """Keyword options for ``parse_executor(self.executor, **options)`` (the modal config)."""
-        if (self.executor or "").startswith("modal:"):
+        """Keyword options for ``parse_executor(self.executor, **options)``.
+
+        The modal config for ``modal:``; the environment for ``process:``.
+        """
+        spec = self.executor or ""
+        if spec.startswith("modal:"):
             return {"config": self.modal_config()}
+        if spec.startswith("process:"):
+            env = dict(entry.partition("=")[::2] for entry in self.env)
+            return {"pass_env": self.pass_env, "env": env}
         return {}
 
     def make_executor(self) -> Executor:
@@ -345,7 +396,10 @@ class Settings:
             elif isinstance(value, tuple):
                 value = list(value)
             if redact and spec.secret and value is not None:
-                value = redact_dsn(value)
+                if isinstance(value, list):  # NAME=VALUE entries: the names only
+                    value = [f"{entry.partition('=')[0]}=***" for entry in value]
+                else:
+                    value = redact_dsn(value)
             out[spec.key] = {"value": value, "source": self.sources.get(spec.key, "default")}
         return out
 
@@ -462,6 +516,14 @@ def _from_toml(spec: OptionSpec, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError("must be a comma-separated string or a list of strings")
         return _names(value)
+    if kind == "pairs":
+        if isinstance(value, Mapping) or (
+            isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        ):
+            return _pairs(value)
+        if not isinstance(value, str):
+            raise ValueError("must be NAME=VALUE entries (a list, a table, or one per line)")
+        return _pairs(value)
     if not isinstance(value, str):
         raise ValueError("must be a string")
     if kind == "path":

@@ -48,3 +48,19 @@ def test_resolve_precedence() -> None:
     assert resolve_dsn(None, env) == "postgresql://env/db"
     assert resolve_dsn(None, {"PGHOST": "pghost"}) is None  # asyncpg reads PG* itself
     assert resolve_dsn(None, {}) == EMBEDDED
+
+
+@pytest.mark.parametrize(
+    ("dsn", "secret"),
+    [
+        ("host=h password='two words' user=u", "two words"),
+        (r"password='it\'s here' host=h", "it's here"),
+        ("host=h sslpassword=k2 password = 'a b'", "a b"),
+        ("postgresql://u:pw-1@h/db?sslpassword=zz-2", "zz-2"),
+    ],
+)
+def test_quoted_and_every_password_is_redacted(dsn: str, secret: str) -> None:
+    """Quoted key=value passwords (with escapes) and every password of a DSN are redacted, alone or in the DSN."""
+    assert secret not in redact_dsn(dsn)
+    message = f"could not connect with {dsn}: password {secret!s} was refused"
+    assert secret not in redact_text(message, dsn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -282,3 +283,33 @@ def test_output_capture_keeps_head_or_tail() -> None:
         tail.feed(chunk)
     assert (head.data, head.total, head.truncated) == (b"abcd", 8, True)
     assert (tail.data, tail.total, tail.truncated) == (b"efgh", 8, True)
+
+
+async def test_children_get_a_minimal_environment_without_arcflows_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ARCFLOW_DB, PGPASSWORD and other variables stay out; PATH, pass_env names and env go in."""
+    monkeypatch.setenv("ARCFLOW_DB", "postgresql://me:s3cret@h/db")
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    monkeypatch.setenv("SOME_TOKEN", "t0ken")
+    monkeypatch.setenv("WANTED", "yes")
+    executor = ProcessExecutor.from_spec(SPEC, pass_env=["WANTED"], env={"EXTRA": "1"})
+    result = await run_mode("environment", executor)
+    child = result.output
+    assert (
+        child["WANTED"] == "yes" and child["EXTRA"] == "1" and child["PATH"] == os.environ["PATH"]
+    )
+    assert not {"ARCFLOW_DB", "PGPASSWORD", "SOME_TOKEN"} & set(child)
+    assert "s3cret" not in json.dumps(child)
+    with pytest.raises(ExecutorSpecError, match="--pass-env PGPASSWORD: arcflow's own settings"):
+        ProcessExecutor.from_spec(SPEC, pass_env=["PGPASSWORD"])
+
+
+async def test_what_a_finished_command_leaves_behind_is_killed(tmp_path: Path) -> None:
+    """A helper left running with stdout open neither holds the scenario nor survives it."""
+    pid_file = tmp_path / "pids"
+    with trio.fail_after(20):  # a hang guard: it used to wait for the helper's 60 s
+        result = await run_mode("orphan", pid_file=str(pid_file))
+    assert result.status is Status.PASSED
+    _leader, helper = (int(p) for p in pid_file.read_text().split())
+    assert await wait_gone(helper)

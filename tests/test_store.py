@@ -289,3 +289,39 @@ def test_encode_outcome_matches_reference(
     )  # fmt: skip
     assert encode_outcome(o, "b1") == reference_row(o, "b1")
     assert encode_outcome(o, "b1", tags=False) == reference_row(o, "b1")[:-1]
+
+
+async def test_tcp_connections_probe_for_half_open_peers(dsn: str) -> None:
+    """A store's TCP connection has keepalive probes and a user timeout of tcp_keepalive seconds."""
+    import socket
+
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop():
+        s = Store(dsn, tcp_keepalive=4)
+        await s.connect()
+        try:
+            sock = s._conn._transport.get_extra_info("socket")  # type: ignore[union-attr]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 4
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 4000
+        finally:
+            await s.aclose()
+
+
+async def test_a_stalled_database_is_named_in_the_error(dsn: str) -> None:
+    """A statement that gets no answer fails transiently, saying so (not a bare 'TimeoutError: ')."""
+    import trio_asyncio
+
+    from arcflow.errors import TransientWriteError
+
+    async with trio_asyncio.open_loop() as loop:
+        # As in the runtime: the future asyncpg orphans when the connection is dropped is logged.
+        loop.set_exception_handler(lambda _loop, _context: None)
+        s = Store(dsn, statement_timeout=0.5)
+        try:
+            with pytest.raises(TransientWriteError, match="no answer from the database within"):
+                await s.fetchval("SELECT pg_sleep(5)")
+        finally:
+            await s.aclose()

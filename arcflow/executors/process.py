@@ -11,9 +11,17 @@ executors.
 
 The child runs in its own session (process group), so a Ctrl-C at the
 terminal reaches the runtime, which decides what to do, not the scenario.
-When ``run`` is cancelled (timeout, shutdown), the whole group gets SIGTERM,
-then SIGKILL after ``kill_grace_s``, and the child is reaped before ``run``
-returns.
+When the child exits, whatever it left in its group (a background helper, a
+grandchild holding stdout open) is killed with SIGKILL, so a scenario ends
+when its command ends.  When ``run`` is cancelled (timeout, shutdown), the
+whole group gets SIGTERM, then SIGKILL after ``kill_grace_s``, and the child
+is reaped before ``run`` returns.
+
+The child's environment is minimal: :data:`BASE_ENV` (``PATH``, ``HOME``,
+the locale and a few more) from arcflow's own environment, the variables
+named in ``pass_env``, and ``env``.  arcflow's database settings
+(``ARCFLOW_*``, ``PG*``) are never passed on, so a scenario cannot read (or
+echo into its output) the database password.
 """
 
 from __future__ import annotations
@@ -40,6 +48,47 @@ from .output import (
     read_stream,
     result_from_output,
 )
+
+#: Variables a child gets from arcflow's environment without being named (and every ``LC_*``).
+BASE_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+)
+
+#: Prefixes of arcflow's own settings, which ``pass_env`` refuses to pass on.
+PRIVATE_PREFIXES = ("ARCFLOW_", "PG")
+
+
+def child_environment(
+    pass_env: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a ``process:`` child: :data:`BASE_ENV`, ``LC_*``, ``pass_env``, ``env``.
+
+    Raises :class:`ExecutorSpecError` if ``pass_env`` names one of arcflow's own
+    settings (``ARCFLOW_*``, ``PG*``); give such a value explicitly in ``env``.
+    """
+    source = os.environ if environ is None else environ
+    for name in pass_env:
+        if name.upper().startswith(PRIVATE_PREFIXES):
+            raise ExecutorSpecError(
+                f"--pass-env {name}: arcflow's own settings (ARCFLOW_*, PG*) are never passed to "
+                f"scenarios; if a scenario needs such a value, give it with --env {name}=VALUE"
+            )
+    wanted = {*BASE_ENV, *pass_env}
+    child = {k: v for k, v in source.items() if k in wanted or k.startswith("LC_")}
+    child.update(env or {})
+    return child
+
 
 #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
 DEFAULT_KILL_GRACE_S = 2.0
@@ -86,6 +135,7 @@ class ProcessExecutor(Executor):
         command: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
+        pass_env: Sequence[str] = (),
         cwd: str | os.PathLike[str] | None = None,
         stdout_limit: int = DEFAULT_STDOUT_LIMIT,
         stderr_limit: int = DEFAULT_STDERR_LIMIT,
@@ -103,6 +153,8 @@ class ProcessExecutor(Executor):
             raise ExecutorSpecError(f"cwd {os.fspath(cwd)!r} is not a directory")
         self.command: tuple[str, ...] = tuple(resolve_command(command, spec=_spec))
         self.env: dict[str, str] = dict(env or {})
+        self.pass_env: tuple[str, ...] = tuple(pass_env)
+        self._child_env = child_environment(self.pass_env, self.env)
         self.cwd = os.fspath(cwd) if cwd is not None else None
         self.stdout_limit = stdout_limit
         self.stderr_limit = stderr_limit
@@ -126,6 +178,7 @@ class ProcessExecutor(Executor):
             "command": list(self.command),
             "cwd": self.cwd,
             "env_keys": sorted(self.env),
+            "pass_env": list(self.pass_env),
             "stdout_limit": self.stdout_limit,
             "stderr_limit": self.stderr_limit,
         }
@@ -144,7 +197,7 @@ class ProcessExecutor(Executor):
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, **self.env} if self.env else None,
+                env=self._child_env,
                 cwd=self.cwd,
                 start_new_session=True,
             )
@@ -160,8 +213,7 @@ class ProcessExecutor(Executor):
         stderr = OutputCapture(self.stderr_limit, keep="tail")
         finished = False
         try:
-            await self._communicate(process, payload, stdout, stderr)
-            details["exit_code"] = await process.wait()
+            details["exit_code"] = await self._communicate(process, payload, stdout, stderr)
             finished = True
         finally:
             # _dispose is shielded itself and every wait in it is bounded (kill_grace_s, then
@@ -177,8 +229,12 @@ class ProcessExecutor(Executor):
         payload: bytes,
         stdout: OutputCapture,
         stderr: OutputCapture,
-    ) -> None:
-        """Feed stdin and drain stdout and stderr concurrently, until both reach EOF."""
+    ) -> int:
+        """Feed stdin and drain stdout and stderr while the child runs; its exit code.
+
+        Once the child exits, its process group is killed: nothing it left
+        behind keeps the scenario (or its pipes) open.
+        """
         assert process.stdin is not None
         assert process.stdout is not None
         assert process.stderr is not None
@@ -186,6 +242,9 @@ class ProcessExecutor(Executor):
             nursery.start_soon(_send_input, process.stdin, payload)
             nursery.start_soon(read_stream, process.stdout, stdout)
             nursery.start_soon(read_stream, process.stderr, stderr)
+            code = await process.wait()
+            _signal_group(process, signal.SIGKILL)
+        return code
 
     async def _dispose(self, process: trio.Process, *, finished: bool) -> None:
         """Make sure the child and its process group are gone, and close the pipes.

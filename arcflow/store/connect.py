@@ -16,7 +16,8 @@ async def open_store(
     db: str | None,
     data_dir: Path | str,
     *,
-    statement_timeout: float = 60.0,
+    statement_timeout: float = 30.0,
+    tcp_keepalive: float | None = 10.0,
     for_reading: bool = False,
 ) -> Store:
     """A connected :class:`Store` on the database ``db`` names; close it with ``aclose()``.
@@ -36,7 +37,7 @@ async def open_store(
                 "give --db DSN (or ARCFLOW_DB, or db in arcflow.toml) to read another database"
             )
         dsn = await start_embedded(data_dir)
-    store = Store(dsn, statement_timeout=statement_timeout)
+    store = Store(dsn, statement_timeout=statement_timeout, tcp_keepalive=tcp_keepalive)
     try:
         try:
             await store.connect()

@@ -11,6 +11,9 @@ _PG_ENV = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
 EMBEDDED = "embedded"
 
+#: ``password=VALUE`` in a key=value DSN: VALUE quoted (``'two words'``, ``\'`` escapes) or bare.
+_KV_PASSWORD = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
 
 def redact_dsn(dsn: str | None) -> str:
     """``dsn`` with any password replaced by ``***``; works on URLs and key=value strings."""
@@ -34,25 +37,35 @@ def redact_dsn(dsn: str | None) -> str:
             ]
             query = urlencode(pairs, safe="/*")
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+    return _KV_PASSWORD.sub(r"\1***", dsn)
 
 
 def redact_text(text: str, dsn: str | None) -> str:
-    """Remove the password of ``dsn`` from an arbitrary message."""
+    """Remove the passwords of ``dsn`` (the DSN itself, and each password alone) from a message."""
     if not dsn:
         return text
-    password = None
+    text = text.replace(dsn, redact_dsn(dsn))
+    secrets: list[str] = []
     if "://" in dsn:
         try:
-            password = urlsplit(dsn).password
+            parts = urlsplit(dsn)
+            if parts.password:
+                secrets.append(parts.password)
+            secrets += [
+                v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "sslpassword")
+            ]
         except ValueError:
-            password = None
+            pass
     else:
-        m = re.search(r"password\s*=\s*(\S+)", dsn, flags=re.IGNORECASE)
-        password = m.group(1) if m else None
-    if password:
-        text = text.replace(password, "***")
-    return text.replace(dsn, redact_dsn(dsn))
+        for m in _KV_PASSWORD.finditer(dsn):
+            value = m.group(2)
+            secrets.append(value)
+            if value.startswith("'"):  # and the value itself, unquoted
+                secrets.append(re.sub(r"\\(.)", r"\1", value[1:-1]))
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def resolve_dsn(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:

@@ -8,8 +8,10 @@ after :func:`classify`; anything else (a bug) propagates unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -209,11 +211,13 @@ class Store:
         dsn: str | None,
         *,
         connect_timeout: float = 10.0,
-        statement_timeout: float = 60.0,
+        statement_timeout: float = 30.0,
+        tcp_keepalive: float | None = 10.0,
     ) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        self.tcp_keepalive = tcp_keepalive
         self._conn: asyncpg.Connection | None = None
 
     @property
@@ -243,14 +247,22 @@ class Store:
             kind = classify(exc)
             if kind == "transient":
                 self._discard()
-                raise TransientWriteError(
-                    f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)
-                ) from exc
+                raise TransientWriteError(self._describe(exc), sqlstate=sqlstate_of(exc)) from exc
             if kind == "data":
                 raise DataWriteError(
                     f"{type(exc).__name__}: {exc}", sqlstate=sqlstate_of(exc)
                 ) from exc
             raise
+
+    def _describe(self, exc: BaseException) -> str:
+        """``Type: message``, saying what happened when the driver says nothing."""
+        text = str(exc).strip()
+        if not text and isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            text = (
+                f"no answer from the database within statement_timeout={self.statement_timeout:g}s "
+                "(a stalled server or a half-open connection); the connection is replaced"
+            )
+        return f"{type(exc).__name__}: {text or repr(exc)}"
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -270,6 +282,8 @@ class Store:
             server_settings={"application_name": "arcflow"},
         )
         try:
+            if self.tcp_keepalive is not None:
+                _set_keepalive(conn, self.tcp_keepalive)
             await conn.set_type_codec(
                 "timestamptz",
                 schema="pg_catalog",
@@ -545,3 +559,27 @@ async def _fetchrow_aio(conn: asyncpg.Connection, query: str, *args: Any) -> asy
 
 async def _fetchval_aio(conn: asyncpg.Connection, query: str, *args: Any) -> Any:
     return await conn.fetchval(query, *args)
+
+
+def _set_keepalive(conn: asyncpg.Connection, seconds: float) -> None:
+    """TCP keepalive and a user timeout on ``conn``'s socket (TCP only; a Unix socket is left alone).
+
+    Probes start after ``seconds`` of silence, 3 probes a third of that apart;
+    data unacknowledged for ``seconds`` fails the connection: a half-open
+    connection is noticed in seconds, not at the statement timeout.
+    """
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle = max(1, int(seconds))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+    except OSError as exc:  # pragma: no cover - a platform without these options
+        log.debug("could not set TCP keepalive on the database connection: %s", exc)

@@ -43,6 +43,14 @@ def main() -> int:
         write_pids(data["pid_file"], os.getpid())
         time.sleep(data.get("seconds", 60))
         print("null")
+    elif mode == "environment":
+        print(json.dumps({"status": "passed", "output": dict(os.environ)}))
+    elif mode == "orphan":
+        # A background helper that keeps stdout open and outlives the command.
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        write_pids(data["pid_file"], os.getpid(), child.pid)
+        print(json.dumps({"status": "passed"}), flush=True)
+        return 0
     elif mode == "sleep_tree":
         # A grandchild in the same process group: cancellation must kill it too.
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
