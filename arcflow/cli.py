@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings(config, list(OPTIONS))
     config.set_defaults(func=cmd_config)
+    _add_modal_command(sub)
     return parser
 
 
@@ -619,6 +620,50 @@ def cmd_config(args: argparse.Namespace) -> int:
     else:
         _write(sys.stdout, format_settings(settings))
     return EXIT_OK
+
+
+# -- modal ------------------------------------------------------------------------------------------
+
+
+def _add_modal_command(sub: Any) -> None:
+    modal = sub.add_parser(
+        "modal",
+        help="Modal sandboxes: sweep a run's leftovers",
+        description="Commands about the sandboxes of the modal: executor.",
+    )
+    actions = modal.add_subparsers(dest="modal_command", metavar="ACTION", parser_class=_Parser)
+    sweep = actions.add_parser(
+        "sweep",
+        help="terminate the sandboxes of RUN_ID still running (from a process that died)",
+        description="Terminate every running sandbox of the app tagged arcflow-run=RUN_ID "
+        "(--resume RUN_ID does this before it starts).",
+    )
+    sweep.add_argument("run_id", metavar="RUN_ID", help="the run whose sandboxes to terminate")
+    sweep.add_argument("--dry-run", action="store_true", help="list them, terminate nothing")
+    _add_settings(sweep, ["modal_app", "log_level", "log_format"])
+    sweep.set_defaults(func=cmd_modal_sweep)
+    modal.set_defaults(func=lambda _args: (modal.print_help(), EXIT_USAGE)[1])
+
+
+def cmd_modal_sweep(args: argparse.Namespace) -> int:
+    from .executors.modal.sweep import sweep_command
+
+    settings = _load(args)
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        return sweep_command(
+            args.run_id, settings.modal_config(), dry_run=args.dry_run, out=sys.stdout
+        )
+    except BaseException as raw:  # noqa: ASYNC103 - trio.run has returned; mapped below
+        exc = primary_error(raw)
+        if isinstance(exc, ConfigError):
+            print(f"arcflow: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, Exception):
+            print(f"arcflow: modal sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
 
 
 def _write(out: TextIO, text: str) -> None:
