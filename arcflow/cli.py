@@ -414,6 +414,7 @@ async def _run_observed(
         **observers.hooks(),
     )
     chatty = not args.quiet and not args.json
+    file_error: ScenarioFileError | None = None
     with log_context(run_id=rt.run_id):
         try:
             async with trio.open_nursery() as nursery:
@@ -427,7 +428,11 @@ async def _run_observed(
                             args.scenarios, force=args.force, retry_errors=args.retry_errors
                         )
                     observers.start(rt, nursery, suite.count - (plan.skipped if plan else 0))
-                    await rt.run_file(args.scenarios, skip=plan)
+                    try:
+                        await rt.run_file(args.scenarios, skip=plan, expect=suite)
+                    except ScenarioFileError as exc:
+                        # The file changed under the run: what was read finishes and is written.
+                        file_error = exc
                 nursery.cancel_scope.cancel()
         finally:
             observers.finish(rt)
@@ -462,6 +467,9 @@ async def _run_observed(
         return EXIT_INCOMPLETE
     if state["hard"]:
         return EXIT_INTERRUPTED
+    if file_error is not None:
+        print(f"arcflow: error: {file_error}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

@@ -50,6 +50,7 @@ from .journal import SpillJournal
 from .models import Batch, BatchHook, FlushReason, Outcome, OutcomeHook, Scenario, new_batch_id
 from .pipeline import Pipeline
 from .runs import ResumePlan, RunLock, RunRecord, plan_resume, run_status
+from .scenarios import SuiteInfo
 from .source import run_file_source
 from .stats import IntakeStats, RuntimeStatistics
 from .store import Store, open_store
@@ -449,18 +450,25 @@ class Runtime:
         return plan
 
     async def run_file(
-        self, path: Path | str, *, skip: Callable[[Scenario], bool] | None = None
+        self,
+        path: Path | str,
+        *,
+        skip: Callable[[Scenario], bool] | None = None,
+        expect: SuiteInfo | None = None,
     ) -> None:
         """Feed every scenario of a JSONL file (validate it first with ``validate_file``).
 
         Returns when the file is exhausted or :meth:`request_stop` was called.
+        With ``expect`` (what ``validate_file`` returned), lines added or bytes
+        changed since the check raise :class:`ScenarioFileError`; what was read
+        before stays accepted.
         """
         work = self._work()
         with trio.CancelScope() as scope:
             self._source_scope = scope
             if self.stopping:
                 scope.cancel()
-            await run_file_source(path, work.clone(), skip=skip, stats=self._intake)
+            await run_file_source(path, work.clone(), skip=skip, stats=self._intake, expect=expect)
 
     # -- stopping ---------------------------------------------------------------------------------
 

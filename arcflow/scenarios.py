@@ -36,6 +36,8 @@ class SuiteInfo:
     count: int
     #: sha256 of the file's bytes.
     sha256: str
+    #: Size of the file in bytes when it was checked.
+    size: int = 0
 
 
 def parse_scenario(data: Any, path: Path | str, line: int) -> Scenario:
@@ -118,11 +120,28 @@ def parse_line(text: str, path: Path | str, lineno: int) -> Scenario | None:
     return parse_scenario(data, path, lineno)
 
 
-def iter_lines(path: Path | str) -> Iterator[tuple[int, str]]:
+class FileDigest:
+    """The sha256 and the size of the bytes fed to it."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        #: Bytes fed so far.
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._sha.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def iter_lines(path: Path | str, digest: FileDigest | None = None) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) for each line, as text mode would split them (\\n, \\r\\n, \\r).
 
     Each line is decoded on its own, so a byte that is not UTF-8 is reported
-    on its own line, exactly.
+    on its own line, exactly.  ``digest`` (a hashlib object), when given, is
+    fed every byte read, so one pass both checks and hashes the file.
     """
     path = Path(path)
     try:
@@ -136,6 +155,8 @@ def iter_lines(path: Path | str) -> Iterator[tuple[int, str]]:
         carry = b""
         while True:
             chunk = f.read(_READ_CHUNK)
+            if digest is not None:
+                digest.update(chunk)
             data = carry + chunk
             if not chunk:
                 lines = data.splitlines()
@@ -158,10 +179,10 @@ def iter_lines(path: Path | str) -> Iterator[tuple[int, str]]:
                 return
 
 
-def iter_file(path: Path | str) -> Iterator[tuple[int, Scenario]]:
+def iter_file(path: Path | str, digest: FileDigest | None = None) -> Iterator[tuple[int, Scenario]]:
     """Yield (line number, scenario) for each non-blank line; raise on the first bad one."""
     path = Path(path)
-    for lineno, text in iter_lines(path):
+    for lineno, text in iter_lines(path, digest):
         scenario = parse_line(text, path, lineno)
         if scenario is not None:
             yield lineno, scenario
@@ -245,7 +266,8 @@ def validate_file(path: Path | str) -> SuiteInfo:
     path = Path(path)
     keys = _KeySet()
     count = 0
-    for _lineno, scenario in iter_file(path):
+    digest = FileDigest()
+    for _lineno, scenario in iter_file(path, digest):
         keys.add(_id_key(scenario.id))
         count += 1
     if count == 0:
@@ -265,8 +287,4 @@ def validate_file(path: Path | str) -> SuiteInfo:
                     f"{first_seen[scenario.id]}); ids must be unique in a suite",
                 )
             first_seen[scenario.id] = lineno
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return SuiteInfo(path=path, count=count, sha256=digest.hexdigest())
+    return SuiteInfo(path=path, count=count, sha256=digest.hexdigest(), size=digest.size)

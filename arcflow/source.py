@@ -13,7 +13,7 @@ import trio
 
 from .errors import ScenarioFileError
 from .models import Scenario
-from .scenarios import parse_line
+from .scenarios import FileDigest, SuiteInfo, parse_line
 from .stats import IntakeStats
 
 #: Bytes read from the file per trip to a worker thread.
@@ -39,8 +39,11 @@ class _LineReader:
     does not run in a thread that would contend with the event loop for the GIL.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, expect: SuiteInfo | None = None) -> None:
         self.path = path
+        self.expect = expect
+        self._digest = FileDigest()
+        self._grown = False
         self._file: BinaryIO | None = None
         self._decoder = io.IncrementalNewlineDecoder(
             codecs.getincrementaldecoder("utf-8")(), translate=True
@@ -54,8 +57,17 @@ class _LineReader:
         if self._file is None:
             self._file = await trio.to_thread.run_sync(_open, self.path)
         while not self._eof:
-            data = await trio.to_thread.run_sync(self._file.read, _READ_SIZE)
+            size = _READ_SIZE
+            if self.expect is not None:  # never read past what was checked
+                size = min(size, self.expect.size - self._digest.size) or 1
+            data = await trio.to_thread.run_sync(self._file.read, size)
+            if self.expect is not None and data and self._digest.size >= self.expect.size:
+                data = b""  # the checked part ends here; what follows was added since
+                self._grown = True
+            self._digest.update(data)
             self._eof = not data
+            if self._eof:
+                self._check_unchanged()
             try:
                 text = self._decoder.decode(data, final=self._eof)
             except UnicodeDecodeError as exc:
@@ -69,7 +81,27 @@ class _LineReader:
                 first = self._lineno + 1
                 self._lineno += len(complete)
                 return list(zip(range(first, first + len(complete)), complete, strict=True))
+        if self._grown:
+            raise ScenarioFileError(
+                self.path,
+                self._lineno + 1,
+                "this line was added after the file was checked, so it is not run; "
+                "the scenarios before it are recorded (put new scenarios in a file of their own)",
+            )
         return []
+
+    def _check_unchanged(self) -> None:
+        """At the end: the bytes read are those that were checked."""
+        expect = self.expect
+        if expect is None or self._digest.hexdigest() == expect.sha256:
+            return
+        raise ScenarioFileError(
+            self.path,
+            None,
+            f"the file changed while the run read it ({self._digest.size} bytes now, "
+            f"{expect.size} when checked); the scenarios read are recorded, but a changed "
+            "scenario may have run as it is now: check the file and run again with --resume",
+        )
 
     def close(self) -> None:
         if self._file is not None:
@@ -82,6 +114,7 @@ async def run_file_source(
     *,
     skip: Callable[[Scenario], bool] | None = None,
     stats: IntakeStats | None = None,
+    expect: SuiteInfo | None = None,
 ) -> None:
     """Stream ``path`` into ``work``, skipping scenarios for which ``skip`` is true.
 
@@ -92,12 +125,15 @@ async def run_file_source(
 
     Retries nothing; a file that became invalid since it was validated raises
     :class:`ScenarioFileError` (same checks and messages as ``iter_file``).
+    With ``expect`` (what :func:`validate_file` returned), nothing past the
+    checked bytes is run: a line added since is an error naming its line, and
+    a file whose bytes changed is an error at the end.
     Closes ``work`` (its send end) when it returns.
     """
     path = Path(path)
     stats = stats if stats is not None else IntakeStats()
     with work:
-        reader = _LineReader(path)
+        reader = _LineReader(path, expect)
         try:
             await _feed(reader, work, skip, stats)
         finally:

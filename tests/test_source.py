@@ -63,3 +63,52 @@ async def test_source_errors_name_the_line(tmp_path: Any) -> None:
         await _source(path)
     with pytest.raises(ScenarioFileError, match="no such file"):
         await _source(tmp_path / "missing.jsonl")
+
+
+async def test_lines_added_after_the_check_are_refused_at_their_line(tmp_path: Any) -> None:
+    """A line appended after validation is not run: the source stops there, naming the line."""
+    from arcflow.errors import ScenarioFileError
+    from arcflow.scenarios import validate_file
+    from arcflow.source import run_file_source
+
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"id": f"s{i}"}) + "\n" for i in range(3)))
+    suite = validate_file(path)
+    with path.open("a") as f:
+        f.write(json.dumps({"id": "s0"}) + "\n")  # a duplicate, added too late to be checked
+    send, recv = trio.open_memory_channel[Scenario](100)
+    with pytest.raises(ScenarioFileError, match=r"s\.jsonl:4: this line was added after"):
+        await run_file_source(path, send, expect=suite)
+    assert [s.id async for s in recv] == ["s0", "s1", "s2"]
+
+
+async def test_a_last_line_without_newline_still_runs_when_more_is_appended(tmp_path: Any) -> None:
+    """The checked part's last line (no newline) runs; the bytes appended after it do not."""
+    from arcflow.errors import ScenarioFileError
+    from arcflow.scenarios import validate_file
+    from arcflow.source import run_file_source
+
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}))
+    suite = validate_file(path)
+    with path.open("a") as f:
+        f.write("\n" + json.dumps({"id": "c"}) + "\n")
+    send, recv = trio.open_memory_channel[Scenario](100)
+    with pytest.raises(ScenarioFileError, match="added after the file was checked"):
+        await run_file_source(path, send, expect=suite)
+    assert [s.id async for s in recv] == ["a", "b"]
+
+
+async def test_bytes_changed_after_the_check_are_an_error(tmp_path: Any) -> None:
+    """A file whose checked bytes changed (same length) is an error once read."""
+    from arcflow.errors import ScenarioFileError
+    from arcflow.scenarios import validate_file
+    from arcflow.source import run_file_source
+
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "a", "input": {"x": 1}}) + "\n")
+    suite = validate_file(path)
+    path.write_text(json.dumps({"id": "a", "input": {"x": 2}}) + "\n")
+    send, _recv = trio.open_memory_channel[Scenario](100)
+    with pytest.raises(ScenarioFileError, match="the file changed while the run read it"):
+        await run_file_source(path, send, expect=suite)
