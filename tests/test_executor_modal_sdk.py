@@ -274,14 +274,19 @@ async def test_file_descriptors_are_released_after_each_sandbox(modal_env: Local
 
 
 async def test_creation_does_not_stall_behind_waits() -> None:
-    """With 10 concurrent streams per connection, 40 sandboxes of 3 s all run at once: creations
-    are not queued behind long-poll waits on the one control-plane connection."""
+    """With 10 concurrent streams per connection, 40 sandboxes of 4 s created at 20/s all run at
+    once: creations are not queued behind the waits of the sandboxes already running."""
+    paced = {
+        "max_creations_per_second": 20.0,
+        "initial_creations_per_second": 20.0,
+        "creation_burst": 1,
+    }
     with LocalModal(max_concurrent_streams=10) as env, env.environ():
-        async with running(ModalExecutor(COMMAND, config(**FAST))) as executor:
+        async with running(ModalExecutor(COMMAND, config(**paced))) as executor:
             with trio.fail_after(60):
                 results = await run_all(
                     executor,
-                    [Scenario(id=str(i), input={"sleep": 3}) for i in range(40)],
+                    [Scenario(id=str(i), input={"sleep": 4}) for i in range(40)],
                     concurrency=40,
                 )
         assert all(r.status is Status.PASSED for r in results.values())

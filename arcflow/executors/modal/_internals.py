@@ -16,6 +16,7 @@ moved them fails at start with a clear message, not in the middle of a run.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,10 +40,15 @@ def check(modal_: Any) -> None:
         )
         if not hasattr(owner, name)
     ]
+    version = str(getattr(modal_, "__version__", "?"))
     if missing or not hasattr(async_utils.synchronizer, "_get_loop"):
         raise RuntimeError(
-            f"modal {getattr(modal_, '__version__', '?')} lacks {missing or ['_get_loop']}; "
+            f"modal {version} lacks {missing or ['_get_loop']}; "
             f"arcflow's modal: executor supports modal{SUPPORTED}"
+        )
+    if not version.startswith("1.6."):
+        logging.getLogger("arcflow.executors.modal").warning(
+            "modal %s: arcflow's modal: executor is tested with modal%s", version, SUPPORTED
         )
 
 
