@@ -119,11 +119,37 @@ class Scenario:
     tags: tuple[str, ...] = attrs.field(factory=tuple, converter=_freeze_tags)
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     timeout_s: float | None = attrs.field(default=None, validator=_positive_or_none)
+    #: The content hash once computed (a scenario is immutable, so it is computed once).
+    _hash: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @id.validator
     def _check_id(self, _attribute: attrs.Attribute[str], value: str) -> None:
         if not value:
             raise ValueError("scenario id must be a non-empty string")
+
+    @classmethod
+    def trusted(
+        cls,
+        id: str,
+        input: Any,
+        tags: tuple[str, ...],
+        metadata: Mapping[str, Any],
+        timeout_s: float | None,
+    ) -> Scenario:
+        """A scenario from values already checked (a scenario file line), without checking again.
+
+        The values must be what the validators would accept: ``tags`` a tuple of
+        strings, ``timeout_s`` None or a positive number.
+        """
+        scenario = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(scenario, "id", id)
+        setattr_(scenario, "input", input)
+        setattr_(scenario, "tags", tags)
+        setattr_(scenario, "metadata", metadata)
+        setattr_(scenario, "timeout_s", timeout_s)
+        setattr_(scenario, "_hash", None)
+        return scenario
 
     @property
     def content_hash(self) -> str:
@@ -131,8 +157,15 @@ class Scenario:
 
         The hashed text is ``canonical_json({"input": ..., "tags": [...],
         "metadata": {...}, "timeout_s": ...})``; stored hashes depend on it, so
-        it never changes.
+        it never changes.  Computed once per scenario.
         """
+        digest = self._hash
+        if digest is None:
+            digest = self._compute_hash()
+            object.__setattr__(self, "_hash", digest)
+        return digest
+
+    def _compute_hash(self) -> str:
         metadata = self.metadata
         if type(metadata) is dict and not metadata and not self.tags and self.timeout_s is None:
             # The common case, built without encoding the constant parts again:

@@ -97,3 +97,25 @@ def test_what_postgresql_or_json_cannot_take_is_refused_at_its_line(
     )
     with pytest.raises(ScenarioFileError, match=message):
         validate_file(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(
+        st.from_regex(r"\A\s*\{\s*\"id\"\s*:\s*\"[a-z]{1,5}\"\s*\}\s*\Z"),
+        st.text(max_size=30),
+    )
+)
+def test_loads_is_json_loads(text: str) -> None:
+    """The fast line decoder gives what json.loads gives, or raises what it raises."""
+    import arcflow.scenarios as sc
+
+    try:
+        expected: Any = ("ok", json.loads(text))
+    except (ValueError, RecursionError) as exc:
+        expected = ("error", type(exc))
+    try:
+        got: Any = ("ok", sc.loads(text))
+    except (ValueError, RecursionError) as exc:
+        got = ("error", type(exc))
+    assert got == expected
