@@ -106,7 +106,7 @@ def _positive_or_none(_inst: Any, attribute: attrs.Attribute[Any], value: float 
         raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # dict-backed: built from a checked line with one dict update
 class Scenario:
     """One unit of work: what an executor runs.
 
@@ -142,13 +142,9 @@ class Scenario:
         strings, ``timeout_s`` None or a positive number.
         """
         scenario = object.__new__(cls)
-        setattr_ = object.__setattr__
-        setattr_(scenario, "id", id)
-        setattr_(scenario, "input", input)
-        setattr_(scenario, "tags", tags)
-        setattr_(scenario, "metadata", metadata)
-        setattr_(scenario, "timeout_s", timeout_s)
-        setattr_(scenario, "_hash", None)
+        scenario.__dict__.update(
+            id=id, input=input, tags=tags, metadata=metadata, timeout_s=timeout_s, _hash=None
+        )
         return scenario
 
     @property
@@ -235,6 +231,49 @@ class Outcome:
     final: bool = True
     scenario_hash: str | None = None
     tags: tuple[str, ...] = attrs.field(factory=tuple, converter=_freeze_tags)
+
+    @classmethod
+    def trusted(
+        cls,
+        run_id: str,
+        scenario_id: str,
+        attempt: int,
+        status: Status,
+        started_at: datetime,
+        finished_at: datetime,
+        score: float | None,
+        output: Any,
+        error_type: str | None,
+        error_message: str | None,
+        executor: Mapping[str, Any],
+        worker: str,
+        final: bool,
+        scenario_hash: str | None,
+        tags: tuple[str, ...],
+    ) -> Outcome:
+        """An outcome from values already of the right types (a producer's), built in one step.
+
+        ``tags`` must be a tuple; no converter runs.
+        """
+        outcome = object.__new__(cls)
+        outcome.__dict__.update(
+            run_id=run_id,
+            scenario_id=scenario_id,
+            attempt=attempt,
+            status=status,
+            started_at=started_at,
+            finished_at=finished_at,
+            score=score,
+            output=output,
+            error_type=error_type,
+            error_message=error_message,
+            executor=executor,
+            worker=worker,
+            final=final,
+            scenario_hash=scenario_hash,
+            tags=tags,
+        )
+        return outcome
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -438,7 +438,7 @@ class Producer:
             and attempt < self._first + self.config.attempts - 1
             and not self.control.stopping
         )
-        return Outcome(
+        return Outcome.trusted(
             self.run_id,
             scenario.id,
             attempt,

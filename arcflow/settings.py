@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .executors import Executor, parse_executor
 from .executors.modal.config import ModalConfig
 from .store.dsn import redact_dsn
-from .validators import Check, non_negative, port, positive
+from .validators import Check, non_negative, optional, port, positive, whole
 
 ENV_PREFIX = "ARCFLOW_"
 CONFIG_ENV = "ARCFLOW_CONFIG"
@@ -170,6 +170,14 @@ class Settings:
     attempts: int = _from(RuntimeConfig, "attempts", "int", "attempts for error/timeout outcomes")
     grace: float = _from(
         RuntimeConfig, "grace", "float", "seconds running scenarios get after Ctrl-C", metavar="S"
+    )
+    threads: int | None = _opt(
+        None,
+        "optional_int",
+        "python: executor: worker threads for a sync function at once (unset: one per running "
+        "scenario, up to --concurrency)",
+        check=optional(whole(1)),
+        metavar="N",
     )
     pass_env: tuple[str, ...] = _opt(
         (),
@@ -376,6 +384,8 @@ class Settings:
         if spec.startswith("process:"):
             env = dict(entry.partition("=")[::2] for entry in self.env)
             return {"pass_env": self.pass_env, "env": env}
+        if spec.startswith("python:") and self.threads is not None:
+            return {"threads": self.threads}
         return {}
 
     def make_executor(self) -> Executor:

@@ -82,3 +82,60 @@ async def test_runtime_takes_a_plain_async_function(dsn: str, run_id: str, tmp_p
         ("a", "passed", 1.0),
         ("b", "passed", 1.0),
     ]
+
+
+async def test_sync_functions_are_not_capped_at_trios_forty_threads() -> None:
+    """60 sync calls at once all run together (trio's default limiter would stop at 40)."""
+    import threading
+
+    import trio
+
+    from arcflow.executors import ExecutionContext
+
+    barrier = threading.Barrier(60, timeout=20)
+
+    def wait_for_all(scenario: Scenario) -> None:
+        barrier.wait()  # breaks (an error outcome) unless all 60 are in threads at once
+
+    executor = PythonExecutor(wait_for_all)
+    context = ExecutionContext(run_id="r", attempt=1, worker="w")
+    results: list[Any] = []
+
+    async def one(i: int) -> None:
+        results.append(await executor.run(Scenario(id=f"s{i}"), context))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(60):
+            nursery.start_soon(one, i)
+    assert [r.status.value for r in results] == ["passed"] * 60
+
+
+async def test_threads_caps_sync_calls_at_once() -> None:
+    """threads=N lets at most N sync calls run at the same time."""
+    import threading
+    import time
+
+    import trio
+
+    from arcflow.executors import ExecutionContext
+
+    lock = threading.Lock()
+    running, peak = 0, 0
+
+    def count(scenario: Scenario) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    executor = PythonExecutor(count, threads=3)
+    context = ExecutionContext(run_id="r", attempt=1, worker="w")
+    async with trio.open_nursery() as nursery:
+        for i in range(12):
+            nursery.start_soon(executor.run, Scenario(id=f"s{i}"), context)
+    assert peak == 3
+    with pytest.raises(ExecutorSpecError, match="invalid threads=0"):
+        PythonExecutor(count, threads=0)

@@ -246,6 +246,7 @@ def test_config_command_prints_values_and_sources(
     }
     unset = {
         "timeout",
+        "threads",
         "metrics_port",
         "modal_image",
         "modal_cpu",

@@ -4,6 +4,11 @@ Async callables are awaited in the producer's task; sync ones run in a worker
 thread (abandoned, not killed, when the attempt times out or is cancelled:
 Python cannot kill a thread, so a sync function past its timeout keeps its
 thread until it returns, but its result is discarded).
+
+Sync functions have a thread limiter of their own, not trio's default of 40
+threads: by default as many threads as scenarios run at once
+(``--concurrency``), or ``threads`` (``--threads``) if that is smaller, say
+for a function that is not thread-safe beyond a few callers.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -28,9 +34,22 @@ class PythonExecutor(Executor):
 
     kind = "python"
 
-    def __init__(self, function: Callable[[Scenario], Any], name: str | None = None) -> None:
+    def __init__(
+        self,
+        function: Callable[[Scenario], Any],
+        name: str | None = None,
+        *,
+        threads: int | None = None,
+    ) -> None:
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ExecutorSpecError(f"invalid threads={threads!r}: must be a whole number >= 1")
         self.function = function
         self.name = name or getattr(function, "__qualname__", repr(function))
+        #: Worker threads sync calls may use at once (None: one per running scenario).
+        self.threads = threads
+        self._limiter = trio.CapacityLimiter(threads if threads is not None else math.inf)
         self._passed: ExecutionResult | None = None
         target = function.func if isinstance(function, functools.partial) else function
         self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
@@ -78,7 +97,7 @@ class PythonExecutor(Executor):
                 value = await self.function(scenario)
             else:
                 value = await trio.to_thread.run_sync(
-                    self.function, scenario, abandon_on_cancel=True
+                    self.function, scenario, abandon_on_cancel=True, limiter=self._limiter
                 )
         except Exception as exc:
             return ExecutionResult(
