@@ -27,7 +27,9 @@ echo into its output) the database password.
 from __future__ import annotations
 
 import json
+import math
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -45,7 +47,6 @@ from .output import (
     DEFAULT_STDOUT_LIMIT,
     OutputCapture,
     error_result,
-    read_stream,
     result_from_output,
 )
 
@@ -94,6 +95,11 @@ def child_environment(
 DEFAULT_KILL_GRACE_S = 2.0
 #: Seconds to wait for the kernel to report a SIGKILLed child as exited.
 _REAP_TIMEOUT_S = 5.0
+#: Bytes read from a pipe, and written to stdin, at a time.
+_READ_CHUNK = 64 * 1024
+_WRITE_CHUNK = 64 * 1024
+#: Seconds between checks whether the child has exited while its pipes stay open.
+_POLL_S = 0.05
 
 
 def resolve_command(command: Sequence[str], *, spec: str | None = None) -> list[str]:
@@ -159,6 +165,8 @@ class ProcessExecutor(Executor):
         self.stdout_limit = stdout_limit
         self.stderr_limit = stderr_limit
         self.kill_grace_s = float(kill_grace_s)
+        #: Worker threads at once: one per running scenario (the runtime bounds those).
+        self._limiter = trio.CapacityLimiter(math.inf)
 
     @classmethod
     def from_spec(cls, rest: str, **options: Any) -> ProcessExecutor:
@@ -190,102 +198,198 @@ class ProcessExecutor(Executor):
             "pid": None,
             "exit_code": None,
         }
-        payload = json.dumps(scenario.to_json()).encode()
+        # The whole life of the child (spawn, stdin, stdout and stderr, exit) runs in a worker
+        # thread, as a thread pool calling subprocess.run would: the event loop only waits for
+        # it.  A cancellation (timeout, shutdown) kills the child's group from here and waits,
+        # bounded, for the thread to see it go.
+        child = _Child(self, json.dumps(scenario.to_json()).encode(), context.details, details)
         try:
-            process = await trio.lowlevel.open_process(
-                list(self.command),
+            await trio.to_thread.run_sync(child.run, abandon_on_cancel=True, limiter=self._limiter)
+        except BaseException:
+            # Shielded and bounded inside (kill_grace_s, then _REAP_TIMEOUT_S after SIGKILL).
+            await self._kill(child)  # noqa: ASYNC102 - shielded, bounded inside
+            raise
+        if child.start_error is not None:
+            return error_result(
+                "ProcessStartError",
+                f"cannot start {shlex.join(self.command)}: {child.start_error}",
+                details,
+            )
+        return result_from_output(
+            exit_code=child.exit_code if child.exit_code is not None else -1,
+            stdout=child.stdout,
+            stderr=child.stderr,
+            details=details,
+        )
+
+    async def _kill(self, child: _Child) -> None:
+        """SIGTERM to the child's group, SIGKILL after ``kill_grace_s``; wait for its thread."""
+        with trio.CancelScope(shield=True):
+            child.stopping = True
+            await child.started.wait()
+            if child.popen is None:
+                return
+            _signal_group(child.popen.pid, signal.SIGTERM)
+            with trio.move_on_after(self.kill_grace_s):
+                await child.done.wait()
+            if not child.done.is_set():
+                _signal_group(child.popen.pid, signal.SIGKILL)
+                with trio.move_on_after(_REAP_TIMEOUT_S):
+                    await child.done.wait()
+
+
+class _Child:
+    """One child process, driven to its end in a worker thread by :meth:`run`.
+
+    ``started`` and ``done`` are trio events the thread sets (through the trio
+    token), so the trio side can kill the child and wait for the thread even
+    after it abandoned the thread on cancellation.
+    """
+
+    def __init__(
+        self,
+        executor: ProcessExecutor,
+        payload: bytes,
+        known: dict[str, Any],
+        details: dict[str, Any],
+    ) -> None:
+        self.executor = executor
+        self.payload = payload
+        self.known = known
+        self.details = details
+        self.stdout = OutputCapture(executor.stdout_limit, keep="head")
+        self.stderr = OutputCapture(executor.stderr_limit, keep="tail")
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self.start_error: str | None = None
+        #: Set by the trio side when the attempt is cancelled: do not start a child any more.
+        self.stopping = False
+        self.started = trio.Event()
+        self.done = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+
+    def _set(self, event: trio.Event) -> None:
+        try:
+            self._token.run_sync_soon(event.set)
+        except trio.RunFinishedError:  # pragma: no cover - the run outlives its scenarios
+            pass
+
+    def run(self) -> None:
+        """(worker thread) Start the child, feed it, drain it, wait for it, kill its leftovers."""
+        try:
+            self._run()
+        finally:
+            self._set(self.started)
+            self._set(self.done)
+
+    def _run(self) -> None:
+        ex = self.executor
+        if self.stopping:
+            return
+        try:
+            popen = subprocess.Popen(
+                ex.command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=self._child_env,
-                cwd=self.cwd,
+                env=ex._child_env,
+                cwd=ex.cwd,
                 start_new_session=True,
             )
         except OSError as exc:
-            return error_result(
-                "ProcessStartError",
-                f"cannot start {shlex.join(self.command)}: {type(exc).__name__}: {exc}",
-                details,
-            )
-        details["pid"] = process.pid
-        context.details.update(details)  # a timed-out or cancelled attempt still shows its pid
-        stdout = OutputCapture(self.stdout_limit, keep="head")
-        stderr = OutputCapture(self.stderr_limit, keep="tail")
-        finished = False
+            self.start_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.popen = popen
+        self.details["pid"] = popen.pid
+        self.known.update(self.details)  # a timed-out or cancelled attempt still shows its pid
+        self._set(self.started)
         try:
-            details["exit_code"] = await self._communicate(process, payload, stdout, stderr)
-            finished = True
+            _exchange(popen, self.payload, self.stdout, self.stderr)
         finally:
-            # _dispose is shielded itself and every wait in it is bounded (kill_grace_s, then
-            # _REAP_TIMEOUT_S after SIGKILL; closing the pipes is forceful).
-            await self._dispose(process, finished=finished)  # noqa: ASYNC102 - shielded, bounded inside
-        return result_from_output(
-            exit_code=details["exit_code"], stdout=stdout, stderr=stderr, details=details
-        )
-
-    async def _communicate(
-        self,
-        process: trio.Process,
-        payload: bytes,
-        stdout: OutputCapture,
-        stderr: OutputCapture,
-    ) -> int:
-        """Feed stdin and drain stdout and stderr while the child runs; its exit code.
-
-        Once the child exits, its process group is killed: nothing it left
-        behind keeps the scenario (or its pipes) open.
-        """
-        assert process.stdin is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_send_input, process.stdin, payload)
-            nursery.start_soon(read_stream, process.stdout, stdout)
-            nursery.start_soon(read_stream, process.stderr, stderr)
-            code = await process.wait()
-            _signal_group(process, signal.SIGKILL)
-        return code
-
-    async def _dispose(self, process: trio.Process, *, finished: bool) -> None:
-        """Make sure the child and its process group are gone, and close the pipes.
-
-        Unless the child ran to completion: SIGTERM to the group, wait up to
-        ``kill_grace_s``, then SIGKILL to the group and reap.  Shielded, so it
-        runs to the end even while the run is being cancelled.
-        """
-        with trio.CancelScope(shield=True):
-            if not finished:
-                _signal_group(process, signal.SIGTERM)
-                with trio.move_on_after(self.kill_grace_s):
-                    await process.wait()
-                _signal_group(process, signal.SIGKILL)
-                with trio.move_on_after(_REAP_TIMEOUT_S):
-                    await process.wait()
-            for stream in (process.stdin, process.stdout, process.stderr):
+            # What the command left in its group (a helper holding stdout open) goes with it.
+            _signal_group(popen.pid, signal.SIGKILL)
+            for stream in (popen.stdin, popen.stdout, popen.stderr):
                 if stream is not None:
-                    await trio.aclose_forcefully(stream)
+                    stream.close()
+            self.exit_code = popen.wait()
+            self.details["exit_code"] = self.exit_code
 
 
-async def _send_input(stdin: trio.abc.SendStream, payload: bytes) -> None:
-    """Write the scenario and close stdin.
+def _exchange(
+    popen: subprocess.Popen[bytes], payload: bytes, stdout: OutputCapture, stderr: OutputCapture
+) -> None:
+    """(worker thread) Write ``payload`` to stdin and close it, read stdout and stderr to EOF.
 
-    A child that exits (or closes stdin) without reading it all is not an
-    error here: its exit code and stdout tell what happened.
+    When the child exits, its process group is killed at once, so the pipes
+    reach EOF even if something it left behind held them open.  The exit is
+    seen through a pidfd (no polling), or by polling where there is none.
     """
+    assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+    sel = selectors.DefaultSelector()
+    view = memoryview(payload)
+    stdin_fd = popen.stdin.fileno()
+    os.set_blocking(stdin_fd, False)
+    sel.register(stdin_fd, selectors.EVENT_WRITE, _STDIN)
+    sel.register(popen.stdout.fileno(), selectors.EVENT_READ, stdout)
+    sel.register(popen.stderr.fileno(), selectors.EVENT_READ, stderr)
+    pidfd = _pidfd(popen.pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, _EXITED)
+    readers = 2
+    exited = False
     try:
-        await stdin.send_all(payload)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+        while readers:
+            events = sel.select(timeout=None if pidfd is not None or exited else _POLL_S)
+            if not exited and pidfd is None and popen.poll() is not None:
+                exited = True
+                _signal_group(popen.pid, signal.SIGKILL)
+            for key, _mask in events:
+                what = key.data
+                if what is _EXITED:
+                    exited = True
+                    sel.unregister(key.fd)
+                    _signal_group(popen.pid, signal.SIGKILL)
+                elif what is _STDIN:
+                    try:
+                        view = view[os.write(stdin_fd, view[:_WRITE_CHUNK]) :]
+                    except OSError:  # the child stopped reading: its exit code tells
+                        view = view[:0]
+                    if not view:
+                        sel.unregister(stdin_fd)
+                        popen.stdin.close()
+                else:
+                    chunk = os.read(key.fd, _READ_CHUNK)
+                    if chunk:
+                        what.feed(chunk)
+                    else:
+                        sel.unregister(key.fd)
+                        readers -= 1
     finally:
-        await trio.aclose_forcefully(stdin)
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
 
 
-def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
-    """Send ``sig`` to the child's process group (its session), or to the child alone."""
+#: Markers of the selector's non-output registrations.
+_STDIN = object()
+_EXITED = object()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor readable when ``pid`` exits (Linux 5.3+), or None."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
     try:
-        if hasattr(os, "killpg"):
-            os.killpg(process.pid, sig)
-        elif process.returncode is None:
-            process.send_signal(sig)
+        fd: int = opener(pid)
+        return fd
+    except OSError:
+        return None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group (session) led by ``pid``, if it is still there."""
+    try:
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass  # already gone
