@@ -23,11 +23,29 @@ STATUSES = ("passed", "failed", "error", "timeout", "cancelled")
 
 # -- queries -------------------------------------------------------------------------------------
 
-_LATEST = """
-    SELECT DISTINCT ON (scenario_id) scenario_id, attempt, status, tags
-    FROM arcflow.outcomes WHERE run_id = $1
-    ORDER BY scenario_id, attempt DESC
-"""
+#: What one conclusion of a run is keyed by: a scenario.  Every "per scenario" query
+#: (counts, tags, diff pairs, JUnit test cases, the gates) selects through
+#: :func:`concluded`, so repeats of a scenario (epochs) become one more column here.
+CONCLUSION_KEY: tuple[str, ...] = ("scenario_id",)
+
+
+def concluded(columns: str, *, run: str = "$1", alias: str = "o", where: str = "") -> str:
+    """SQL: each scenario's conclusion in run ``run``: its latest *final* attempt.
+
+    A scenario with no final attempt (its run stopped between a retryable
+    attempt and the next one, or a cancelled attempt) concludes with its
+    latest attempt.  ``columns`` are selected from ``arcflow.outcomes {alias}``;
+    ``where`` adds conditions (``AND ...``), e.g. keyset pagination on the key.
+    """
+    key = ", ".join(f"{alias}.{k}" for k in CONCLUSION_KEY)
+    return (
+        f"SELECT DISTINCT ON ({key}) {columns} FROM arcflow.outcomes {alias} "
+        f"WHERE {alias}.run_id = {run}{(' ' + where) if where else ''} "
+        f"ORDER BY {key}, {alias}.final DESC, {alias}.attempt DESC"
+    )
+
+
+_LATEST = concluded("o.scenario_id, o.attempt, o.status, o.tags")
 
 _STATUS_COUNTS = ", ".join(f"count(*) FILTER (WHERE status = '{s}') AS {s}" for s in STATUSES)
 
@@ -37,8 +55,7 @@ SELECT r.run_id, r.suite, r.status, r.started_at, r.finished_at, r.scenarios,
 FROM arcflow.runs r
 LEFT JOIN LATERAL (
     SELECT count(*) AS done, {_STATUS_COUNTS}
-    FROM (SELECT DISTINCT ON (o.scenario_id) o.status FROM arcflow.outcomes o
-          WHERE o.run_id = r.run_id ORDER BY o.scenario_id, o.attempt DESC) latest
+    FROM ({concluded("o.status", run="r.run_id")}) latest
 ) c ON true
 WHERE ($2::text IS NULL OR r.suite = $2) AND ($3::text IS NULL OR r.status = $3)
 ORDER BY r.started_at DESC, r.run_id
@@ -87,6 +104,31 @@ WHERE run_id = $1 ORDER BY written_at
 """
 
 DEAD_LETTERS_SQL = "SELECT count(*) FROM arcflow.dead_letters WHERE run_id = $1"
+
+_PARTITION = ", ".join(f"o.{k}" for k in CONCLUSION_KEY)
+
+#: One row per scenario (its conclusion), the ones that did not pass first; $2 rows at
+#: most; error message, output and executor details cut to $3 characters.
+SCENARIOS_SQL = f"""
+SELECT * FROM ({
+    concluded(
+        "o.scenario_id, o.attempt, o.final, o.status, o.score, o.duration_ms, o.tags, "
+        "o.error_type, left(o.error_message, $3) AS error_message, "
+        "left(o.output::text, $3) AS output, left(o.executor::text, $3) AS executor, "
+        f"count(*) OVER (PARTITION BY {_PARTITION}) AS attempts"
+    )
+}) c
+ORDER BY (status = 'passed'), {", ".join(CONCLUSION_KEY)}
+LIMIT $2
+"""
+
+#: Every attempt of one scenario in one run, the latest first.
+ATTEMPTS_OF_SQL = """
+SELECT scenario_id, attempt, final, status, score, output::text AS output, error_type,
+       error_message, started_at, finished_at, duration_ms, executor::text AS executor, worker,
+       tags, scenario_hash, batch_id, recorded_at
+FROM arcflow.outcomes WHERE run_id = $1 AND scenario_id = $2 ORDER BY attempt DESC
+"""
 
 # -- opening the database ---------------------------------------------------------------------------
 
@@ -178,6 +220,21 @@ async def build_report(store: Store, run_id: str, *, slowest: int = 10) -> Repor
             [(r["t"], r["inserted"]) for r in await store.fetch(SERIES_SQL, run_id)]
         ),
     )
+
+
+async def scenario_rows(
+    store: Store, run_id: str, *, limit: int = 5000, detail_chars: int = 4000
+) -> list[dict[str, Any]]:
+    """Each scenario's conclusion (at most ``limit``, the ones that did not pass first), for
+    the report's scenario table; long texts cut to ``detail_chars`` characters."""
+    rows = await store.fetch(SCENARIOS_SQL, run_id, limit, detail_chars)
+    return [{**dict(r), "tags": list(r["tags"] or [])} for r in rows]
+
+
+async def scenario_attempts(store: Store, run_id: str, scenario_id: str) -> list[dict[str, Any]]:
+    """Every attempt of one scenario in one run, the latest first (empty if none)."""
+    rows = await store.fetch(ATTEMPTS_OF_SQL, run_id, scenario_id)
+    return [{**dict(r), "tags": list(r["tags"] or [])} for r in rows]
 
 
 def _rate(part: int, whole: int | None) -> float | None:
