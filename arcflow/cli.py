@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quiet", action="store_true", help="print nothing but errors (no progress display)"
     )
+    _add_fail_under(run)
     _add_settings(run, list(OPTIONS))
     run.set_defaults(func=cmd_run)
 
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many slowest attempts (default 10)",
     )
+    _add_fail_under(report)
     _add_settings(report, READ_KEYS)
     report.set_defaults(func=cmd_report)
 
@@ -218,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(config, list(OPTIONS))
     config.set_defaults(func=cmd_config)
     _add_modal_command(sub)
+    _add_report_commands(sub)
     return parser
 
 
@@ -470,6 +473,17 @@ async def _run_observed(
     if file_error is not None:
         print(f"arcflow: error: {file_error}", file=sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "fail_under", None) is not None:  # all written: the gate reads the run back
+        from .report.gate import gate_run
+
+        return await gate_run(
+            settings.db,
+            settings.data_dir,
+            rt.run_id,
+            args.fail_under,
+            err=sys.stderr,
+            quiet=args.quiet,
+        )
     return EXIT_OK
 
 
@@ -553,18 +567,18 @@ def _read_command(args: argparse.Namespace, work: Callable[[Any, Settings], Any]
     if settings is None:
         return EXIT_USAGE
 
-    async def main() -> None:
+    async def main() -> int:
         async with open_report_store(settings.db, settings.data_dir) as store:
-            await work(store, settings)
+            return await work(store, settings) or EXIT_OK  # work may return an exit code (a gate)
 
     try:
-        trio.run(main)
+        code: int = trio.run(main)
     except BaseException as raw:  # noqa: ASYNC103 - trio.run has returned; mapped below
         failure: BaseException | None = raw
     else:
         failure = None
     if failure is None:
-        return EXIT_OK
+        return code
     exc = primary_error(failure)
     if isinstance(exc, ConfigError | DatabaseUnavailable):
         print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
@@ -586,7 +600,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report, format_report, render_html
+    from .report import build_report, format_report, render_html, scenario_rows
 
     if args.slowest < 0:
         print(
@@ -595,17 +609,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
 
-    async def work(store: Any, _settings: Settings) -> None:
+    async def work(store: Any, _settings: Settings) -> int | None:
         report = await build_report(store, args.run_id, slowest=args.slowest)
         if args.html is not None:
             try:
-                await trio.Path(args.html).write_text(render_html(report), encoding="utf-8")
+                page = render_html(report, await scenario_rows(store, args.run_id))
+                await trio.Path(args.html).write_text(page, encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(
                     f"cannot write the HTML report to {args.html}: {exc.strerror or exc}"
                 ) from None
             print(f"arcflow: wrote {args.html}", file=sys.stderr)
         _write(sys.stdout, format_report(report, args.format))
+        if args.fail_under is not None:
+            from .report.gate import report_gate
+
+            result = report_gate(report.totals, args.run_id, args.fail_under)
+            print(f"arcflow: gate: {result.message}", file=sys.stderr)
+            return result.exit_code
+        return None
 
     return _read_command(args, work)
 
@@ -672,6 +694,142 @@ def cmd_modal_sweep(args: argparse.Namespace) -> int:
             print(f"arcflow: modal sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
+
+
+# -- diff, export, view (the logic is in arcflow.report) ------------------------------------------------
+
+
+def _add_fail_under(parser: argparse.ArgumentParser) -> None:
+    from .report.gate import EXIT_GATE, parse_rate
+
+    parser.add_argument(
+        "--fail-under",
+        type=parse_rate,
+        metavar="RATE",
+        help=f"exit {EXIT_GATE} if the pass rate (latest final attempt of each scenario) is below "
+        "RATE, a fraction (0.9) or a percentage (90%%); checked once everything is written",
+    )
+
+
+def _add_report_commands(sub: Any) -> None:
+    from .report.diff import CSV_COLUMNS
+    from .report.export import FORMATS as EXPORT_FORMATS
+    from .report.gate import EXIT_GATE, parse_regression_limit
+    from .report.view import DEFAULT_PORT
+
+    diff = sub.add_parser(
+        "diff",
+        help="compare two runs scenario by scenario",
+        description="Compare RUN_B with RUN_A, scenario by scenario (latest final attempt of "
+        "each): regressed (passed, then not), fixed, new, missing, unchanged; score changes; "
+        "both pass rates, their difference and an exact McNemar test on the discordant pairs; "
+        "by tag.",
+    )
+    diff.add_argument("run_a", metavar="RUN_A", help="the run before (the baseline)")
+    diff.add_argument("run_b", metavar="RUN_B", help="the run after")
+    diff.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help=f"output format (default table; csv: one line per scenario, {', '.join(CSV_COLUMNS[:4])}, ...)",
+    )
+    diff.add_argument(
+        "--all", action="store_true", help="list unchanged scenarios too (default: changes only)"
+    )
+    diff.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML page"
+    )
+    diff.add_argument(
+        "--fail-on-regression",
+        nargs="?",
+        const="0",
+        type=parse_regression_limit,
+        metavar="LIMIT",
+        help=f"exit {EXIT_GATE} if any scenario regressed, or more than LIMIT: a count (5) or a "
+        "fraction of the scenarios in both runs (0.02 or 2%%)",
+    )
+    _add_settings(diff, READ_KEYS)
+    diff.set_defaults(func=cmd_diff)
+
+    export = sub.add_parser(
+        "export",
+        help="stream a run's outcomes as JSONL, CSV, JUnit XML or Parquet",
+        description="Write every outcome of RUN (every attempt; --latest: the latest final "
+        "attempt of each scenario) as it is read, in flat memory. junit: one test case per "
+        "scenario. parquet needs pyarrow (pip install 'arcflow[parquet]').",
+    )
+    export.add_argument("run_id", metavar="RUN_ID", help="the run (see `python -m arcflow runs`)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl", help="default jsonl")
+    export.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write to FILE (default standard output)"
+    )
+    export.add_argument(
+        "--latest", action="store_true", help="only each scenario's latest final attempt"
+    )
+    _add_settings(export, READ_KEYS)
+    export.set_defaults(func=cmd_export)
+
+    view = sub.add_parser(
+        "view",
+        help="browse the runs, reports, outcomes and diffs in a web browser (127.0.0.1)",
+        description="Serve the reports of the database on http://127.0.0.1:PORT/ until Ctrl-C: "
+        "the runs, each run's report and scenario table, each outcome, and diffs of two runs.",
+    )
+    view.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free port)",
+    )
+    _add_settings(view, READ_KEYS)
+    view.set_defaults(func=cmd_view)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .report.diff import build_diff, format_diff
+    from .report.gate import regression_gate
+    from .report.html import render_diff_html
+
+    async def work(store: Any, _settings: Settings) -> int | None:
+        diff = await build_diff(store, args.run_a, args.run_b, all=args.all)
+        if args.html is not None:
+            try:
+                await trio.Path(args.html).write_text(render_diff_html(diff), encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write the HTML diff to {args.html}: {exc.strerror or exc}"
+                ) from None
+            print(f"arcflow: wrote {args.html}", file=sys.stderr)
+        _write(sys.stdout, format_diff(diff, args.format))
+        if args.fail_on_regression is None:
+            return None
+        result = regression_gate(diff, args.fail_on_regression)
+        print(f"arcflow: gate: {result.message}", file=sys.stderr)
+        return result.exit_code
+
+    return _read_command(args, work)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .report.export import export_run
+
+    async def work(store: Any, _settings: Settings) -> None:
+        result = await export_run(
+            store, args.run_id, args.format, args.output, latest=args.latest, stdout=sys.stdout
+        )
+        if result.path is not None:
+            print(f"arcflow: wrote {result.rows:,} outcomes to {result.path}", file=sys.stderr)
+
+    return _read_command(args, work)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .report.view import view_command
+
+    async def work(store: Any, _settings: Settings) -> None:
+        await view_command(store, port=args.port, err=sys.stderr)
+
+    return _read_command(args, work)
 
 
 def _write(out: TextIO, text: str) -> None:

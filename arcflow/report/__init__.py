@@ -1,29 +1,47 @@
-"""Run listings and run reports, read back from PostgreSQL.
+"""Run listings, run reports, diffs, gates, exports and the viewer, read back from PostgreSQL.
 
 ``python -m arcflow runs`` lists runs; ``python -m arcflow report RUN_ID``
-reports one.  Counts by status are over each scenario's *latest* attempt (what
-the run concluded), so a scenario that errored once and passed on retry
-counts as passed; errors are grouped over *every* attempt (what went wrong on
-the way).  Formats: ``table`` (aligned text), ``json`` and ``csv``; a report
-can also be written as one self-contained HTML page (inline CSS and SVG, no
-scripts, nothing fetched).
+reports one; ``diff RUN_A RUN_B`` compares two (:mod:`.diff`); ``export RUN_ID``
+streams its outcomes (:mod:`.export`); ``view`` serves all of it to a browser
+(:mod:`.view`); ``--fail-under`` and ``--fail-on-regression`` are gates
+(:mod:`.gate`).  Counts by status are over each scenario's conclusion, its
+latest final attempt (:func:`.queries.concluded`), so a scenario that errored
+once and passed on retry counts as passed; errors are grouped over *every*
+attempt (what went wrong on the way).  Formats: ``table`` (aligned text),
+``json`` and ``csv``; a report or a diff can also be written as one
+self-contained HTML page (inline CSS, SVG and script, nothing fetched).
 """
 
 from .html import render_html
-from .queries import STATUSES, Report, build_report, list_runs, open_report_store, throughput_series
+from .queries import (
+    CONCLUSION_KEY,
+    STATUSES,
+    Report,
+    build_report,
+    concluded,
+    list_runs,
+    open_report_store,
+    scenario_attempts,
+    scenario_rows,
+    throughput_series,
+)
 from .text import FORMATS, format_report, format_runs, report_rows, text_table
 
 __all__ = [
+    "CONCLUSION_KEY",
     "FORMATS",
     "STATUSES",
     "Report",
     "build_report",
+    "concluded",
     "format_report",
     "format_runs",
     "list_runs",
     "open_report_store",
     "render_html",
     "report_rows",
+    "scenario_attempts",
+    "scenario_rows",
     "text_table",
     "throughput_series",
 ]

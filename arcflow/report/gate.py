@@ -62,9 +62,10 @@ class RegressionLimit:
         return regressed > (self.count or 0)
 
     def describe(self) -> str:
+        """What the limit allows, in words."""
         if self.fraction is not None:
-            return f"more than {float(self.fraction) * 100:g}% of the paired scenarios"
-        return "any" if not self.count else f"more than {self.count:,}"
+            return f"up to {float(self.fraction) * 100:g}% of the paired scenarios"
+        return "none" if not self.count else f"up to {self.count:,}"
 
 
 def parse_regression_limit(text: str) -> RegressionLimit:
@@ -121,6 +122,18 @@ def report_gate(report_totals: dict[str, Any], run_id: str, threshold: Fraction)
     )
 
 
+def regression_gate(diff: Any, limit: RegressionLimit) -> GateResult:
+    """Fail if more scenarios regressed from ``diff.run_a`` to ``diff.run_b`` than ``limit`` allows."""
+    regressed, paired = int(diff.summary["regressed"]), int(diff.summary["paired"])
+    where = f"{diff.run_a['run_id']} -> {diff.run_b['run_id']}"
+    shown = f"{regressed:,} of {paired:,} paired scenarios regressed"
+    if limit.exceeded(regressed, paired):
+        return GateResult(
+            False, f"{where}: {shown}; --fail-on-regression allows {limit.describe()}"
+        )
+    return GateResult(True, f"{where}: {shown}; within --fail-on-regression")
+
+
 async def run_pass_counts(store: Any, run_id: str) -> tuple[int, int]:
     """``(passed, scenarios)`` of a run, over each scenario's latest final attempt."""
     from .queries import concluded
@@ -136,11 +149,18 @@ async def run_pass_counts(store: Any, run_id: str) -> tuple[int, int]:
 
 
 async def gate_run(
-    db: str | None, data_dir: Path | str, run_id: str, threshold: Fraction, *, err: TextIO
+    db: str | None,
+    data_dir: Path | str,
+    run_id: str,
+    threshold: Fraction,
+    *,
+    err: TextIO,
+    quiet: bool = False,
 ) -> int:
     """After a run: read its pass rate back from the database and apply ``--fail-under``.
 
-    Returns 0 or :data:`EXIT_GATE`, having printed the verdict on ``err``.
+    Returns 0 or :data:`EXIT_GATE`, having printed the verdict on ``err`` (with
+    ``quiet``, only a failed one).
     Database errors propagate (the caller maps them to its exit codes).
     """
     from .queries import open_report_store
@@ -148,5 +168,6 @@ async def gate_run(
     async with open_report_store(db, data_dir) as store:
         passed, scenarios = await run_pass_counts(store, run_id)
     result = pass_rate_gate(run_id, passed, scenarios, threshold)
-    print(f"arcflow: gate: {result.message}", file=err)
+    if not (quiet and result.passed):
+        print(f"arcflow: gate: {result.message}", file=err)
     return result.exit_code
