@@ -7,6 +7,7 @@ The public surface::
     RuntimeConfig, RetryPolicy, BreakerConfig, SupervisorConfig, load_settings, Settings
     Scenario, Outcome, Status, Batch, FlushReason, ExecutionResult, RuntimeStatistics, ResumePlan
     Executor, ExecutionContext, PythonExecutor
+    tune_gc                               for hosts with thousands of concurrent scenarios
     ArcflowError and its subclasses (see arcflow.errors)
 
 Importing arcflow does not patch asyncio; the runtime opens trio-asyncio itself.
@@ -35,6 +36,7 @@ from .errors import (
 )
 from .executors import ExecutionContext, Executor, PythonExecutor
 from .executors.host import HostExecutor
+from .hosting import tune_gc
 from .models import Batch, ExecutionResult, FlushReason, Outcome, Scenario, Status
 from .runs import ResumePlan
 from .runtime import Runtime, new_run_id, open_runtime
@@ -77,4 +79,5 @@ __all__ = [
     "load_settings",
     "new_run_id",
     "open_runtime",
+    "tune_gc",
 ]

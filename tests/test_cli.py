@@ -265,3 +265,15 @@ def test_unusable_data_dir_and_unsafe_run_ids_exit_2(dsn: str, tmp_path: Path) -
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
     assert not (tmp_path.parent / "escape.journal").exists()
+
+
+def test_the_summary_says_how_long_the_user_waited(dsn: str, run_id: str, tmp_path: Path) -> None:
+    """--json has wall_s, the whole process from start-up to the end, beside the runtime's elapsed_s."""
+    proc = run_cli(
+        "run", str(EXAMPLE), "--executor", SCORE, "--db", dsn, "--run-id", run_id,
+        "--data-dir", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["wall_s"] > summary["elapsed_s"] > 0
+    assert summary["wall_s"] < 120
