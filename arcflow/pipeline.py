@@ -156,7 +156,9 @@ class Pipeline:
                                 on_outcome=self._on_outcome,
                                 journal=self.journal,
                             )
-                            await actors.start(
+                            # start_soon, not start: 20,000 producers would each cost a
+                            # trip through the scheduler before the first scenario runs.
+                            actors.start_soon(
                                 functools.partial(
                                     producer.serve,
                                     self._work_recv.clone(),
