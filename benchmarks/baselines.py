@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flush-interval", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--run-id", default=None)
+    parser.add_argument(
+        "--sleep", action="store_true", help="each scenario sleeps input.sleep seconds (asyncio)"
+    )
     args = parser.parse_args(argv)
     batcher = AsyncioBatcher(
         args.db,
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         flush_interval=args.flush_interval,
         concurrency=args.concurrency,
+        work=sleep_work if args.sleep else _noop,
     )
     result = run_asyncio(batcher.run(iter_jsonl(args.scenarios)))
     sys.stdout.write(json.dumps(result) + "\n")

@@ -150,3 +150,8 @@ class StartRecorder:
         self.starts.append(time.perf_counter())
         await trio.sleep(float(scenario.input.get(self.sleep_key, 0)))
         self.ends.append(time.perf_counter())
+
+
+def sync_sleep(scenario: Any) -> None:
+    """Block ``input["sleep"]`` seconds in the calling thread (the sync-function workload)."""
+    time.sleep(float(scenario.input.get("sleep", 0.05)))
