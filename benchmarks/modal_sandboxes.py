@@ -38,9 +38,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The sandbox command: read the scenario, sleep, answer (3 short processes per sandbox).
-SLEEP_COMMAND = 'cat >/dev/null; sleep {sleep}; echo \'{{"status": "passed"}}\''
-INSTANT_COMMAND = 'cat >/dev/null; echo \'{"status": "passed"}\''
+#: The sandbox command: read the scenario, sleep, answer (a shell and a sleep per sandbox).
+SLEEP_COMMAND = 'read -r _ || true; sleep {sleep}; echo \'{{"status": "passed"}}\''
+INSTANT_COMMAND = 'read -r _ || true; echo \'{"status": "passed"}\''
 
 
 def _raise_nofile() -> None:
@@ -216,6 +216,19 @@ class Server:
             raise RuntimeError("the local control plane did not start")
         self.env: dict[str, str] = json.loads(line)
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process (and the sandboxes it reaped) used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def measure(self, args: list[str], pythonpath: Path = ROOT) -> dict[str, Any]:
+        """Run one child against this server; adds the server's CPU per sandbox."""
+        before = self.cpu_s()
+        m = _per_sandbox(_child(args, self.env, pythonpath))
+        m["server_cpu_ms_per_sandbox"] = round(1000 * (self.cpu_s() - before) / m["scenarios"], 2)
+        return m
+
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -274,7 +287,7 @@ UNTHROTTLED = {
 
 
 def concurrency_bench(
-    dsn: str, *, quick: bool, before: Path | None, log: Any = print
+    dsn: str, *, quick: bool, before: Path | None, before_dsn: str = "", log: Any = print
 ) -> dict[str, Any]:
     n, c, sleep = (400, 200, 2.0) if quick else (2000, 1000, 5.0)
     command = SLEEP_COMMAND.format(sleep=sleep)
@@ -293,13 +306,13 @@ def concurrency_bench(
             runs.append(
                 (
                     "arcflow before (c78ad44), creation unthrottled",
-                    ["arcflow", str(n), str(c), command, dsn, json.dumps(UNTHROTTLED)],
+                    ["arcflow", str(n), str(c), command, before_dsn, json.dumps(UNTHROTTLED)],
                     before,
                 )
             )
         for name, args, path in runs:
             log(f"  concurrency: {name} ...")
-            systems[name] = _per_sandbox(_child(args, server.env, path))
+            systems[name] = server.measure(args, path)
             log(f"    {json.dumps(systems[name])}")
     bound = c / sleep
     loop = systems["plain-asyncio SDK loop"]
@@ -322,7 +335,9 @@ def concurrency_bench(
     }
 
 
-def rate_bench(dsn: str, *, quick: bool, before: Path | None, log: Any = print) -> dict[str, Any]:
+def rate_bench(
+    dsn: str, *, quick: bool, before: Path | None, before_dsn: str = "", log: Any = print
+) -> dict[str, Any]:
     n, limit = (300, 30.0) if quick else (600, 30.0)
     systems: dict[str, dict[str, Any]] = {}
     with Server(creation_rate=limit) as server:
@@ -332,8 +347,10 @@ def rate_bench(dsn: str, *, quick: bool, before: Path | None, log: Any = print) 
         for name, path in runs:
             log(f"  rate: {name} ...")
             # The CLI's default concurrency (8): "default settings" as a new user runs it.
-            m = _child(["arcflow", str(n), "8", INSTANT_COMMAND, dsn, "{}"], server.env, path)
-            systems[name] = _per_sandbox(m)
+            db = before_dsn if path != ROOT else dsn
+            systems[name] = server.measure(
+                ["arcflow", str(n), "8", INSTANT_COMMAND, db, "{}"], path
+            )
             log(f"    {json.dumps(systems[name])}")
     return {
         "scenarios": n,
@@ -345,13 +362,25 @@ def rate_bench(dsn: str, *, quick: bool, before: Path | None, log: Any = print) 
 
 
 def run_all(
-    dsn: str, *, quick: bool, before: Path | None, only: list[str], log: Any = print
+    dsn: str,
+    *,
+    quick: bool,
+    before: Path | None = None,
+    before_dsn: str = "",
+    only: list[str],
+    log: Any = print,
 ) -> dict[str, Any]:
+    """The benchmarks named in ``only``; ``before`` (an older checkout) writes to ``before_dsn``
+    (a database of its own: an older arcflow refuses a newer schema)."""
     results: dict[str, Any] = {}
     if "concurrency" in only:
-        results["concurrency"] = concurrency_bench(dsn, quick=quick, before=before, log=log)
+        results["concurrency"] = concurrency_bench(
+            dsn, quick=quick, before=before, before_dsn=before_dsn, log=log
+        )
     if "rate" in only:
-        results["rate"] = rate_bench(dsn, quick=quick, before=before, log=log)
+        results["rate"] = rate_bench(
+            dsn, quick=quick, before=before, before_dsn=before_dsn, log=log
+        )
     results["targets"] = targets(results)
     return results
 
@@ -402,14 +431,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['concurrency']:,} (bound {r['bound_per_s']:g}/s; {r['max_concurrent_streams']} "
             "streams per connection)",
             "",
-            "| system | scenarios/s | of bound | of SDK loop | CPU ms/sandbox | CPU / SDK loop's | peak open files | peak RSS MB |",
-            "|---|---|---|---|---|---|---|---|",
+            "| system | scenarios/s | of bound | of SDK loop | CPU ms/sandbox | CPU / SDK loop's "
+            "| server CPU ms/sandbox | peak open files | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, m in r["systems"].items():
             q = r["ratios"][name]
             lines.append(
                 f"| {name} | {m['scenarios_per_s']:.1f} | {q['of_bound']:.2f} | {q['of_sdk_loop']:.2f} | "
-                f"{m['cpu_ms_per_sandbox']:.2f} | {q['cpu_of_sdk_loop']:.2f} | {m['peak_open_files']:,} | "
+                f"{m['cpu_ms_per_sandbox']:.2f} | {q['cpu_of_sdk_loop']:.2f} | "
+                f"{m['server_cpu_ms_per_sandbox']:.2f} | {m['peak_open_files']:,} | "
                 f"{m['peak_rss_mb']:.0f} |"
             )
         lines.append("")
@@ -463,7 +494,19 @@ def main(argv: list[str] | None = None) -> int:
 
     db = BenchDB(args.db, allow_truncate=True)
     try:
-        results = run_all(db.dsn, quick=args.quick, before=args.before, only=only)
+        before_dsn = ""
+        if args.before is not None:
+            from .baselines import run_asyncio
+            from .db import _execute, with_database
+
+            try:
+                run_asyncio(_execute(db.admin_dsn, "CREATE DATABASE arcflow_modal_before"))
+            except Exception:  # it exists already
+                pass
+            before_dsn = with_database(db.admin_dsn, "arcflow_modal_before")
+        results = run_all(
+            db.dsn, quick=args.quick, before=args.before, before_dsn=before_dsn, only=only
+        )
     finally:
         db.close()
     if args.out is not None:

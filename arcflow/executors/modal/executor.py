@@ -164,9 +164,7 @@ class ModalExecutor(Executor):
         }
         if self.backend is not None:
             reaper = self.backend.reaper_stats
-            out["modal_terminations_pending"] = (
-                reaper.pending - reaper.terminated_later if reaper.pending else 0
-            )
+            out["modal_terminations_pending"] = self.backend.ops.reaper.outstanding_count
             out["modal_orphans_terminated"] = reaper.orphans_terminated + reaper.swept
         return out
 
@@ -182,7 +180,20 @@ class ModalExecutor(Executor):
         """On ``--resume``: terminate the run's sandboxes a process that died left running."""
         if not resume or self.backend is None:
             return
-        found, terminated = await self.backend.sweep({TAG_RUN: run_id})
+        try:
+            found, terminated = await self.backend.sweep({TAG_RUN: run_id})
+        except Exception as exc:
+            # Not worth refusing the run for: they stop at their lifetime, and the sweep
+            # command can be run again later.
+            logger.warning(
+                "modal: run %s: could not look for sandboxes left running (%s: %s); "
+                "run `python -m arcflow modal sweep %s` later",
+                run_id,
+                type(exc).__name__,
+                exc,
+                run_id,
+            )
+            return
         if found:
             logger.warning(
                 "modal: run %s: terminated %d of %d sandbox(es) still running from before",

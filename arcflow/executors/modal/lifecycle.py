@@ -401,6 +401,11 @@ class Reaper:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def outstanding_count(self) -> int:
+        """Sandboxes and uncertain creations still to terminate (read from any thread)."""
+        return len(self._ids) + len(self._tries)
+
     def outstanding(self) -> list[str]:
         return sorted(self._ids) + [f"(creation {key})" for key in sorted(self._tries)]
 
