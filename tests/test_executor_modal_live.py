@@ -39,7 +39,8 @@ COMMAND = [
 async def test_live_sandboxes_record_real_ids(
     dsn: str, run_id: str, db_query: Any, tmp_path: Path
 ) -> None:
-    """Real sandboxes run scenarios; outcomes carry real sandbox ids; a timeout terminates its sandbox."""
+    """Real sandboxes run scenarios; outcomes carry real sandbox ids; a timeout terminates its
+    sandbox, and no sandbox of the run is left running."""
     executor = ModalExecutor(
         COMMAND, ModalConfig(app_name="arcflow-tests", max_creations_per_second=2)
     )
@@ -65,3 +66,9 @@ async def test_live_sandboxes_record_real_ids(
     for status, details in by_id.values():
         if status == "passed":
             assert str(details.get("sandbox_id", "")).startswith("sb-")
+    assert by_id["live-slow"][1].get("terminated") is True
+    # Nothing of the run is left running (the timed-out one was terminated, the others exited).
+    from arcflow.executors.modal.sweep import sweep_run
+
+    found, _ = await sweep_run(run_id, ModalConfig(app_name="arcflow-tests"), dry_run=True)
+    assert found == []
