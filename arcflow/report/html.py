@@ -64,7 +64,7 @@ for(const box of document.querySelectorAll('.scn')){
     for(const r of rows){const ok=(!s||r.dataset.status===s)&&(!g||JSON.parse(r.dataset.tags).includes(g))&&(!w||r.dataset.search.includes(w));
       r.hidden=!ok;if(ok)k++;}
     n.textContent=k+' of '+rows.length+' shown';};
-  st.addEventListener('change',apply);tg.addEventListener('change',apply);sr.addEventListener('input',apply);
+  for(const [e,k] of [[st,'change'],[tg,'change'],[sr,'input'],[sr,'change']])e.addEventListener(k,apply);
   const heads=[...t.tHead.rows[0].cells];
   heads.forEach((th,i)=>{th.tabIndex=0;
     const go=()=>{const asc=th.getAttribute('aria-sort')!=='ascending';
@@ -354,7 +354,7 @@ def render_html(
                     ],
                     status=str(s["status"]),
                     tags=s["tags"],
-                    search=f"{sid} {error}",
+                    search=f"{sid} {s.get('error_type') or ''} {s.get('error_message') or ''}",
                     detail=i if link is None else None,
                 )
             )
@@ -590,7 +590,7 @@ def render_diff_html(
                 ],
                 status=str(r["change"]),
                 tags=r["tags"],
-                search=f"{sid} {error}",
+                search=f"{sid} {err_type or ''} {err_side or ''}",
                 detail=i if link is None else None,
             )
         )
