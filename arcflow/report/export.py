@@ -60,13 +60,34 @@ COLUMNS = (
     "recorded_at",
 )
 
+#: Columns that newer schemas add (repeats, usage, tokens and cost): exported after
+#: :data:`COLUMNS` when the table has them.
+OPTIONAL_COLUMNS = ("epoch", "usage", "input_tokens", "output_tokens", "cost_usd")
+
 #: Stored as JSON text in the database's own spelling; exported as JSON values (jsonl) or text.
-_JSON_COLUMNS = ("output", "executor")
+_JSON_COLUMNS = ("output", "executor", "usage")
 
-_SELECT = ", ".join(f"o.{c}::text AS {c}" if c in _JSON_COLUMNS else f"o.{c}" for c in COLUMNS)
+PRESENT_COLUMNS_SQL = """
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'arcflow' AND table_name = 'outcomes'
+"""
 
-ALL_SQL = f"SELECT {_SELECT} FROM arcflow.outcomes o WHERE o.run_id = $1 ORDER BY o.scenario_id, o.attempt"
-LATEST_SQL = f"SELECT * FROM ({concluded(_SELECT)}) c ORDER BY {', '.join(CONCLUSION_KEY)}"
+
+def _select(columns: Sequence[str]) -> str:
+    return ", ".join(f"o.{c}::text AS {c}" if c in _JSON_COLUMNS else f"o.{c}" for c in columns)
+
+
+def export_sql(columns: Sequence[str], *, latest: bool) -> str:
+    """Every attempt in key order, or (``latest``) each scenario's conclusion."""
+    if latest:
+        return (
+            f"SELECT * FROM ({concluded(_select(columns))}) c ORDER BY {', '.join(CONCLUSION_KEY)}"
+        )
+    return (
+        f"SELECT {_select(columns)} FROM arcflow.outcomes o WHERE o.run_id = $1 "
+        "ORDER BY o.scenario_id, o.attempt"
+    )
+
 
 JUNIT_COUNTS_SQL = f"""
 SELECT count(*) AS tests,
@@ -119,6 +140,12 @@ class Snapshot:
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
         return await self.store.run(_fetchrow, query, *args)
+
+    async def columns(self) -> tuple[str, ...]:
+        """The exported columns: :data:`COLUMNS`, then the optional ones the table has."""
+        rows = await self.store.fetch(PRESENT_COLUMNS_SQL)
+        present = {r["column_name"] for r in rows}
+        return COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)
 
     async def pages(
         self, query: str, *args: Any, size: int = PAGE_ROWS
@@ -174,24 +201,27 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def jsonl_lines(rows: Sequence[Any]) -> str:
-    """Outcome rows as JSON lines; ``output`` and ``executor`` as JSON values, as stored."""
+def jsonl_lines(rows: Sequence[Any], columns: Sequence[str] = COLUMNS) -> str:
+    """Outcome rows as JSON lines; ``output``, ``executor`` (and ``usage``) as JSON values, as stored."""
     out = []
+    as_json = [c for c in columns if c in _JSON_COLUMNS]
     for r in rows:
-        plain = {c: _iso(r[c]) for c in COLUMNS if c not in _JSON_COLUMNS}
+        plain = {c: _iso(r[c]) for c in columns if c not in _JSON_COLUMNS}
         plain["tags"] = list(plain["tags"] or [])
         line = json.dumps(plain, ensure_ascii=False, separators=(",", ":"))
-        extra = "".join(f',"{c}":{r[c] if r[c] is not None else "null"}' for c in _JSON_COLUMNS)
+        extra = "".join(f',"{c}":{r[c] if r[c] is not None else "null"}' for c in as_json)
         out.append(line[:-1] + extra + "}\n")
     return "".join(out)
 
 
-def csv_lines(rows: Sequence[Any], *, header: bool = False) -> str:
-    """Outcome rows as CSV (:data:`COLUMNS`); JSON columns and tags as JSON text."""
+def csv_lines(
+    rows: Sequence[Any], columns: Sequence[str] = COLUMNS, *, header: bool = False
+) -> str:
+    """Outcome rows as CSV (``columns``); JSON columns and tags as JSON text."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if header:
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
     for r in rows:
         writer.writerow(
             [
@@ -200,7 +230,7 @@ def csv_lines(rows: Sequence[Any], *, header: bool = False) -> str:
                 else ""
                 if r[c] is None
                 else _iso(r[c])
-                for c in COLUMNS
+                for c in columns
             ]
         )
     return buf.getvalue()
@@ -276,42 +306,39 @@ def junit_cases(rows: Sequence[Any], classname: str) -> str:
     return "".join(out)
 
 
-def _parquet_schema() -> Any:
+def _pyarrow() -> Any:
     try:
-        import pyarrow as pa
+        import pyarrow
     except ImportError:
         raise ConfigError(
             "--format parquet needs pyarrow: pip install 'arcflow[parquet]' (or pyarrow)"
         ) from None
+    return pyarrow
+
+
+def _parquet_schema(columns: Sequence[str]) -> Any:
+    pa = _pyarrow()
     ts = pa.timestamp("us", tz="UTC")
-    return pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("scenario_id", pa.string()),
-            ("attempt", pa.int32()),
-            ("final", pa.bool_()),
-            ("status", pa.string()),
-            ("score", pa.float64()),
-            ("output", pa.string()),
-            ("error_type", pa.string()),
-            ("error_message", pa.string()),
-            ("started_at", ts),
-            ("finished_at", ts),
-            ("duration_ms", pa.float64()),
-            ("executor", pa.string()),
-            ("worker", pa.string()),
-            ("tags", pa.list_(pa.string())),
-            ("scenario_hash", pa.string()),
-            ("batch_id", pa.string()),
-            ("recorded_at", ts),
-        ]
-    )
+    types = {
+        "attempt": pa.int32(),
+        "epoch": pa.int32(),
+        "final": pa.bool_(),
+        "score": pa.float64(),
+        "duration_ms": pa.float64(),
+        "cost_usd": pa.float64(),
+        "input_tokens": pa.int64(),
+        "output_tokens": pa.int64(),
+        "started_at": ts,
+        "finished_at": ts,
+        "recorded_at": ts,
+        "tags": pa.list_(pa.string()),
+    }
+    return pa.schema([(c, types.get(c, pa.string())) for c in columns])
 
 
 def _parquet_table(schema: Any, rows: Sequence[Any]) -> Any:
-    import pyarrow as pa
-
-    columns = {c: [r[c] for r in rows] for c in COLUMNS}
+    pa = _pyarrow()
+    columns = {c: [r[c] for r in rows] for c in schema.names}
     columns["tags"] = [list(t or []) for t in columns["tags"]]
     return pa.Table.from_pydict(columns, schema=schema)
 
@@ -334,7 +361,8 @@ async def export_run(
         raise ConfigError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
     if fmt == "parquet" and output is None:
         raise ConfigError("--format parquet writes a file: give --output FILE")
-    schema = _parquet_schema() if fmt == "parquet" else None
+    if fmt == "parquet":
+        _pyarrow()  # missing: say so before anything is read
     run = await store.get_run(run_id)
     if run is None:
         raise ConfigError(
@@ -344,8 +372,9 @@ async def export_run(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part") if path is not None else None
     try:
         async with snapshot(store) as snap:
-            if schema is not None:
+            if fmt == "parquet":
                 assert tmp is not None
+                schema = _parquet_schema(await snap.columns())
                 rows = await _write_parquet(snap, schema, tmp, run_id, latest, page_rows)
             else:
                 rows = await _write_text(snap, fmt, run, tmp, stdout, latest, page_rows)
@@ -399,15 +428,16 @@ async def _write_text(
         if fmt == "junit":
             counts = await snap.fetchrow(JUNIT_COUNTS_SQL, run_id)
             await out.write(junit_head(run, counts))
-        elif fmt == "csv":
-            await out.write(csv_lines([], header=True))
-        query = LATEST_SQL if latest or fmt == "junit" else ALL_SQL
+        columns = await snap.columns()
+        query = export_sql(columns, latest=latest or fmt == "junit")
         classname = str(run.get("suite") or run_id)
+        if fmt == "csv":
+            await out.write(csv_lines([], columns, header=True))
         async for rows in snap.pages(query, run_id, size=page_rows):
             if fmt == "jsonl":
-                text = jsonl_lines(rows)
+                text = jsonl_lines(rows, columns)
             elif fmt == "csv":
-                text = csv_lines(rows)
+                text = csv_lines(rows, columns)
             else:
                 text = junit_cases(rows, classname)
             await out.write(text)
@@ -434,7 +464,8 @@ async def _write_parquet(
     count = 0
     pending: list[Any] = []
     try:
-        async for rows in snap.pages(LATEST_SQL if latest else ALL_SQL, run_id, size=page_rows):
+        query = export_sql(schema.names, latest=latest)
+        async for rows in snap.pages(query, run_id, size=page_rows):
             pending.extend(rows)
             count += len(rows)
             if len(pending) >= ROW_GROUP_ROWS:
