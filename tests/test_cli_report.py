@@ -143,7 +143,11 @@ def test_report_table_csv_and_html(
     assert f"pass rate   {100 * passed / 300:.1f}% ({passed} of 300 scenarios, 300 planned" in out
     assert f"wrote {page}" in err
     html = page.read_text(encoding="utf-8")
-    assert "<svg" in html and "throughput over time" in html and "<script" not in html
+    assert "<svg" in html and "throughput over time" in html
+    assert html.count("<tr data-status=") == 300  # the scenario table, every scenario
+    code = html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, not a fetch
+    for needle in ("src=", "http://", "https://", "<link", "@import", "fetch(", "XMLHttpRequest"):
+        assert needle not in code  # nothing is loaded from anywhere
 
     assert cli.main(["report", run_id, "--db", dsn, "--format", "csv"]) == 0
     records = list(csv.reader(io.StringIO(capsys.readouterr().out)))
@@ -182,3 +186,23 @@ def test_no_embedded_database_yet_exits_2(
         monkeypatch.delenv(name, raising=False)
     assert cli.main(["runs", "--data-dir", str(tmp_path / "empty")]) == 2
     assert "no embedded database under" in capsys.readouterr().err
+
+
+def test_report_fail_under_exits_4_below_the_rate(
+    dsn: str, run_id: str, finished_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`report RUN --fail-under` prints the report, then exits 4 below the rate and 0 at or above it."""
+    passed = finished_run["by_status"]["passed"]
+    exact = f"{passed / 3}%"  # passed of 300 as a percentage, exactly
+    assert cli.main(["report", run_id, "--db", dsn, "--fail-under", exact]) == 0
+    out, err = capsys.readouterr()
+    assert f"run {run_id}  (finished)" in out and "meets --fail-under" in err
+    above = f"{(passed + 1) / 300}"
+    assert cli.main(["report", run_id, "--db", dsn, "--format", "json", "--fail-under", above]) == 4
+    out, err = capsys.readouterr()
+    assert json.loads(out)["totals"]["passed"] == passed
+    assert (
+        f"gate: run {run_id}: pass rate {100 * passed / 300:.1f}% ({passed} of 300 scenarios) is below"
+        in err
+    )
+    assert cli.main(["report", "no-such-run", "--db", dsn, "--fail-under", "0"]) == 2

@@ -22,9 +22,11 @@ from arcflow.report import (
     list_runs,
     open_report_store,
     render_html,
+    scenario_rows,
     text_table,
     throughput_series,
 )
+from arcflow.testing import make_outcome
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -214,6 +216,57 @@ async def test_html_is_self_contained_and_escaped(dsn: str, run_id: str, tmp_pat
     for needle in ("<script", "src=", "href=", "<link", "@import"):
         assert needle not in page
     assert "passed 7" in page
+
+
+async def test_scenario_rows_are_each_conclusion_not_passed_first(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """One row per scenario (its latest final attempt, with its attempt count), the ones that
+    did not pass first, cut to the limit."""
+    await record_run(dsn, run_id, tmp_path)
+    async with open_report_store(dsn, "unused") as store:
+        rows = await scenario_rows(store, run_id)
+        first = await scenario_rows(store, run_id, limit=3, detail_chars=4)
+    assert len(rows) == 13
+    assert [r["scenario_id"] for r in rows[:6]] == ["c0", "e1", "f0", "f1", "k0", "t0"]
+    assert all(r["status"] == "passed" for r in rows[6:])
+    by_id = {r["scenario_id"]: r for r in rows}
+    assert (by_id["e0"]["attempt"], by_id["e0"]["attempts"], by_id["e0"]["status"]) == (
+        2,
+        2,
+        "passed",
+    )
+    assert (by_id["e1"]["error_message"], by_id["e1"]["attempts"]) == ("still bad", 2)
+    assert [r["scenario_id"] for r in first] == ["c0", "e1", "f0"]
+    assert first[1]["error_message"] == "stil"
+
+
+async def test_html_scenario_table_escapes_and_embeds_safely(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """Hostile text in outputs and errors stays text: escaped in the table, and unable to close
+    the embedded details' script element."""
+    hostile = "</script><script>alert(1)</script><b>x</b>"
+    async with arcflow.open_runtime(db=dsn, run_id=run_id, data_dir=tmp_path) as rt:
+        await rt.record(
+            make_outcome(
+                run_id,
+                hostile,
+                "error",
+                error_type="E",
+                error_message=hostile,
+                output={"h": hostile},
+            )
+        )
+        await rt.record(make_outcome(run_id, "fine", "passed", tags=["<t>"]))
+    async with open_report_store(dsn, "unused") as store:
+        report = await build_report(store, run_id)
+        page = render_html(report, await scenario_rows(store, run_id))
+    assert page.count("<script") == 2 and page.count("</script>") == 2  # details JSON and the code
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert 'data-tags="[&quot;&lt;t&gt;&quot;]"' in page
+    details = page.split('id="arcflow-details">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(details)[0]["sections"][0]["blocks"][0] == ["error", hostile]
 
 
 def test_throughput_series_buckets() -> None:
