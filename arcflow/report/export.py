@@ -36,7 +36,7 @@ FORMATS = ("jsonl", "csv", "junit", "parquet")
 PAGE_ROWS = 2000
 
 #: Rows per parquet row group.
-ROW_GROUP_ROWS = 50_000
+ROW_GROUP_ROWS = 20_000
 
 #: The columns of an exported outcome, in order.
 COLUMNS = (
