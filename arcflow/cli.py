@@ -280,6 +280,12 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
         )
     if summary["restarts"]:
         lines.append(f"  restarts      {summary['restarts']}")
+    if summary["input_tokens"] or summary["output_tokens"] or summary["cost_usd"]:
+        lines.append(
+            f"  usage         {summary['input_tokens']:,} tokens in, "
+            f"{summary['output_tokens']:,} out, ${summary['cost_usd']:,.4f}"
+            + (" (the budget is spent: the rest did not run)" if summary["budget_spent"] else "")
+        )
     out.write("\n".join(lines) + "\n")
 
 

@@ -100,6 +100,9 @@ class RuntimeConfig:
     attempt_backoff: float = attrs.field(default=1.0, validator=non_negative)
     #: Longest delay in seconds between two attempts of one scenario.
     attempt_backoff_max: float = attrs.field(default=60.0, validator=positive)
+    #: Cost budget in US dollars (the outcomes' ``usage.cost_usd``): once spent, no new
+    #: scenario starts (running ones finish; ``--resume`` goes on).  None: no budget.
+    max_cost: float | None = attrs.field(default=None, validator=optional(non_negative))
     #: Seconds running scenarios get to finish after a shutdown request.
     grace: float = attrs.field(default=30.0, validator=non_negative)
     #: Seconds the final flush and journal writes may take at shutdown.
@@ -166,6 +169,7 @@ class RuntimeOptions(TypedDict, total=False):
     attempts: int
     attempt_backoff: float
     attempt_backoff_max: float
+    max_cost: float | None
     grace: float
     shutdown_timeout: float
     data_dir: Path | str

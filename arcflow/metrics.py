@@ -26,6 +26,7 @@ Metric names (see docs/operations.md for the full table)::
     arcflow_restarts_total{actor}, arcflow_breaker_transitions_total{from,to}
     arcflow_channel_depth{channel}, arcflow_pending_records, arcflow_running_scenarios
     arcflow_breaker_state{state}, arcflow_journal_bytes, arcflow_journal_write_errors_total,
+    arcflow_input_tokens_total, arcflow_output_tokens_total, arcflow_cost_usd_total,
     arcflow_batch_size
     arcflow_last_write_latency_seconds, arcflow_elapsed_seconds, arcflow_run_info{run_id}
     arcflow_executor_*                          (the executor's statistics(), e.g.
@@ -218,6 +219,11 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
         state.add_metric([name], 1.0 if s.breaker_state == name else 0.0)
     yield state
     yield gauge("arcflow_journal_bytes", "Bytes in the spill journal.", s.journal_bytes)
+    yield counter("arcflow_input_tokens", "Tokens in, as outcomes reported them.", s.input_tokens)
+    yield counter(
+        "arcflow_output_tokens", "Tokens out, as outcomes reported them.", s.output_tokens
+    )
+    yield counter("arcflow_cost_usd", "Cost in US dollars, as outcomes reported it.", s.cost_usd)
     yield counter(
         "arcflow_journal_write_errors",
         "Spill journal appends that failed (disk full, read-only, I/O error) and were retried.",

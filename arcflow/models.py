@@ -206,6 +206,12 @@ class ExecutionResult:
     error_type: str | None = None
     error_message: str | None = None
     executor: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Tokens, cost and other counters the scenario reported (see :data:`USAGE_KEYS`).
+    usage: Mapping[str, float] | None = None
+
+
+#: Usage counters stored in columns of their own; any other numeric key is kept in ``usage``.
+USAGE_KEYS = ("input_tokens", "output_tokens", "cost_usd")
 
 
 @attrs.frozen(slots=False)  # a dict-backed frozen class is built in half the time of a slotted one
@@ -231,6 +237,9 @@ class Outcome:
     final: bool = True
     scenario_hash: str | None = None
     tags: tuple[str, ...] = attrs.field(factory=tuple, converter=_freeze_tags)
+    #: Tokens, cost and other counters the attempt reported (``input_tokens``,
+    #: ``output_tokens``, ``cost_usd``, any other name), or None.
+    usage: Mapping[str, float] | None = None
 
     @classmethod
     def trusted(
@@ -250,6 +259,7 @@ class Outcome:
         final: bool,
         scenario_hash: str | None,
         tags: tuple[str, ...],
+        usage: Mapping[str, float] | None = None,
     ) -> Outcome:
         """An outcome from values already of the right types (a producer's), built in one step.
 
@@ -272,6 +282,7 @@ class Outcome:
             final=final,
             scenario_hash=scenario_hash,
             tags=tags,
+            usage=usage,
         )
         return outcome
 
@@ -303,6 +314,7 @@ class Outcome:
             "final": self.final,
             "scenario_hash": self.scenario_hash,
             "tags": list(self.tags),
+            "usage": dict(self.usage) if self.usage is not None else None,
         }
 
     @classmethod
@@ -324,6 +336,7 @@ class Outcome:
             final=bool(data.get("final", True)),
             scenario_hash=data.get("scenario_hash"),
             tags=data.get("tags") or (),
+            usage=data.get("usage"),
         )
 
 

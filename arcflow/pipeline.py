@@ -249,6 +249,7 @@ class Pipeline:
             journal_bytes=self.journal.size,
             journal_batches=self.journal.pending_batches,
             journal_error=self.writer.journal_error,
+            **attrs.asdict(producers.usage.plus(intake.usage)),
             executor=self.executor.statistics() if self.executor is not None else {},
             restarts=dict(self.restarts),
             elapsed=elapsed,

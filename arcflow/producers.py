@@ -21,6 +21,7 @@ from .executors.base import ExecutionContext, Executor
 from .journal import SpillJournal, salvage
 from .models import RETRYABLE_STATUSES, ExecutionResult, Outcome, OutcomeHook, Scenario, Status
 from .poison import output_problem
+from .stats import UsageTotals
 from .supervisor import supervise
 
 log = logging.getLogger("arcflow.producers")
@@ -86,6 +87,8 @@ class ProducerStats:
     completed: int = 0
     #: Outcomes produced, by status (every attempt counts).
     by_status: Counter[str] = attrs.field(factory=Counter)
+    #: Tokens and cost the outcomes reported.
+    usage: UsageTotals = attrs.field(factory=UsageTotals)
 
 
 @attrs.define
@@ -105,6 +108,8 @@ class ShutdownControl:
     #: Set when the host cancelled the runtime: scenarios accepted but not started
     #: are recorded ``cancelled`` rather than left without a row.
     record_unstarted: bool = False
+    #: Set when the run stopped because its cost budget (``max_cost``) was spent.
+    budget_spent: bool = False
 
     def stop(self) -> None:
         """Stop taking new scenarios; running ones go on."""
@@ -398,6 +403,22 @@ class Producer:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 step_started = _perf_counter()
 
+    def _check_budget(self) -> None:
+        """Past ``max_cost``: take no new scenarios (running ones finish; resume goes on)."""
+        limit = self.config.max_cost
+        control = self.control
+        if limit is not None and not control.stopping and self.stats.usage.cost_usd >= limit:
+            log.warning(
+                "run %s: the cost budget of %g USD is spent (%.4f USD): no new scenarios; "
+                "run again with --resume %s to go on",
+                self.run_id,
+                limit,
+                self.stats.usage.cost_usd,
+                self.run_id,
+            )
+            control.budget_spent = True
+            control.stop()
+
     def _scout(self, work: trio.MemoryReceiveChannel[Scenario]) -> None:
         """Woken while an attempt is running: wake a resting producer per queued scenario."""
         pool = self.pool
@@ -454,12 +475,16 @@ class Producer:
             not retry and status is not Status.CANCELLED,
             scenario.content_hash,
             scenario.tags,
+            result.usage,
         )
 
     def _sent(self, outcome: Outcome, state: ProducerState) -> None:
         """Bookkeeping once ``outcome`` is in the outcome channel."""
         stats = self.stats
         stats.by_status[_STATUS_VALUE[outcome.status]] += 1
+        if outcome.usage is not None:
+            stats.usage.add(outcome.usage)
+            self._check_budget()
         for hook in self.on_outcome:
             hook(outcome)
         attempt = state.attempt = outcome.attempt + 1

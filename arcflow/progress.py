@@ -168,6 +168,13 @@ class ProgressModel:
                 f"work {s.work_queue} · outcomes {s.outcome_queue} · batches {s.batch_queue}",
             ),
         ]
+        if s.input_tokens or s.output_tokens or s.cost_usd:
+            fields.append(
+                Field(
+                    "usage",
+                    f"{s.input_tokens:,} tokens in · {s.output_tokens:,} out · ${s.cost_usd:,.4f}",
+                )
+            )
         if s.executor:  # the executor's own numbers (modal: creation rate, refusals)
             text = " · ".join(f"{k.replace('_', ' ')} {v:,.4g}" for k, v in s.executor.items())
             fields.append(Field("executor", text))

@@ -405,6 +405,7 @@ class Runtime:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeClosed("the runtime stopped taking outcomes") from None
         self._intake.recorded[outcome.status.value] += 1
+        self._intake.usage.add(outcome.usage)
 
     def record_nowait(self, outcome: Outcome) -> None:
         """Hand over ``outcome`` or raise :class:`PipelineFull` (a ``trio.WouldBlock``) if full."""
@@ -418,6 +419,7 @@ class Runtime:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeClosed("the runtime stopped taking outcomes") from None
         self._intake.recorded[outcome.status.value] += 1
+        self._intake.usage.add(outcome.usage)
 
     async def spill(self, outcomes: Sequence[Outcome]) -> None:
         """Put outcomes straight into the run's spill journal (durable when this returns).
@@ -535,6 +537,10 @@ class Runtime:
             "retries": s.retries,
             "breaker_transitions": s.breaker_transitions,
             "restarts": s.restarts,
+            "input_tokens": s.input_tokens,
+            "output_tokens": s.output_tokens,
+            "cost_usd": round(s.cost_usd, 6),
+            "budget_spent": self._pipeline.control.budget_spent if self._pipeline else False,
             "elapsed_s": round(s.elapsed, 3),
             "throughput_per_s": round(s.written / s.elapsed, 1) if s.elapsed > 0 else 0.0,
         }

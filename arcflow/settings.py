@@ -168,6 +168,14 @@ class Settings:
         RuntimeConfig, "timeout", "optional_float", "per-scenario timeout in seconds", metavar="S"
     )
     attempts: int = _from(RuntimeConfig, "attempts", "int", "attempts for error/timeout outcomes")
+    max_cost: float | None = _from(
+        RuntimeConfig,
+        "max_cost",
+        "optional_float",
+        "cost budget in USD (the outcomes' usage.cost_usd): once spent, no new scenario starts; "
+        "--resume goes on",
+        metavar="USD",
+    )
     grace: float = _from(
         RuntimeConfig, "grace", "float", "seconds running scenarios get after Ctrl-C", metavar="S"
     )

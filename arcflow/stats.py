@@ -10,6 +10,7 @@ for what the runtime was handed); nothing else writes them.  The pipeline reads 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -77,6 +78,12 @@ class RuntimeStatistics:
     journal_write_errors: int = 0
     #: What is wrong with the journal while it refuses writes (None when it takes them).
     journal_error: str | None = None
+    #: Tokens in, as the outcomes so far reported them (``usage.input_tokens``).
+    input_tokens: int = 0
+    #: Tokens out, as the outcomes so far reported them (``usage.output_tokens``).
+    output_tokens: int = 0
+    #: Cost in US dollars, as the outcomes so far reported it (``usage.cost_usd``).
+    cost_usd: float = 0.0
     #: The executor's own counters and gauges (``Executor.statistics()``), e.g. Modal's
     #: current creation rate and refusals.
     executor: dict[str, float] = attrs.field(factory=dict)
@@ -87,6 +94,30 @@ class RuntimeStatistics:
 
 
 @attrs.define
+class UsageTotals:
+    """Tokens and cost reported by outcomes, added up by whoever counts them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, usage: Mapping[str, float] | None) -> None:
+        """Count one outcome's ``usage`` (None: nothing)."""
+        if usage:
+            self.input_tokens += int(usage.get("input_tokens", 0))
+            self.output_tokens += int(usage.get("output_tokens", 0))
+            self.cost_usd += float(usage.get("cost_usd", 0.0))
+
+    def plus(self, other: UsageTotals) -> UsageTotals:
+        """These totals and ``other``'s, added."""
+        return UsageTotals(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost_usd + other.cost_usd,
+        )
+
+
+@attrs.define
 class IntakeStats:
     """What the runtime was handed; written by its intake (``submit``, ``record``, the file source)."""
 
@@ -94,3 +125,5 @@ class IntakeStats:
     submitted: int = 0
     #: Finished outcomes handed over with ``record()``, by status.
     recorded: Counter[str] = attrs.field(factory=Counter)
+    #: Tokens and cost those outcomes reported.
+    usage: UsageTotals = attrs.field(factory=UsageTotals)

@@ -140,8 +140,8 @@ class AsyncioBatcher:
             nonlocal conn
             batch_id = uuid.uuid4().hex[:16]
             batch = [
-                (*row[:-2], batch_id, row[-1]) for row in batch
-            ]  # COLUMNS end with batch_id, tags
+                (*row[:-3], batch_id, *row[-2:]) for row in batch
+            ]  # COLUMNS end with batch_id, usage, tags
             while True:
                 try:
                     if conn is None or conn.is_closed():

@@ -113,6 +113,7 @@ def outcome_row(
         worker,
         scenario_hash if scenario_hash is not None else content_hash(data),
         batch_id,
+        None,
         [],
     )
 

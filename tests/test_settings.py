@@ -247,6 +247,7 @@ def test_config_command_prints_values_and_sources(
     unset = {
         "timeout",
         "threads",
+        "max_cost",
         "metrics_port",
         "modal_image",
         "modal_cpu",

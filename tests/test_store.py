@@ -266,7 +266,8 @@ def reference_row(o: Outcome, batch_id: str) -> tuple[Any, ...]:
         o.run_id, o.scenario_id, o.attempt, o.status.value, o.final, o.score,
         None if o.output is None else dumps(o.output), o.error_type, o.error_message,
         o.started_at, o.finished_at, o.duration_ms, dumps(dict(o.executor)), o.worker,
-        o.scenario_hash, batch_id, list(o.tags),
+        o.scenario_hash, batch_id, None if o.usage is None else dumps(dict(o.usage)),
+        list(o.tags),
     )  # fmt: skip
 
 
@@ -286,6 +287,7 @@ def test_encode_outcome_matches_reference(
     o = Outcome(
         "r", "s", 2, status, t0, t0 + timedelta(microseconds=micros), score=0.5, output=output,
         executor=executor, worker="w", final=False, scenario_hash="h", tags=tags,
+        usage={"cost_usd": 0.25, "input_tokens": 3} if micros % 2 else None,
     )  # fmt: skip
     assert encode_outcome(o, "b1") == reference_row(o, "b1")
     assert encode_outcome(o, "b1", tags=False) == reference_row(o, "b1")[:-1]

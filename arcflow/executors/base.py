@@ -86,7 +86,9 @@ def result_from_mapping(
     """Turn what a user function (or a process's stdout) returned into a result.
 
     Accepted: ``None`` (passed), or a mapping with any of ``status``
-    (``passed`` or ``failed``), ``score`` (a number), ``output`` (JSON).
+    (``passed`` or ``failed``), ``score`` (a number), ``output`` (JSON) and
+    ``usage`` (a mapping of counter names to numbers: ``input_tokens``,
+    ``output_tokens``, ``cost_usd``, or any other name).
     Anything else is reported as status ``error`` with a message saying why.
     """
     details = dict(executor or {})
@@ -101,12 +103,14 @@ def result_from_mapping(
             ),
             executor=details,
         )
-    unknown = set(value) - {"status", "score", "output"}
+    unknown = set(value) - {"status", "score", "output", "usage"}
     if unknown:
         return ExecutionResult(
             status=Status.ERROR,
             error_type="InvalidResult",
-            error_message=f"unknown result keys {sorted(unknown)}; allowed: status, score, output",
+            error_message=(
+                f"unknown result keys {sorted(unknown)}; allowed: status, score, output, usage"
+            ),
             executor=details,
         )
     raw_status = value.get("status", "passed")
@@ -131,6 +135,37 @@ def result_from_mapping(
                 executor=details,
             )
         score = float(score)
+    usage = value.get("usage")
+    if usage is not None:
+        problem = _usage_problem(usage)
+        if problem is not None:
+            return ExecutionResult(
+                status=Status.ERROR,
+                error_type="InvalidResult",
+                error_message=problem,
+                executor=details,
+            )
     return ExecutionResult(
-        status=Status(raw_status), score=score, output=value.get("output"), executor=details
+        status=Status(raw_status),
+        score=score,
+        output=value.get("output"),
+        executor=details,
+        usage=usage,
     )
+
+
+def _usage_problem(usage: Any) -> str | None:
+    """Why ``usage`` is not a mapping of counter names to non-negative finite numbers, or None."""
+    if not isinstance(usage, Mapping):
+        return f"result usage must be a mapping of counters to numbers, got {type(usage).__name__}"
+    for key, number in usage.items():
+        if not isinstance(key, str) or not key:
+            return f"result usage keys must be non-empty strings, got {key!r}"
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+            or number < 0
+        ):
+            return f"result usage {key!r} must be a finite number >= 0, got {number!r}"
+    return None

@@ -172,6 +172,7 @@ def encode_outcome(outcome: Outcome, batch_id: str, *, tags: bool = True) -> tup
         if output is not None:
             output = _fast_dumps(output)
         executor = _details_json(outcome.executor)
+        usage = _fast_dumps(outcome.usage) if outcome.usage is not None else None
     except (TypeError, ValueError) as exc:
         raise DataWriteError(
             f"outcome {outcome.scenario_id!r} attempt {outcome.attempt}: "
@@ -196,6 +197,7 @@ def encode_outcome(outcome: Outcome, batch_id: str, *, tags: bool = True) -> tup
         outcome.worker,
         outcome.scenario_hash,
         batch_id,
+        usage,
     )
     return (*row, list(outcome.tags)) if tags else row
 

@@ -28,6 +28,7 @@ OUTCOME_COLUMNS = (
     "worker",
     "scenario_hash",
     "batch_id",
+    "usage",
     "tags",
 )
 
@@ -112,6 +113,17 @@ MIGRATIONS: list[str] = [
         released_at   timestamptz
     );
     """,
+    # 3: tokens and cost: the reported usage, and its known counters as columns of their own
+    """
+    ALTER TABLE arcflow.outcomes ADD COLUMN usage jsonb;
+    ALTER TABLE arcflow.outcomes
+        ADD COLUMN input_tokens bigint
+            GENERATED ALWAYS AS ((usage->>'input_tokens')::numeric::bigint) STORED,
+        ADD COLUMN output_tokens bigint
+            GENERATED ALWAYS AS ((usage->>'output_tokens')::numeric::bigint) STORED,
+        ADD COLUMN cost_usd double precision
+            GENERATED ALWAYS AS ((usage->>'cost_usd')::double precision) STORED;
+    """,
 ]
 
 BOOTSTRAP = """
@@ -135,7 +147,8 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
     run_id text, scenario_id text, attempt integer, status text, final boolean,
     score double precision, output jsonb, error_type text, error_message text,
     started_at timestamptz, finished_at timestamptz, duration_ms double precision,
-    executor jsonb, worker text, scenario_hash text, batch_id text, tags text[] DEFAULT '{{}}'
+    executor jsonb, worker text, scenario_hash text, batch_id text, usage jsonb,
+    tags text[] DEFAULT '{{}}'
 ) ON COMMIT DELETE ROWS
 """
 
