@@ -310,6 +310,18 @@ class Browser:
         value: str = self.cmd("GET", "/url")
         return value
 
+    def arrive(self, url: str, *, prefix: bool = False, timeout: float = 10.0) -> str:
+        """Wait until the page at ``url`` (or starting with it) has loaded; its address."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.url
+            ready = self.js("return document.readyState") == "complete"
+            if ready and (now.startswith(url) if prefix else now == url):
+                return now
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still at {now}, not at {url}")
+            time.sleep(0.02)
+
     def shown(self) -> list[str]:
         """The first cell of each visible row of the page's first scenario table, in order."""
         rows: list[str] = self.js(
@@ -453,31 +465,32 @@ def test_viewer_from_runs_to_a_run_an_outcome_and_a_diff(
     a, b = runs
     browser.get(viewer.url)
     browser.click(f'a[href="/runs/{a}"]')
-    assert browser.url == f"{viewer.url}runs/{a}"
+    browser.arrive(f"{viewer.url}runs/{a}")
     assert browser.shown() == ["beta", "epsilon", "gamma", "alpha", "delta"]
     browser.click(".scn thead th:nth-child(3)")  # score: numbers first, empty last
     assert browser.shown()[:3] == ["beta", "alpha", "delta"]
     browser.click('.scn a[href$="/scenarios/gamma"]')
-    assert browser.url == f"{viewer.url}runs/{a}/scenarios/gamma"
+    browser.arrive(f"{viewer.url}runs/{a}/scenarios/gamma")
     page = browser.text("body")
     assert (
         "scenario gamma" in page and "stderr tail" in page and "ValueError: bad gamma <b>" in page
     )
     assert '"exit_code": 3' in page and "ProcessExitError" in page
     browser.click("nav a:nth-child(2)")  # back to the run
-    assert browser.url == f"{viewer.url}runs/{a}"
+    browser.arrive(f"{viewer.url}runs/{a}")
 
     browser.get(viewer.url)
     browser.click(f'input[name=a][value="{a}"]')
     browser.click(f'input[name=b][value="{b}"]')
     browser.click("form button[type=submit]")
-    assert browser.url.startswith(f"{viewer.url}diff?") and f"a={a}" in browser.url
+    assert f"a={a}" in browser.arrive(f"{viewer.url}diff?", prefix=True)
     assert browser.shown() == ["alpha", "beta", "zeta", "epsilon"]
     assert "1 regressed · 1 fixed · 1 new · 1 missing · 2 unchanged" in browser.text("p.summary")
     browser.click(f'.scn a[href="/runs/{b}/scenarios/{quote("alpha")}"]')
-    assert browser.url == f"{viewer.url}runs/{b}/scenarios/alpha"
+    browser.arrive(f"{viewer.url}runs/{b}/scenarios/alpha")
     assert f"run {b}" in browser.text("body") and "failed" in browser.text("dl.fields")
     browser.cmd("POST", "/back", {})
+    browser.arrive(f"{viewer.url}diff?", prefix=True)
     browser.click(f'.scn a[href="/runs/{a}/scenarios/alpha"]')
-    assert browser.url == f"{viewer.url}runs/{a}/scenarios/alpha"
+    browser.arrive(f"{viewer.url}runs/{a}/scenarios/alpha")
     assert "passed" in browser.text("dl.fields")
