@@ -445,6 +445,22 @@ async def test_refusal_lowers_the_rate_once_per_burst_and_honours_the_hint(
     assert rate.rate == pytest.approx(28.0 * 0.7)
 
 
+async def test_refusal_brings_an_overshot_rate_down_to_what_went_through(
+    autojump_clock: Any,
+) -> None:
+    """A rate of 160/s of which only 30/s went through over the last second drops to 30 at the
+    first refusal, not to 112 (a slow start that overshot comes back in one step)."""
+    rate = CreationRate(160.0)
+    for _ in range(30):
+        rate.succeeded()
+        await trio.sleep(1 / 30)
+    rate.refused(retry_after=0.01)
+    assert rate.rate == pytest.approx(30.0, rel=0.05)
+    await trio.sleep(1.0)
+    rate.refused()  # nothing went through in the last second: the plain decrease
+    assert rate.rate == pytest.approx(rate.refused_at_rate * 0.7)
+
+
 async def test_a_raised_rate_reaches_waiters_already_in_line(autojump_clock: Any) -> None:
     """Producers queued at 1/s are served at the new rate once it is raised (no slot reserved
     at the old rate), first come, first served."""

@@ -29,12 +29,14 @@ def check(modal_: Any) -> None:
     import modal._utils.async_utils as async_utils
     import modal._utils.grpc_utils as grpc_utils
     import modal.io_streams as io_streams
+    from modal_proto import api_pb2
 
     missing = [
         name
         for owner, name in (
             (async_utils, "synchronizer"),
             (grpc_utils, "get_server_retry_policy"),
+            (api_pb2, "RPCRetryPolicy"),
             (io_streams, "_BytesStreamReaderThroughCommandRouter"),
             (io_streams, "_StreamReaderThroughServer"),
         )
@@ -62,15 +64,14 @@ def sdk_loop() -> asyncio.AbstractEventLoop:
 
 def retry_after(exc: BaseException) -> float | None:
     """Modal's retry-after hint in seconds (RPCRetryPolicy in the error details), if any."""
-    from modal._utils.grpc_utils import get_server_retry_policy
+    from modal_proto import api_pb2
 
-    try:
-        policy = get_server_retry_policy(exc)  # type: ignore[arg-type]
-    except Exception:  # a hint we cannot read is no hint
-        return None
-    if policy is None:
-        return None
-    return max(float(policy.retry_after_secs), 0.0)
+    # The SDK keeps the decoded grpc-status-details on the error (reading ``.details``
+    # instead warns that grpclib's attributes are going away).
+    for entry in getattr(exc, "_grpc_details", None) or ():
+        if isinstance(entry, api_pb2.RPCRetryPolicy):
+            return max(float(entry.retry_after_secs), 0.0)
+    return None
 
 
 def raw_output(sandbox: Any, stream: str) -> AsyncIterator[bytes]:

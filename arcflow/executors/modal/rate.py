@@ -6,9 +6,12 @@ before it asks Modal for a sandbox) and moves its rate from what Modal answers:
 * **slow start**: from the initial rate (a new account's), the rate doubles every
   ``interval`` seconds while creations succeed and the bucket, not the demand, is what
   holds them back;
-* **multiplicative decrease**: RESOURCE_EXHAUSTED multiplies the rate by ``decrease``
-  (at most once per ``holdoff`` seconds, so the refusals of one burst count once) and
-  ends the slow start; a retry-after hint holds every creation until it has passed;
+* **multiplicative decrease**: RESOURCE_EXHAUSTED multiplies the rate by ``decrease``,
+  or brings it down to the rate creations actually went through in the last second when
+  that is lower (a slow start that overshot while the server's burst hid the limit comes
+  back in one or two steps, not five); at most once per ``holdoff`` seconds, so the
+  refusals of one burst count once; it ends the slow start; a retry-after hint holds
+  every creation until it has passed;
 * **additive increase**: afterwards, the rate grows by a twentieth of the rate at the
   last refusal per interval while creations succeed, back towards where Modal refused;
 * never above ``ceiling`` (``--modal-creation-rate``) nor below ``floor``.
@@ -21,6 +24,7 @@ effect at once (a reservation made at the old rate would not).  Time is
 
 from __future__ import annotations
 
+import collections
 import math
 
 import trio
@@ -29,6 +33,8 @@ __all__ = ["CreationRate"]
 
 #: Fraction of the rate at the last refusal added per interval after the slow start.
 _ADDITIVE_FRACTION = 0.05
+#: Seconds over which the rate creations went through is measured.
+_WINDOW_S = 1.0
 
 
 class CreationRate:
@@ -75,6 +81,7 @@ class CreationRate:
         self._last_increase = -math.inf
         self._last_decrease = -math.inf
         self._paced = False  # a waiter had to wait since the last increase (demand >= rate)
+        self._recent: collections.deque[float] = collections.deque()  # successes, last second
 
     # -- pacing -------------------------------------------------------------------------
 
@@ -112,6 +119,10 @@ class CreationRate:
         """A creation went through: maybe raise the rate (slow start, then additive)."""
         self.successes += 1
         now = trio.current_time()
+        recent = self._recent
+        recent.append(now)
+        while recent[0] < now - _WINDOW_S:
+            recent.popleft()
         if not self._paced or now - self._last_increase < self.interval:
             return
         if now - self._last_decrease < self.holdoff:
@@ -139,7 +150,11 @@ class CreationRate:
             woke = True
         if now - self._last_decrease >= self.holdoff:
             self.refused_at_rate = self.rate
-            self.rate = max(self.floor, self.rate * self.decrease)
+            rate = self.rate * self.decrease
+            admitted = self.admitted_rate(now)
+            if admitted > 0:
+                rate = min(rate, admitted)
+            self.rate = max(self.floor, rate)
             self.slow_start = False
             self.decreases += 1
             self._last_decrease = now
@@ -148,6 +163,11 @@ class CreationRate:
             woke = True
         if woke:
             self._wake()
+
+    def admitted_rate(self, now: float | None = None) -> float:
+        """Creations per second that went through over the last second."""
+        now = trio.current_time() if now is None else now
+        return sum(1 for t in self._recent if t >= now - _WINDOW_S) / _WINDOW_S
 
     def __repr__(self) -> str:
         phase = "slow start" if self.slow_start else "additive"
