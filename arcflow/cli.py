@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import attrs
 import trio
 
 from ._version import __version__
@@ -44,8 +45,10 @@ from .errors import (
 from .hosting import tune_gc
 from .logs import configure_logging, log_context
 from .models import Batch, BatchHook, OutcomeHook
+from .runs import read_prior
 from .runtime import Runtime
 from .scenarios import validate_file
+from .selection import Selection, parse_shard
 from .settings import OPTIONS, OptionSpec, Settings, format_settings, load_settings
 from .store.dsn import redact_text
 
@@ -156,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quiet", action="store_true", help="print nothing but errors (no progress display)"
     )
+    _add_selection(run)
     _add_fail_under(run)
     _add_settings(run, list(OPTIONS))
     run.set_defaults(func=cmd_run)
@@ -412,10 +416,127 @@ async def _linger(seconds: float) -> None:
 # -- run ---------------------------------------------------------------------------------------------
 
 
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "choosing scenarios",
+        "applied in this order: ids, tags, shard, --only-failed, sample, limit",
+    )
+    group.add_argument(
+        "--id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this scenario (repeatable; @FILE reads ids, one per line)",
+    )
+    group.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only scenarios with this tag (repeatable: any of them)",
+    )
+    group.add_argument(
+        "--exclude-tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="no scenario with this tag (repeatable)",
+    )
+    group.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only shard I of N (a split by id hash: N machines, one suite, no overlap)",
+    )
+    group.add_argument(
+        "--only-failed",
+        metavar="RUN_ID",
+        help="only the scenarios that ended failed, error or timeout in RUN_ID",
+    )
+    group.add_argument(
+        "--sample", type=int, metavar="N", help="a reproducible sample of N scenarios"
+    )
+    group.add_argument(
+        "--seed", type=int, default=None, metavar="S", help="the sample's seed (default 0)"
+    )
+    group.add_argument("--limit", type=int, metavar="N", help="at most N scenarios, the first ones")  # fmt: skip
+
+
+def _selection_from(args: argparse.Namespace) -> Selection | None:
+    """The selection the flags give, or None if none is given."""
+    ids: list[str] = []
+    for item in args.id:
+        if item.startswith("@"):
+            path = Path(item[1:])
+            try:
+                ids += [
+                    line.strip()
+                    for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip()
+                ]
+            except OSError as exc:
+                raise ConfigError(
+                    f"--id {item}: cannot read {path}: {exc.strerror or exc}"
+                ) from None
+        else:
+            ids.append(item)
+    given = any([ids, args.tag, args.exclude_tag, args.shard, args.only_failed,
+                 args.sample is not None, args.seed is not None, args.limit is not None])  # fmt: skip
+    if not given:
+        return None
+    if args.seed is not None and args.sample is None:
+        raise ConfigError("--seed only makes sense with --sample N")
+    for name in ("sample", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"invalid --{name}={value}: must be a whole number >= 1")
+    return Selection(
+        ids=ids,
+        tags=args.tag,
+        exclude_tags=args.exclude_tag,
+        shard=parse_shard(args.shard) if args.shard else None,
+        only_failed=args.only_failed,
+        sample=args.sample,
+        seed=args.seed or 0,
+        limit=args.limit,
+    )
+
+
+async def _choose(args: argparse.Namespace, settings: Settings) -> Selection | None:
+    """The run's selection: the flags', or a resumed run's stored one; --only-failed resolved."""
+    selection = _selection_from(args)
+    if args.resume is None and (selection is None or selection.only_failed is None):
+        return selection
+    stored, failed = await read_prior(
+        settings.db,
+        settings.data_dir,
+        resume=args.resume,
+        only_failed=selection.only_failed if selection is not None else None,
+    )
+    if args.resume is not None and stored is not None:
+        if selection is not None and selection != stored:
+            raise ResumeError(
+                f"run {args.resume} took {stored.describe()}; resume it with the same selection "
+                "flags, or with none (it keeps its own)"
+            )
+        selection = stored
+        if selection.only_failed is not None:
+            _, failed = await read_prior(
+                settings.db, settings.data_dir, resume=None, only_failed=selection.only_failed
+            )
+    if selection is not None and failed is not None:
+        selection = attrs.evolve(selection, failed_ids=failed)
+    return selection
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     config = settings.runtime_config()
     executor = settings.make_executor()
-    suite = validate_file(args.scenarios)
+    selection = await _choose(args, settings)
+    suite = validate_file(args.scenarios, selection)
+    if suite.count == 0:
+        raise ConfigError(
+            f"the selection takes none of the {suite.total} scenarios of {args.scenarios}"
+        )
     if args.resume and args.run_id and args.resume != args.run_id:
         raise ConfigError("--resume RUN_ID and --run-id disagree; give one of them")
     if (args.force or args.retry_errors) and not args.resume:
@@ -447,6 +568,7 @@ async def _run_observed(
         scenario_count=suite.count,
         config=config,
         resume=bool(args.resume),
+        selection=suite.selection,
         **observers.hooks(),
     )
     chatty = not args.quiet and not args.json

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -29,11 +30,12 @@ from .errors import ArcflowError, DataDirError, ResumeError, RunInUse
 from .journal import make_private_dir
 from .models import RETRYABLE_STATUSES, Scenario, Status
 from .scenarios import iter_file
+from .selection import Selection
 from .store import Store
 
 log = logging.getLogger("arcflow.runs")
 
-__all__ = ["ResumePlan", "RunLock", "RunRecord", "plan_resume", "run_status"]
+__all__ = ["ResumePlan", "RunLock", "RunRecord", "plan_resume", "read_prior", "run_status"]
 
 
 @attrs.frozen
@@ -343,3 +345,52 @@ class RunLock:
                 self._locked = False
                 await self._store.aclose()
                 await trio.to_thread.run_sync(self._unlock_file)
+
+
+async def read_prior(
+    db: str | None, data_dir: Path | str, *, resume: str | None, only_failed: str | None
+) -> tuple[Selection | None, frozenset[str] | None]:
+    """Before a run starts: a resumed run's stored selection, and the ids ``only_failed`` names.
+
+    ``only_failed`` is a run id: its scenarios whose latest final outcome is
+    ``failed``, ``error`` or ``timeout``.  Raises :class:`ResumeError` for an
+    unknown run.
+    """
+    from ._trio_asyncio import import_trio_asyncio
+    from .errors import arcflow_errors_unwrapped
+    from .store import open_store
+
+    trio_asyncio = import_trio_asyncio()
+    stored: Selection | None = None
+    failed: frozenset[str] | None = None
+    with arcflow_errors_unwrapped():
+        async with trio_asyncio.open_loop():
+            store = await open_store(db, data_dir, for_reading=True)
+            try:
+                if resume is not None:
+                    row = await store.get_run(resume)
+                    if row is not None:
+                        config = row.get("config") or {}
+                        if isinstance(config, str):
+                            config = json.loads(config)
+                        if config.get("selection"):
+                            stored = Selection.from_description(config["selection"])
+                if only_failed is not None:
+                    if await store.get_run(only_failed) is None:
+                        raise ResumeError(
+                            f"--only-failed {only_failed}: no such run in {store.redacted_dsn}"
+                        )
+                    rows = await store.fetch(
+                        """
+                        SELECT scenario_id FROM (
+                            SELECT DISTINCT ON (scenario_id) scenario_id, status
+                            FROM arcflow.outcomes WHERE run_id = $1 AND final
+                            ORDER BY scenario_id, attempt DESC
+                        ) latest WHERE status IN ('failed', 'error', 'timeout')
+                        """,
+                        only_failed,
+                    )
+                    failed = frozenset(r["scenario_id"] for r in rows)
+            finally:
+                await store.aclose()
+    return stored, failed

@@ -51,6 +51,7 @@ from .models import Batch, BatchHook, FlushReason, Outcome, OutcomeHook, Scenari
 from .pipeline import Pipeline
 from .runs import ResumePlan, RunLock, RunRecord, plan_resume, run_status
 from .scenarios import SuiteInfo
+from .selection import Selection
 from .source import run_file_source
 from .stats import IntakeStats, RuntimeStatistics
 from .store import Store, open_store
@@ -144,12 +145,15 @@ class Runtime:
         on_batch_written: BatchHook | Sequence[BatchHook] | None = None,
         batch_size_source: Callable[[], int] | None = None,
         resume: bool = False,
+        selection: Selection | None = None,
         **options: Unpack[RuntimeOptions],
     ) -> None:
         self.config = _build_config(config, options)
         self.executor: Executor | None = parse_executor(executor) if executor is not None else None
         self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         self.resume = resume
+        #: The scenarios this run takes (recorded with the run; ``--resume`` keeps it).
+        self.selection = selection
         self._db = db
         self._suite = (suite, suite_hash, scenario_count)
         self._on_outcome = _hooks(on_outcome)
@@ -297,9 +301,12 @@ class Runtime:
             record = RunRecord(
                 store, self.run_id, suite=suite, suite_hash=suite_hash, scenario_count=count
             )
+            snapshot = cfg.snapshot()
+            if self.selection is not None and not self.selection.everything:
+                snapshot["selection"] = self.selection.describe()
             await record.start(
                 executor=self.executor.describe() if self.executor else {"kind": "record"},
-                config=cfg.snapshot(),
+                config=snapshot,
                 resume=self.resume,
             )
             self._started_at = trio.current_time()

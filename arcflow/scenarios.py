@@ -21,6 +21,7 @@ import attrs
 
 from .errors import ScenarioFileError
 from .models import Scenario
+from .selection import Sampler, Selection, sample_key
 
 _KEYS = {"id", "input", "tags", "metadata", "timeout_s"}
 #: Bytes read from a scenario file at a time.
@@ -38,6 +39,40 @@ class SuiteInfo:
     sha256: str
     #: Size of the file in bytes when it was checked.
     size: int = 0
+    #: Scenarios in the file (``count`` is those a selection takes).
+    total: int = 0
+    #: The selection the count is for, and the largest sample key it takes (see Selection).
+    selection: Selection | None = None
+    sample_threshold: int | None = None
+
+    def chooser(self) -> Chooser | None:
+        """What decides, line by line, which scenarios the run takes (None: all of them)."""
+        if self.selection is None or self.selection.everything:
+            return None
+        return Chooser(self.selection, self.sample_threshold)
+
+
+class Chooser:
+    """Applies a :class:`Selection` to scenarios in file order: filters, sample, then limit."""
+
+    def __init__(self, selection: Selection, sample_threshold: int | None) -> None:
+        self.selection = selection
+        self.threshold = sample_threshold
+        self.taken = 0
+
+    def __call__(self, scenario: Scenario) -> bool:
+        """True if the run takes ``scenario`` (counts it toward the limit)."""
+        sel = self.selection
+        if not sel.matches(scenario.id, scenario.tags):
+            return False
+        if sel.sample is not None and (
+            self.threshold is None or sample_key(scenario.id, sel.seed) > self.threshold
+        ):
+            return False
+        if sel.limit is not None and self.taken >= sel.limit:
+            return False
+        self.taken += 1
+        return True
 
 
 def parse_scenario(data: Any, path: Path | str, line: int) -> Scenario:
@@ -288,8 +323,11 @@ def _repeated(keys: array[int]) -> set[int]:
     return {a for a, b in itertools.pairwise(ordered) if a == b}
 
 
-def validate_file(path: Path | str) -> SuiteInfo:
+def validate_file(path: Path | str, selection: Selection | None = None) -> SuiteInfo:
     """Check every line and that ids are unique; returns the count and file hash.
+
+    With ``selection``, ``count`` is how many scenarios it takes (``total`` is
+    the file's), and a sample's threshold is found in the same pass.
 
     Duplicate detection keeps an 8-byte hash per id (on disk past 65,536 ids,
     so memory does not grow with the file); on a hash match the file is
@@ -299,13 +337,24 @@ def validate_file(path: Path | str) -> SuiteInfo:
     keys = _KeySet()
     count = 0
     digest = FileDigest()
+    picky = selection is not None and not selection.everything
+    matched = 0
+    sampler = (
+        Sampler(selection.sample, selection.seed)
+        if selection is not None and selection.sample is not None
+        else None
+    )
     for lineno, text in iter_lines(path, digest):
         data = decode_line(text, path, lineno)
         if data is None:
             continue
-        sid, _tags, _metadata, _timeout = check_scenario(data, path, lineno)
+        sid, tags, _metadata, _timeout = check_scenario(data, path, lineno)
         keys.add(_id_key(sid))
         count += 1
+        if picky and selection is not None and selection.matches(sid, tags):
+            matched += 1
+            if sampler is not None:
+                sampler.add(sid)
     if count == 0:
         raise ScenarioFileError(path, None, "no scenarios: the file is empty")
     suspects = keys.repeated()
@@ -323,4 +372,17 @@ def validate_file(path: Path | str) -> SuiteInfo:
                     f"{first_seen[scenario.id]}); ids must be unique in a suite",
                 )
             first_seen[scenario.id] = lineno
-    return SuiteInfo(path=path, count=count, sha256=digest.hexdigest(), size=digest.size)
+    selected = count
+    if picky and selection is not None:
+        selected = min(matched, selection.sample) if selection.sample is not None else matched
+        if selection.limit is not None:
+            selected = min(selected, selection.limit)
+    return SuiteInfo(
+        path=path,
+        count=selected,
+        sha256=digest.hexdigest(),
+        size=digest.size,
+        total=count,
+        selection=selection,
+        sample_threshold=sampler.threshold if sampler is not None else None,
+    )

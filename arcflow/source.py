@@ -170,12 +170,15 @@ async def _feed(
     # A file checked by validate_file (expect given) is parsed without checking again:
     # its bytes are verified against the check as they are read.
     build = _checked_scenario if reader.expect is not None else parse_line
+    take = reader.expect.chooser() if reader.expect is not None else None
     while lines := await reader.read():
         step_started = time.perf_counter()
         for lineno, text in lines:
             scenario = build(text, path, lineno)
             if scenario is None:
                 continue
+            if take is not None and not take(scenario):
+                continue  # not in the run's selection
             if skip is not None and skip(scenario):
                 continue
             # Hand over without a trip through the scheduler while there is room;

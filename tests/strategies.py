@@ -93,3 +93,7 @@ def mid_run_statistics(**changes: Any) -> RuntimeStatistics:
         batch_size=50,
     )
     return attrs.evolve(base, **changes)
+
+
+#: A suite's scenario ids: unique, of the kinds a file holds.
+suite_ids = st.sets(scenario_ids, min_size=0, max_size=200)
