@@ -304,11 +304,12 @@ def render_html(
     *,
     link: Linker | None = None,
     nav: Sequence[tuple[str, str]] = (),
-    detail_chars: int | None = None,
+    detail_chars: int | None = 4000,
 ) -> str:
     """The report as one self-contained page; ``scenarios`` (from
     :func:`~arcflow.report.queries.scenario_rows`) add the per-scenario table,
-    with details embedded, or linked with ``link``."""
+    with details embedded, or linked with ``link``; ``detail_chars`` is where
+    the query cut long texts (an output cut there is marked so)."""
     r, e = report, html.escape
     rate = r.totals["pass_rate"]
     parts = [_nav(nav)] if nav else []
