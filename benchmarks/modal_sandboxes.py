@@ -289,7 +289,7 @@ UNTHROTTLED = {
 def concurrency_bench(
     dsn: str, *, quick: bool, before: Path | None, before_dsn: str = "", log: Any = print
 ) -> dict[str, Any]:
-    n, c, sleep = (400, 200, 2.0) if quick else (2000, 1000, 5.0)
+    n, c, sleep = (200, 100, 1.0) if quick else (2000, 1000, 5.0)
     command = SLEEP_COMMAND.format(sleep=sleep)
     systems: dict[str, dict[str, Any]] = {}
     with Server(max_concurrent_streams=100) as server:
@@ -338,7 +338,7 @@ def concurrency_bench(
 def rate_bench(
     dsn: str, *, quick: bool, before: Path | None, before_dsn: str = "", log: Any = print
 ) -> dict[str, Any]:
-    n, limit = (300, 30.0) if quick else (600, 30.0)
+    n, limit = (150, 30.0) if quick else (600, 30.0)
     systems: dict[str, dict[str, Any]] = {}
     with Server(creation_rate=limit) as server:
         runs = [("arcflow, default settings", ROOT)]

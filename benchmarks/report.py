@@ -237,6 +237,10 @@ def markdown(results: dict[str, Any]) -> str:
                 ),
                 "",
             ]
+    if "modal" in b:
+        from .modal_sandboxes import markdown as modal_markdown
+
+        out += ["## 7. Modal sandboxes (local control plane)", "", modal_markdown(b["modal"]), ""]
     out += ["## Targets", ""]
     rows = []
     for name, r in b.items():

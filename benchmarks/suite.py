@@ -856,6 +856,15 @@ def outage(ctx: Context) -> dict[str, Any]:
     }
 
 
+def modal(ctx: Context) -> dict[str, Any]:
+    """The modal: executor against the local control plane (see benchmarks/modal_sandboxes.py)."""
+    from . import modal_sandboxes
+
+    return modal_sandboxes.run_all(
+        ctx.db.dsn, quick=ctx.quick, only=["concurrency", "rate"], log=ctx.log
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ingest": ingest,
     "roundtrips": roundtrips,
@@ -863,4 +872,5 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "memory": memory,
     "trickle": trickle,
     "outage": outage,
+    "modal": modal,
 }

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-BENCHMARKS = ["ingest", "roundtrips", "latency", "memory", "trickle", "outage"]
+BENCHMARKS = ["ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal"]
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_quick_benchmark_writes_results(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -63,6 +63,7 @@ def test_quick_benchmark_writes_results(tmp_path: Path) -> None:
         "Memory",
         "Trickle",
         "Outage",
+        "Modal sandboxes",
         "Targets",
     ):
         assert heading in md
