@@ -45,10 +45,6 @@ class SandboxCreationUnavailable(Exception):
         self.ambiguous = ambiguous
 
 
-class SandboxLifetimeExceeded(Exception):
-    """The sandbox reached its own lifetime (``timeout``) and Modal stopped it."""
-
-
 @attrs.frozen
 class SandboxRequest:
     """What one sandbox creation asks for."""
