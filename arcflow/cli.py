@@ -31,6 +31,7 @@ import trio
 
 from ._version import __version__
 from .adaptive import AdaptiveBatchSize
+from .config import RuntimeConfig
 from .errors import (
     ArcflowError,
     ConfigError,
@@ -501,37 +502,48 @@ def _selection_from(args: argparse.Namespace) -> Selection | None:
     )
 
 
-async def _choose(args: argparse.Namespace, settings: Settings) -> Selection | None:
-    """The run's selection: the flags', or a resumed run's stored one; --only-failed resolved."""
+async def _choose(
+    args: argparse.Namespace, settings: Settings, config: RuntimeConfig
+) -> tuple[Selection | None, RuntimeConfig]:
+    """The run's selection and epochs: the flags', or a resumed run's own; --only-failed resolved."""
     selection = _selection_from(args)
     if args.resume is None and (selection is None or selection.only_failed is None):
-        return selection
-    stored, failed = await read_prior(
+        return selection, config
+    prior = await read_prior(
         settings.db,
         settings.data_dir,
         resume=args.resume,
         only_failed=selection.only_failed if selection is not None else None,
     )
-    if args.resume is not None and stored is not None:
-        if selection is not None and selection != stored:
+    failed = prior.failed
+    if args.resume is not None and prior.selection is not None:
+        if selection is not None and selection != prior.selection:
             raise ResumeError(
-                f"run {args.resume} took {stored.describe()}; resume it with the same selection "
-                "flags, or with none (it keeps its own)"
+                f"run {args.resume} took {prior.selection.describe()}; resume it with the same "
+                "selection flags, or with none (it keeps its own)"
             )
-        selection = stored
+        selection = prior.selection
         if selection.only_failed is not None:
-            _, failed = await read_prior(
-                settings.db, settings.data_dir, resume=None, only_failed=selection.only_failed
+            failed = (
+                await read_prior(
+                    settings.db, settings.data_dir, resume=None, only_failed=selection.only_failed
+                )
+            ).failed
+    if args.resume is not None and prior.epochs is not None:
+        if "epochs" in settings.sources and settings.epochs != prior.epochs:
+            raise ResumeError(
+                f"run {args.resume} runs {prior.epochs} epoch(s); resume it with --epochs "
+                f"{prior.epochs}, or without --epochs"
             )
+        config = attrs.evolve(config, epochs=prior.epochs)
     if selection is not None and failed is not None:
         selection = attrs.evolve(selection, failed_ids=failed)
-    return selection
+    return selection, config
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    config = settings.runtime_config()
     executor = settings.make_executor()
-    selection = await _choose(args, settings)
+    selection, config = await _choose(args, settings, settings.runtime_config())
     suite = validate_file(args.scenarios, selection)
     if suite.count == 0:
         raise ConfigError(
@@ -585,7 +597,8 @@ async def _run_observed(
                         plan = await rt.plan_resume(
                             args.scenarios, force=args.force, retry_errors=args.retry_errors
                         )
-                    observers.start(rt, nursery, suite.count - (plan.skipped if plan else 0))
+                    total = suite.count * rt.config.epochs - (plan.skipped if plan else 0)
+                    observers.start(rt, nursery, total)
                     try:
                         await rt.run_file(args.scenarios, skip=plan, expect=suite)
                     except ScenarioFileError as exc:

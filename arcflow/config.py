@@ -94,6 +94,8 @@ class RuntimeConfig:
     writer_connections: int = attrs.field(default=2, validator=whole(1, 8))
     #: Default per-scenario timeout in seconds (a scenario's own timeout_s wins).
     timeout: float | None = attrs.field(default=None, validator=optional(positive))
+    #: Times each scenario runs (epochs 1 to K), for pass@k and the variance of scores.
+    epochs: int = attrs.field(default=1, validator=whole(1, 1000))
     #: Attempts per scenario; error and timeout outcomes are retried up to this many.
     attempts: int = attrs.field(default=1, validator=whole(1, 100))
     #: Base delay in seconds between attempts of one scenario (doubles each time).
@@ -166,6 +168,7 @@ class RuntimeOptions(TypedDict, total=False):
     batch_buffer: int
     writer_connections: int
     timeout: float | None
+    epochs: int
     attempts: int
     attempt_backoff: float
     attempt_backoff_max: float

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from .validators import whole
+
 _sha256 = hashlib.sha256
 _EMPTY_CONTENT_TAIL = ',"metadata":{},"tags":[],"timeout_s":null}'
 
@@ -119,6 +121,8 @@ class Scenario:
     tags: tuple[str, ...] = attrs.field(factory=tuple, converter=_freeze_tags)
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     timeout_s: float | None = attrs.field(default=None, validator=_positive_or_none)
+    #: Which repeat this is (``--epochs K`` runs each scenario K times: 1 to K); not content.
+    epoch: int = attrs.field(default=1, validator=whole(1))
     #: The content hash once computed (a scenario is immutable, so it is computed once).
     _hash: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
@@ -135,6 +139,7 @@ class Scenario:
         tags: tuple[str, ...],
         metadata: Mapping[str, Any],
         timeout_s: float | None,
+        epoch: int = 1,
     ) -> Scenario:
         """A scenario from values already checked (a scenario file line), without checking again.
 
@@ -143,9 +148,22 @@ class Scenario:
         """
         scenario = object.__new__(cls)
         scenario.__dict__.update(
-            id=id, input=input, tags=tags, metadata=metadata, timeout_s=timeout_s, _hash=None
+            id=id,
+            input=input,
+            tags=tags,
+            metadata=metadata,
+            timeout_s=timeout_s,
+            epoch=epoch,
+            _hash=None,
         )
         return scenario
+
+    def repeat(self, epoch: int) -> Scenario:
+        """This scenario as its ``epoch``-th repeat (the same content, and hash)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["epoch"] = epoch
+        return copy
 
     @property
     def content_hash(self) -> str:
@@ -189,6 +207,8 @@ class Scenario:
         }
         if self.timeout_s is not None:
             data["timeout_s"] = self.timeout_s
+        if self.epoch != 1:
+            data["epoch"] = self.epoch
         return data
 
 
@@ -240,6 +260,8 @@ class Outcome:
     #: Tokens, cost and other counters the attempt reported (``input_tokens``,
     #: ``output_tokens``, ``cost_usd``, any other name), or None.
     usage: Mapping[str, float] | None = None
+    #: Which repeat of the scenario this is (``--epochs K``: 1 to K).
+    epoch: int = 1
 
     @classmethod
     def trusted(
@@ -260,6 +282,7 @@ class Outcome:
         scenario_hash: str | None,
         tags: tuple[str, ...],
         usage: Mapping[str, float] | None = None,
+        epoch: int = 1,
     ) -> Outcome:
         """An outcome from values already of the right types (a producer's), built in one step.
 
@@ -283,13 +306,14 @@ class Outcome:
             scenario_hash=scenario_hash,
             tags=tags,
             usage=usage,
+            epoch=epoch,
         )
         return outcome
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        """The idempotency key ``(run_id, scenario_id, attempt)``."""
-        return (self.run_id, self.scenario_id, self.attempt)
+    def key(self) -> tuple[str, str, int, int]:
+        """The idempotency key ``(run_id, scenario_id, epoch, attempt)``."""
+        return (self.run_id, self.scenario_id, self.epoch, self.attempt)
 
     @property
     def duration_ms(self) -> float:
@@ -315,6 +339,7 @@ class Outcome:
             "scenario_hash": self.scenario_hash,
             "tags": list(self.tags),
             "usage": dict(self.usage) if self.usage is not None else None,
+            "epoch": self.epoch,
         }
 
     @classmethod
@@ -337,6 +362,7 @@ class Outcome:
             scenario_hash=data.get("scenario_hash"),
             tags=data.get("tags") or (),
             usage=data.get("usage"),
+            epoch=int(data.get("epoch", 1)),
         )
 
 

@@ -66,7 +66,7 @@ class Pipeline:
         batch_size: int | Callable[[], int],
         on_outcome: Sequence[OutcomeHook] = (),
         on_batch_written: Sequence[BatchHook] = (),
-        first_attempts: Mapping[str, int] | None = None,
+        first_attempts: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         self.run_id = run_id
         self.config = config
@@ -80,8 +80,9 @@ class Pipeline:
         self.writer_stats = WriterStats()
         self._batch_size = batch_size
         self._on_outcome = tuple(on_outcome)
-        #: First attempt number per scenario id, filled by a resume plan before work arrives.
-        self.first_attempts: dict[str, int] = dict(first_attempts or {})
+        #: First attempt number per (scenario id, epoch), filled by a resume plan before work
+        #: arrives.
+        self.first_attempts: dict[tuple[str, int], int] = dict(first_attempts or {})
         self.writer = Writer(
             stores,
             journal,

@@ -174,7 +174,7 @@ class Producer:
         control: ShutdownControl,
         stats: ProducerStats,
         pool: ProducerPool | None = None,
-        first_attempts: Mapping[str, int] | None = None,
+        first_attempts: Mapping[tuple[str, int], int] | None = None,
         on_outcome: Sequence[OutcomeHook] = (),
         journal: SpillJournal | None = None,
     ) -> None:
@@ -187,8 +187,9 @@ class Producer:
         self.stats = stats
         #: Shared by the producers of one runtime (see :class:`ProducerPool`).
         self.pool = pool if pool is not None else ProducerPool()
-        #: First attempt number per scenario id (a resumed run continues after stored attempts).
-        self.first_attempts: Mapping[str, int] = (
+        #: First attempt number per (scenario id, epoch): a resumed run continues after the
+        #: attempts it stored.
+        self.first_attempts: Mapping[tuple[str, int], int] = (
             first_attempts if first_attempts is not None else {}
         )
         self.journal = journal
@@ -343,11 +344,11 @@ class Producer:
                 if not pool.receivers and pool.parked and not pool.waking:
                     pool.wake(1)
                 state.current = scenario
-                state.attempt = self.first_attempts.get(scenario.id, 1)
+                state.attempt = self.first_attempts.get((scenario.id, scenario.epoch), 1)
             if not self._counted:
                 self._counted = True
                 stats.running += 1
-                self._first = self.first_attempts.get(scenario.id, 1)
+                self._first = self.first_attempts.get((scenario.id, scenario.epoch), 1)
             if self._backoff_until is not None:
                 self._phase = _BACKOFF
                 await trio.sleep_until(self._backoff_until)
@@ -476,6 +477,7 @@ class Producer:
             scenario.content_hash,
             scenario.tags,
             result.usage,
+            scenario.epoch,
         )
 
     def _sent(self, outcome: Outcome, state: ProducerState) -> None:
@@ -516,7 +518,7 @@ class Producer:
             outcome = Outcome(
                 self.run_id,
                 pending.id,
-                self.first_attempts.get(pending.id, 1),
+                self.first_attempts.get((pending.id, pending.epoch), 1),
                 Status.CANCELLED,
                 now,
                 now,
@@ -527,6 +529,7 @@ class Producer:
                 final=False,
                 scenario_hash=pending.content_hash,
                 tags=pending.tags,
+                epoch=pending.epoch,
             )
             self._unsent = outcome
             await outcomes.send(outcome)

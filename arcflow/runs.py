@@ -35,7 +35,7 @@ from .store import Store
 
 log = logging.getLogger("arcflow.runs")
 
-__all__ = ["ResumePlan", "RunLock", "RunRecord", "plan_resume", "read_prior", "run_status"]
+__all__ = ["Prior", "ResumePlan", "RunLock", "RunRecord", "plan_resume", "read_prior", "run_status"]
 
 
 @attrs.frozen
@@ -46,18 +46,18 @@ class ResumePlan:
     of :meth:`arcflow.Runtime.run_file`).
     """
 
-    #: Ids of scenarios that already have a final outcome.
-    skip: frozenset[str]
-    #: Next attempt number per scenario id that has stored attempts.
-    first_attempts: Mapping[str, int]
+    #: (scenario id, epoch) of every repeat that already has a final outcome.
+    skip: frozenset[tuple[str, int]]
+    #: Next attempt number per (scenario id, epoch) with stored attempts.
+    first_attempts: Mapping[tuple[str, int], int]
 
     @property
     def skipped(self) -> int:
-        """How many scenarios are skipped."""
+        """How many scenario repeats (epochs) are skipped."""
         return len(self.skip)
 
     def __call__(self, scenario: Scenario) -> bool:
-        return scenario.id in self.skip
+        return (scenario.id, scenario.epoch) in self.skip
 
 
 async def plan_resume(
@@ -72,25 +72,31 @@ async def plan_resume(
     """
     path = Path(path)
     latest = await store.latest_attempts(run_id)
+    by_id: dict[str, list[tuple[int, tuple[int, str, bool, str | None]]]] = {}
+    for (sid, epoch), prior in latest.items():
+        by_id.setdefault(sid, []).append((epoch, prior))
 
-    def check() -> tuple[set[str], dict[str, int], list[str]]:
-        skip: set[str] = set()
-        first_attempts: dict[str, int] = {}
+    def check() -> tuple[set[tuple[str, int]], dict[tuple[str, int], int], list[str]]:
+        skip: set[tuple[str, int]] = set()
+        first_attempts: dict[tuple[str, int], int] = {}
         changed: list[str] = []
         for lineno, scenario in iter_file(path):
-            prior = latest.get(scenario.id)
-            if prior is None:
+            stored = by_id.get(scenario.id)
+            if not stored:
                 continue
-            attempt, status, final, digest = prior
-            first_attempts[scenario.id] = attempt + 1
-            if digest is not None and digest != scenario.content_hash:
-                # With --force a changed scenario runs again as it is now: its stored
-                # outcome describes the old content.
-                changed.append(f"{path}:{lineno}: scenario {scenario.id!r}")
-                continue
-            done = final and status != Status.CANCELLED.value
-            if done and not (retry_errors and Status(status) in RETRYABLE_STATUSES):
-                skip.add(scenario.id)
+            now = scenario.content_hash
+            for epoch, (attempt, status, final, digest) in stored:
+                key = (scenario.id, epoch)
+                first_attempts[key] = attempt + 1
+                if digest is not None and digest != now:
+                    # With --force a changed scenario runs again as it is now: its stored
+                    # outcome describes the old content.
+                    if epoch == min(e for e, _ in stored):
+                        changed.append(f"{path}:{lineno}: scenario {scenario.id!r}")
+                    continue
+                done = final and status != Status.CANCELLED.value
+                if done and not (retry_errors and Status(status) in RETRYABLE_STATUSES):
+                    skip.add(key)
         return skip, first_attempts, changed
 
     skip, first_attempts, changed = await trio.to_thread.run_sync(check)
@@ -347,10 +353,22 @@ class RunLock:
                 await trio.to_thread.run_sync(self._unlock_file)
 
 
+@attrs.frozen
+class Prior:
+    """What a run to come needs from earlier runs (see :func:`read_prior`)."""
+
+    #: The resumed run's stored selection (None: it took everything, or no resume).
+    selection: Selection | None = None
+    #: The resumed run's epochs (None: no resume).
+    epochs: int | None = None
+    #: The ids ``only_failed`` named (None: not asked).
+    failed: frozenset[str] | None = None
+
+
 async def read_prior(
     db: str | None, data_dir: Path | str, *, resume: str | None, only_failed: str | None
-) -> tuple[Selection | None, frozenset[str] | None]:
-    """Before a run starts: a resumed run's stored selection, and the ids ``only_failed`` names.
+) -> Prior:
+    """Before a run starts: a resumed run's selection and epochs, and the ids ``only_failed`` names.
 
     ``only_failed`` is a run id: its scenarios whose latest final outcome is
     ``failed``, ``error`` or ``timeout``.  Raises :class:`ResumeError` for an
@@ -362,6 +380,7 @@ async def read_prior(
 
     trio_asyncio = import_trio_asyncio()
     stored: Selection | None = None
+    epochs: int | None = None
     failed: frozenset[str] | None = None
     with arcflow_errors_unwrapped():
         async with trio_asyncio.open_loop():
@@ -375,6 +394,7 @@ async def read_prior(
                             config = json.loads(config)
                         if config.get("selection"):
                             stored = Selection.from_description(config["selection"])
+                        epochs = int(config.get("epochs", 1))
                 if only_failed is not None:
                     if await store.get_run(only_failed) is None:
                         raise ResumeError(
@@ -393,4 +413,4 @@ async def read_prior(
                     failed = frozenset(r["scenario_id"] for r in rows)
             finally:
                 await store.aclose()
-    return stored, failed
+    return Prior(selection=stored, epochs=epochs, failed=failed)

@@ -477,7 +477,14 @@ class Runtime:
             self._source_scope = scope
             if self.stopping:
                 scope.cancel()
-            await run_file_source(path, work.clone(), skip=skip, stats=self._intake, expect=expect)
+            await run_file_source(
+                path,
+                work.clone(),
+                skip=skip,
+                stats=self._intake,
+                expect=expect,
+                epochs=self.config.epochs,
+            )
 
     # -- stopping ---------------------------------------------------------------------------------
 

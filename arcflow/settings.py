@@ -167,6 +167,9 @@ class Settings:
     timeout: float | None = _from(
         RuntimeConfig, "timeout", "optional_float", "per-scenario timeout in seconds", metavar="S"
     )
+    epochs: int = _from(
+        RuntimeConfig, "epochs", "int", "times each scenario runs (epochs 1..K), for pass@k"
+    )
     attempts: int = _from(RuntimeConfig, "attempts", "int", "attempts for error/timeout outcomes")
     max_cost: float | None = _from(
         RuntimeConfig,

@@ -115,8 +115,12 @@ async def run_file_source(
     skip: Callable[[Scenario], bool] | None = None,
     stats: IntakeStats | None = None,
     expect: SuiteInfo | None = None,
+    epochs: int = 1,
 ) -> None:
     """Stream ``path`` into ``work``, skipping scenarios for which ``skip`` is true.
+
+    With ``epochs`` K, the file is streamed K times: every scenario as epoch 1,
+    then every one as epoch 2, and so on (``skip`` sees each repeat).
 
     The file is read in a worker thread, a quarter MiB at a time, so the event
     loop never blocks on disk; ``work.send`` blocks under backpressure, and then
@@ -133,11 +137,12 @@ async def run_file_source(
     path = Path(path)
     stats = stats if stats is not None else IntakeStats()
     with work:
-        reader = _LineReader(path, expect)
-        try:
-            await _feed(reader, work, skip, stats)
-        finally:
-            reader.close()
+        for epoch in range(1, epochs + 1):
+            reader = _LineReader(path, expect)
+            try:
+                await _feed(reader, work, skip, stats, epoch)
+            finally:
+                reader.close()
 
 
 def _checked_scenario(text: str, path: Path, lineno: int) -> Scenario | None:
@@ -165,6 +170,7 @@ async def _feed(
     work: trio.MemorySendChannel[Scenario],
     skip: Callable[[Scenario], bool] | None,
     stats: IntakeStats,
+    epoch: int = 1,
 ) -> None:
     path = reader.path
     # A file checked by validate_file (expect given) is parsed without checking again:
@@ -179,6 +185,8 @@ async def _feed(
                 continue
             if take is not None and not take(scenario):
                 continue  # not in the run's selection
+            if epoch != 1:
+                scenario = scenario.repeat(epoch)
             if skip is not None and skip(scenario):
                 continue
             # Hand over without a trip through the scheduler while there is room;

@@ -451,6 +451,7 @@ class Writer:
         row: dict[str, Any] = {
             "run_id": storable_text(outcome.run_id, 500),
             "scenario_id": storable_text(outcome.scenario_id, 500),
+            "epoch": outcome.epoch,
             "attempt": outcome.attempt,
             "batch_id": storable_text(batch_id, 500),
             "payload": dead_letter_payload(outcome),

@@ -31,7 +31,7 @@ _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
 #: The statement the INSERT baselines run (same idempotency as arcflow's write).
 INSERT_SQL = (
     f"INSERT INTO arcflow.outcomes ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS}) "
-    "ON CONFLICT (run_id, scenario_id, attempt) DO NOTHING"
+    "ON CONFLICT (run_id, scenario_id, epoch, attempt) DO NOTHING"
 )
 
 
@@ -99,6 +99,7 @@ def outcome_row(
     return (
         run_id,
         data["id"],
+        1,
         1,
         "passed",
         True,

@@ -320,7 +320,7 @@ async def run_producers(
     *,
     concurrency: int = 1,
     outcome_buffer: int = 100,
-    first_attempts: dict[str, int] | None = None,
+    first_attempts: dict[tuple[str, int], int] | None = None,
     during: Any = None,
     **config: Any,
 ) -> tuple[list[Outcome], ProducerStats]:
@@ -479,7 +479,9 @@ async def test_resumed_attempt_numbers_and_backoff(autojump_clock: trio.testing.
     """A resumed scenario continues at its next attempt number, with the backoff of that attempt."""
     ex = Scripted({"a": [None, None, raises(ConnectionError("x")), sleeps(0)]})
     t0 = trio.current_time()
-    got, _ = await run_producers(ex, ["a"], first_attempts={"a": 3}, attempts=2, attempt_backoff=3)
+    got, _ = await run_producers(
+        ex, ["a"], first_attempts={("a", 1): 3}, attempts=2, attempt_backoff=3
+    )
     assert summary(got) == [("a", 3, "error", False), ("a", 4, "passed", True)]
     assert trio.current_time() - t0 == pytest.approx(3, abs=0.01)
 

@@ -263,7 +263,7 @@ async def test_timestamps_round_trip_through_the_database(
 def reference_row(o: Outcome, batch_id: str) -> tuple[Any, ...]:
     dumps = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
     return (
-        o.run_id, o.scenario_id, o.attempt, o.status.value, o.final, o.score,
+        o.run_id, o.scenario_id, o.epoch, o.attempt, o.status.value, o.final, o.score,
         None if o.output is None else dumps(o.output), o.error_type, o.error_message,
         o.started_at, o.finished_at, o.duration_ms, dumps(dict(o.executor)), o.worker,
         o.scenario_hash, batch_id, None if o.usage is None else dumps(dict(o.usage)),

@@ -78,7 +78,7 @@ def test_make_outcome_builds_a_finished_outcome() -> None:
     """make_outcome fills timings, status and defaults so record() takes it as is."""
     outcome = make_outcome("r", "s", "failed", score=0.5, duration_ms=250, tags=["a"])
     assert outcome.status is arcflow.Status.FAILED
-    assert outcome.key == ("r", "s", 1)
+    assert outcome.key == ("r", "s", 1, 1)  # run, scenario, epoch, attempt
     assert outcome.duration_ms == pytest.approx(250)
     assert outcome.tags == ("a",) and outcome.final and outcome.executor == {"kind": "record"}
 

@@ -183,6 +183,7 @@ def encode_outcome(outcome: Outcome, batch_id: str, *, tags: bool = True) -> tup
     row = (
         outcome.run_id,
         outcome.scenario_id,
+        outcome.epoch,
         outcome.attempt,
         _STATUS_VALUES[outcome.status],
         outcome.final,
@@ -377,6 +378,7 @@ class Store:
             (
                 r["run_id"],
                 r["scenario_id"],
+                r.get("epoch", 1),
                 r["attempt"],
                 r["batch_id"],
                 r["payload"],
@@ -451,19 +453,27 @@ class Store:
         row = await self.run(_fetchrow_aio, "SELECT * FROM arcflow.runs WHERE run_id = $1", run_id)
         return dict(row) if row is not None else None
 
-    async def latest_attempts(self, run_id: str) -> dict[str, tuple[int, str, bool, str | None]]:
-        """For each scenario of the run: (last attempt, its status, final flag, scenario hash)."""
+    async def latest_attempts(
+        self, run_id: str
+    ) -> dict[tuple[str, int], tuple[int, str, bool, str | None]]:
+        """For each (scenario, epoch) of the run: (last attempt, its status, final, scenario hash)."""
         rows = await self.run(
             _fetch_aio,
             """
-            SELECT DISTINCT ON (scenario_id) scenario_id, attempt, status, final, scenario_hash
+            SELECT DISTINCT ON (scenario_id, epoch)
+                scenario_id, epoch, attempt, status, final, scenario_hash
             FROM arcflow.outcomes WHERE run_id = $1
-            ORDER BY scenario_id, attempt DESC
+            ORDER BY scenario_id, epoch, attempt DESC
             """,
             run_id,
         )
         return {
-            r["scenario_id"]: (r["attempt"], r["status"], r["final"], r["scenario_hash"])
+            (r["scenario_id"], r["epoch"]): (
+                r["attempt"],
+                r["status"],
+                r["final"],
+                r["scenario_hash"],
+            )
             for r in rows
         }
 
@@ -536,9 +546,10 @@ async def _dead_letters_aio(conn: asyncpg.Connection, values: list[tuple[Any, ..
         await conn.executemany(
             """
             INSERT INTO arcflow.dead_letters
-                (run_id, scenario_id, attempt, batch_id, payload, sqlstate, message, attempts)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            ON CONFLICT (run_id, scenario_id, attempt) DO NOTHING
+                (run_id, scenario_id, epoch, attempt, batch_id, payload, sqlstate, message,
+                 attempts)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (run_id, scenario_id, epoch, attempt) DO NOTHING
             """,
             values,
         )

@@ -14,6 +14,7 @@ SCHEMA = "arcflow"
 OUTCOME_COLUMNS = (
     "run_id",
     "scenario_id",
+    "epoch",
     "attempt",
     "status",
     "final",
@@ -124,6 +125,16 @@ MIGRATIONS: list[str] = [
         ADD COLUMN cost_usd double precision
             GENERATED ALWAYS AS ((usage->>'cost_usd')::double precision) STORED;
     """,
+    # 4: epochs: a scenario may run K times in one run; the key gains the epoch
+    """
+    ALTER TABLE arcflow.outcomes ADD COLUMN epoch integer NOT NULL DEFAULT 1 CHECK (epoch >= 1);
+    ALTER TABLE arcflow.outcomes DROP CONSTRAINT outcomes_pkey,
+        ADD CONSTRAINT outcomes_pkey PRIMARY KEY (run_id, scenario_id, epoch, attempt);
+    ALTER TABLE arcflow.dead_letters ADD COLUMN epoch integer NOT NULL DEFAULT 1;
+    ALTER TABLE arcflow.dead_letters
+        DROP CONSTRAINT dead_letters_run_id_scenario_id_attempt_key,
+        ADD CONSTRAINT dead_letters_key UNIQUE (run_id, scenario_id, epoch, attempt);
+    """,
 ]
 
 BOOTSTRAP = """
@@ -144,7 +155,7 @@ STAGING_TABLE = "arcflow_staging"
 #: Per-connection temp table the COPY goes into; emptied at each commit.
 CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
-    run_id text, scenario_id text, attempt integer, status text, final boolean,
+    run_id text, scenario_id text, epoch integer, attempt integer, status text, final boolean,
     score double precision, output jsonb, error_type text, error_message text,
     started_at timestamptz, finished_at timestamptz, duration_ms double precision,
     executor jsonb, worker text, scenario_hash text, batch_id text, usage jsonb,
@@ -160,7 +171,7 @@ MERGE_STAGED = f"""
 WITH inserted AS (
     INSERT INTO arcflow.outcomes ({_cols})
     SELECT {_cols} FROM {STAGING_TABLE}
-    ON CONFLICT (run_id, scenario_id, attempt) DO NOTHING
+    ON CONFLICT (run_id, scenario_id, epoch, attempt) DO NOTHING
     RETURNING 1
 ), counted AS (
     SELECT count(*)::int AS n FROM inserted
