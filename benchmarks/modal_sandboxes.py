@@ -286,12 +286,40 @@ UNTHROTTLED = {
 }
 
 
+def _rounds(
+    server: Server, runs: list[tuple[str, list[str], Path]], rounds: int, what: str, log: Any
+) -> dict[str, dict[str, Any]]:
+    """Each system ``rounds`` times, the order rotating each round; the run of median speed."""
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
+    for r in range(rounds):
+        k = r % len(runs)
+        for name, args, path in runs[k:] + runs[:k]:
+            log(f"  {what} round {r + 1}/{rounds}: {name} ...")
+            m = server.measure(args, path)
+            measured[name].append(m)
+            log(f"    {json.dumps(m)}")
+    out = {}
+    for name, ms in measured.items():
+        ordered = sorted(ms, key=lambda m: m["scenarios_per_s"])
+        median = dict(ordered[len(ordered) // 2])
+        median["runs_scenarios_per_s"] = [m["scenarios_per_s"] for m in ms]
+        median["runs_cpu_ms_per_sandbox"] = [m["cpu_ms_per_sandbox"] for m in ms]
+        median["cpu_ms_per_sandbox"] = sorted(m["cpu_ms_per_sandbox"] for m in ms)[len(ms) // 2]
+        out[name] = median
+    return out
+
+
 def concurrency_bench(
-    dsn: str, *, quick: bool, before: Path | None, before_dsn: str = "", log: Any = print
+    dsn: str,
+    *,
+    quick: bool,
+    before: Path | None,
+    before_dsn: str = "",
+    rounds: int = 1,
+    log: Any = print,
 ) -> dict[str, Any]:
     n, c, sleep = (200, 100, 1.0) if quick else (2000, 1000, 5.0)
     command = SLEEP_COMMAND.format(sleep=sleep)
-    systems: dict[str, dict[str, Any]] = {}
     with Server(max_concurrent_streams=100) as server:
         runs: list[tuple[str, list[str], Path]] = [
             ("plain-asyncio SDK loop", ["sdk-loop", str(n), str(c), command], ROOT),
@@ -310,10 +338,7 @@ def concurrency_bench(
                     before,
                 )
             )
-        for name, args, path in runs:
-            log(f"  concurrency: {name} ...")
-            systems[name] = server.measure(args, path)
-            log(f"    {json.dumps(systems[name])}")
+        systems = _rounds(server, runs, rounds, "concurrency", log)
     bound = c / sleep
     loop = systems["plain-asyncio SDK loop"]
     ratios = {
@@ -336,22 +361,33 @@ def concurrency_bench(
 
 
 def rate_bench(
-    dsn: str, *, quick: bool, before: Path | None, before_dsn: str = "", log: Any = print
+    dsn: str,
+    *,
+    quick: bool,
+    before: Path | None,
+    before_dsn: str = "",
+    rounds: int = 1,
+    log: Any = print,
 ) -> dict[str, Any]:
     n, limit = (150, 30.0) if quick else (600, 30.0)
-    systems: dict[str, dict[str, Any]] = {}
     with Server(creation_rate=limit) as server:
-        runs = [("arcflow, default settings", ROOT)]
-        if before is not None:
-            runs.append(("arcflow before (c78ad44), default settings", before))
-        for name, path in runs:
-            log(f"  rate: {name} ...")
-            # The CLI's default concurrency (8): "default settings" as a new user runs it.
-            db = before_dsn if path != ROOT else dsn
-            systems[name] = server.measure(
-                ["arcflow", str(n), "8", INSTANT_COMMAND, db, "{}"], path
+        # The CLI's default concurrency (8): "default settings" as a new user runs it.
+        runs = [
+            (
+                "arcflow, default settings",
+                ["arcflow", str(n), "8", INSTANT_COMMAND, dsn, "{}"],
+                ROOT,
             )
-            log(f"    {json.dumps(systems[name])}")
+        ]
+        if before is not None:
+            runs.append(
+                (
+                    "arcflow before (c78ad44), default settings",
+                    ["arcflow", str(n), "8", INSTANT_COMMAND, before_dsn, "{}"],
+                    before,
+                )
+            )
+        systems = _rounds(server, runs, rounds, "rate", log)
     return {
         "scenarios": n,
         "server_creations_per_s": limit,
@@ -368,19 +404,23 @@ def run_all(
     before: Path | None = None,
     before_dsn: str = "",
     only: list[str],
+    rounds: int = 1,
     log: Any = print,
 ) -> dict[str, Any]:
     """The benchmarks named in ``only``; ``before`` (an older checkout) writes to ``before_dsn``
     (a database of its own: an older arcflow refuses a newer schema)."""
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"rounds": rounds}
+    kw: dict[str, Any] = {
+        "quick": quick,
+        "before": before,
+        "before_dsn": before_dsn,
+        "rounds": rounds,
+        "log": log,
+    }
     if "concurrency" in only:
-        results["concurrency"] = concurrency_bench(
-            dsn, quick=quick, before=before, before_dsn=before_dsn, log=log
-        )
+        results["concurrency"] = concurrency_bench(dsn, **kw)
     if "rate" in only:
-        results["rate"] = rate_bench(
-            dsn, quick=quick, before=before, before_dsn=before_dsn, log=log
-        )
+        results["rate"] = rate_bench(dsn, **kw)
     results["targets"] = targets(results)
     return results
 
@@ -432,8 +472,8 @@ def markdown(results: dict[str, Any]) -> str:
             "streams per connection)",
             "",
             "| system | scenarios/s | of bound | of SDK loop | CPU ms/sandbox | CPU / SDK loop's "
-            "| server CPU ms/sandbox | peak open files | peak RSS MB |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| server CPU ms/sandbox | peak open files | peak RSS MB | scenarios/s by round |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, m in r["systems"].items():
             q = r["ratios"][name]
@@ -441,7 +481,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} | {m['scenarios_per_s']:.1f} | {q['of_bound']:.2f} | {q['of_sdk_loop']:.2f} | "
                 f"{m['cpu_ms_per_sandbox']:.2f} | {q['cpu_of_sdk_loop']:.2f} | "
                 f"{m['server_cpu_ms_per_sandbox']:.2f} | {m['peak_open_files']:,} | "
-                f"{m['peak_rss_mb']:.0f} |"
+                f"{m['peak_rss_mb']:.0f} | {', '.join(f'{v:.1f}' for v in m['runs_scenarios_per_s'])} |"
             )
         lines.append("")
     if "rate" in results:
@@ -488,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, help="also run this older arcflow checkout")
     parser.add_argument("--only", default="concurrency,rate", help="concurrency, rate")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, the order rotating (median)")
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     from .db import BenchDB
@@ -505,7 +546,12 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             before_dsn = with_database(db.admin_dsn, "arcflow_modal_before")
         results = run_all(
-            db.dsn, quick=args.quick, before=args.before, before_dsn=before_dsn, only=only
+            db.dsn,
+            quick=args.quick,
+            before=args.before,
+            before_dsn=before_dsn,
+            only=only,
+            rounds=args.rounds,
         )
     finally:
         db.close()
