@@ -563,3 +563,29 @@ async def test_statistics_show_rate_refusals_and_running(autojump_clock: Any) ->
     assert final["modal_creation_refusals"] == cloud.refusals > 0
     assert final["modal_creation_rate"] == pytest.approx(executor.rate.rate, rel=1e-3)
     assert final["modal_sandboxes_running"] == 0
+
+
+async def test_runtime_shows_the_creation_rate_in_progress_and_metrics(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """Through the runtime, the executor's numbers reach statistics(), the live display's
+    executor line and the arcflow_executor_* metrics."""
+    import arcflow
+    from arcflow.metrics import stats_families
+    from arcflow.progress import ProgressModel
+
+    cloud = FakeCloud(rate=20, burst=1)
+    executor = executor_with(cloud)
+    async with arcflow.Runtime(
+        executor, dsn, run_id=run_id, concurrency=10, data_dir=tmp_path
+    ) as rt:
+        for i in range(30):
+            await rt.submit(Scenario(id=str(i), input={"mode": "pass"}))
+    stats = rt.statistics()
+    assert stats.executor["modal_creations"] == 30
+    assert stats.executor["modal_creation_refusals"] == cloud.refusals
+    line = {f.label: f.text for f in ProgressModel(total=30).fields(stats)}["executor"]
+    assert "modal creation rate" in line and "modal creation refusals" in line
+    families = {f.name: f for f in stats_families(stats)}
+    rate = families["arcflow_executor_modal_creation_rate"]
+    assert rate.samples[0].value == pytest.approx(executor.rate.rate, rel=1e-3)
