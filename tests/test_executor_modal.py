@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -589,3 +590,18 @@ async def test_runtime_shows_the_creation_rate_in_progress_and_metrics(
     families = {f.name: f for f in stats_families(stats)}
     rate = families["arcflow_executor_modal_creation_rate"]
     assert rate.samples[0].value == pytest.approx(executor.rate.rate, rel=1e-3)
+
+
+def test_sweep_command_without_credentials_says_how_to_log_in(no_modal_credentials: Path) -> None:
+    """`python -m arcflow modal sweep RUN_ID` with no Modal token exits 2 saying how to log in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "arcflow", "modal", "sweep", "some-run"],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": str(no_modal_credentials)},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "modal token new" in proc.stderr
