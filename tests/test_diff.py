@@ -337,3 +337,43 @@ def test_cli_run_fail_under_gates_after_everything_is_written(
     with pytest.raises(SystemExit) as exc:
         cli.main([*quickstart_args(dsn, run_id + "x", tmp_path), "--fail-under", "95"])
     assert exc.value.code == 2
+
+
+def test_epochs_are_compared_epoch_by_epoch(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With repeats, each (scenario, epoch) is paired with the same epoch of the other run and
+    named with its epoch; an epoch only one run has is new or missing."""
+    import uuid
+
+    import attrs
+
+    a, b = f"ea-{uuid.uuid4().hex[:8]}", f"eb-{uuid.uuid4().hex[:8]}"
+
+    def rep(run_id: str, sid: str, epoch: int, status: str) -> Outcome:
+        return attrs.evolve(make_outcome(run_id, sid, status), epoch=epoch)
+
+    async def go() -> None:
+        await record(dsn, a, tmp_path, [rep(a, "s", 1, "passed"), rep(a, "s", 2, "passed")])
+        await record(
+            dsn,
+            b,
+            tmp_path,
+            [rep(b, "s", 1, "passed"), rep(b, "s", 2, "failed"), rep(b, "s", 3, "passed")],
+        )
+
+    trio.run(go)
+    d = diff_of(dsn, a, b, all=True)
+    assert [(r["scenario_id"], r["epoch"], r["change"]) for r in d.scenarios] == [
+        ("s", 2, "regressed"),
+        ("s", 3, "new"),
+        ("s", 1, "unchanged"),
+    ]
+    assert (d.summary["scenarios_a"], d.summary["scenarios_b"], d.paired["scenarios"]) == (2, 3, 2)
+    table = format_diff(d, "table")
+    assert "s (epoch 2)  passed  failed" in table and "s (epoch 3)" in table
+    first = next(iter(csv.DictReader(io.StringIO(format_diff(d, "csv")))))
+    assert first["epoch"] == "2"
+    assert cli.main(["report", b, "--db", dsn, "--fail-under", "0.66"]) == 0  # 2 of 3 epochs
+    assert cli.main(["report", b, "--db", dsn, "--fail-under", "0.67"]) == EXIT_GATE
+    capsys.readouterr()

@@ -173,7 +173,7 @@ def test_junit_has_one_testcase_per_scenario(dsn: str, recorded: str) -> None:
     assert error.get("message") == "process exited with code 3"
     assert cases["c-err"].findtext("system-err") == STDERR
     props = {p.get("name"): p.get("value") for p in cases["c-err"].iter("property")}
-    assert props == {"attempt": "2", "final": "true", "tags": "t1,t2"}
+    assert props == {"epoch": "1", "attempt": "2", "final": "true", "tags": "t1,t2"}
     timeout = cases["d-time"].find("error")
     assert timeout is not None and timeout.get("type") == "timeout"
     assert cases["e-cancel"].find("skipped") is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import query as conftest_query
 
 import arcflow
 from arcflow.errors import ConfigError
@@ -297,3 +298,51 @@ def test_runs_format_empty_and_csv() -> None:
         header
         == "run_id,suite,status,started_at,finished_at,scenarios,done,passed,failed,error,timeout,cancelled"
     )
+
+
+async def _execute(dsn: str, script: str) -> None:
+    """Run a script of several statements (what fetch cannot) on a private connection."""
+    import asyncpg
+    import trio_asyncio
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(script)
+        finally:
+            await conn.close()
+
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(go)()
+
+
+async def test_a_reader_upgrades_a_schema_an_older_arcflow_made(dsn: str, db_query: Any) -> None:
+    """A database last written before epochs (schema 3) is upgraded by `report`, whose queries
+    read the epoch; its runs report as before (one epoch)."""
+    import uuid
+
+    from arcflow.store.schema import BOOTSTRAP, LATEST_VERSION, MIGRATIONS
+
+    name = f"old_{uuid.uuid4().hex[:10]}"
+    try:
+        await db_query(f"CREATE DATABASE {name}")
+    except Exception as exc:  # a server we may not create databases on
+        pytest.skip(f"cannot create a database here: {exc}")
+    base, _, rest = dsn.partition("?")
+    old = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{rest}" if rest else "")
+    await _execute(old, BOOTSTRAP)
+    for version in range(1, 4):
+        await _execute(old, MIGRATIONS[version - 1])
+        await conftest_query(
+            old, "INSERT INTO arcflow.schema_version (version) VALUES ($1)", version
+        )
+    await conftest_query(old, "INSERT INTO arcflow.runs (run_id, status) VALUES ('r', 'finished')")
+    await conftest_query(
+        old,
+        "INSERT INTO arcflow.outcomes (run_id, scenario_id, attempt, status, final, started_at, "
+        "finished_at, duration_ms, batch_id) VALUES ('r', 's', 1, 'passed', true, now(), now(), 1, 'b')",
+    )
+    r = await report_for(old, "r")
+    assert r.totals["passed"] == 1 and r.by_status["passed"] == 1
+    versions = await conftest_query(old, "SELECT max(version) AS v FROM arcflow.schema_version")
+    assert versions[0]["v"] == LATEST_VERSION

@@ -1,7 +1,8 @@
 """Two runs compared scenario by scenario: ``python -m arcflow diff RUN_A RUN_B``.
 
 Each scenario's conclusion in each run is its latest final attempt
-(:func:`arcflow.report.queries.concluded`).  A scenario in both runs is
+(:func:`arcflow.report.queries.concluded`); with ``--epochs``, each
+(scenario, epoch) is compared with the same epoch of the other run.  A scenario in both runs is
 *paired*; it *regressed* when it passed in A and did not pass in B (failed,
 error, timeout or cancelled), was *fixed* the other way round, is otherwise
 *unchanged*; a scenario only in B is *new*, only in A *missing*.  The pass
@@ -22,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError
-from .queries import CONCLUSION_KEY, _rate, _run_info, concluded
+from .queries import CONCLUSION_KEY, _rate, _run_info, concluded, has_epochs, key_label
 from .text import _indent, _json_default, cell, text_table
 
 #: The kinds of change, in the order they are shown.
@@ -74,7 +75,7 @@ def _mcnemar_log(n: int, m: int) -> float:
 # -- queries ---------------------------------------------------------------------------------------
 
 _SIDE = (
-    "o.scenario_id, o.status, o.score, o.attempt, o.tags, o.error_type, "
+    "o.scenario_id, o.epoch, o.status, o.score, o.attempt, o.tags, o.error_type, "
     f"left(o.error_message, {DETAIL_CHARS}) AS error_message, "
     f"left(o.output::text, {DETAIL_CHARS}) AS output"
 )
@@ -309,11 +310,12 @@ def _diff_text(d: Diff) -> str:
             f"{s['scores_up']:,} up, {s['scores_down']:,} down)"
         )
     shown = CHANGES if d.all else CHANGES[:-1]
+    epochs = has_epochs(d.scenarios)
     for change in shown:
         rows = [r for r in d.scenarios if r["change"] == change]
         if not rows:
             continue
-        out += ["", f"{change} ({len(rows):,})", _indent(_rows_table(rows))]
+        out += ["", f"{change} ({len(rows):,})", _indent(_rows_table(rows, epochs))]
     if d.by_tag:
         out += [
             "",
@@ -357,7 +359,7 @@ def _diff_text(d: Diff) -> str:
                     ("scenario", "A", "B", "score A", "score B", "change"),
                     [
                         [
-                            _key(r),
+                            key_label(r, epochs=has_epochs(d.score_changes)),
                             r["status_a"],
                             r["status_b"],
                             r["score_a"],
@@ -372,11 +374,7 @@ def _diff_text(d: Diff) -> str:
     return "\n".join(out) + "\n"
 
 
-def _key(row: Mapping[str, Any]) -> str:
-    return "/".join(str(row[k]) for k in CONCLUSION_KEY)
-
-
-def _rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def _rows_table(rows: Sequence[Mapping[str, Any]], epochs: bool) -> str:
     def error(r: Mapping[str, Any]) -> str:
         side = "b" if r["status_b"] is not None else "a"
         message = (r[f"error_message_{side}"] or "").replace("\n", " ")
@@ -387,7 +385,14 @@ def _rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return text_table(
         ("scenario", "A", "B", "score A", "score B", "error"),
         [
-            [_key(r), r["status_a"], r["status_b"], r["score_a"], r["score_b"], error(r)]
+            [
+                key_label(r, epochs=epochs),
+                r["status_a"],
+                r["status_b"],
+                r["score_a"],
+                r["score_b"],
+                error(r),
+            ]
             for r in rows
         ],
     )

@@ -28,7 +28,7 @@ import trio
 
 from ..errors import ConfigError
 from .html import split_stderr
-from .queries import CONCLUSION_KEY, concluded
+from .queries import CONCLUSION_KEY, concluded, key_label
 
 FORMATS = ("jsonl", "csv", "junit", "parquet")
 
@@ -42,6 +42,7 @@ ROW_GROUP_ROWS = 20_000
 COLUMNS = (
     "run_id",
     "scenario_id",
+    "epoch",
     "attempt",
     "final",
     "status",
@@ -60,9 +61,9 @@ COLUMNS = (
     "recorded_at",
 )
 
-#: Columns that newer schemas add (repeats, usage, tokens and cost): exported after
+#: Columns that newer schemas add (usage, tokens and cost): exported after
 #: :data:`COLUMNS` when the table has them.
-OPTIONAL_COLUMNS = ("epoch", "usage", "input_tokens", "output_tokens", "cost_usd")
+OPTIONAL_COLUMNS = ("usage", "input_tokens", "output_tokens", "cost_usd")
 
 #: Stored as JSON text in the database's own spelling; exported as JSON values (jsonl) or text.
 _JSON_COLUMNS = ("output", "executor", "usage")
@@ -85,7 +86,7 @@ def export_sql(columns: Sequence[str], *, latest: bool) -> str:
         )
     return (
         f"SELECT {_select(columns)} FROM arcflow.outcomes o WHERE o.run_id = $1 "
-        "ORDER BY o.scenario_id, o.attempt"
+        "ORDER BY o.scenario_id, o.epoch, o.attempt"
     )
 
 
@@ -94,8 +95,8 @@ SELECT count(*) AS tests,
        count(*) FILTER (WHERE status = 'failed') AS failures,
        count(*) FILTER (WHERE status IN ('error', 'timeout')) AS errors,
        count(*) FILTER (WHERE status = 'cancelled') AS skipped,
-       coalesce(sum(duration_ms), 0)::float8 AS total_ms
-FROM ({concluded("o.status, o.duration_ms")}) c
+       coalesce(sum(duration_ms), 0)::float8 AS total_ms, coalesce(max(epoch), 1) AS epochs
+FROM ({concluded("o.status, o.duration_ms, o.epoch")}) c
 """
 
 
@@ -257,16 +258,18 @@ def junit_head(run: dict[str, Any], counts: Any) -> str:
 JUNIT_TAIL = "  </testsuite>\n</testsuites>\n"
 
 
-def junit_cases(rows: Sequence[Any], classname: str) -> str:
-    """One ``testcase`` per row (a scenario's conclusion): failure, error or skipped as its status says."""
+def junit_cases(rows: Sequence[Any], classname: str, *, epochs: bool = False) -> str:
+    """One ``testcase`` per row (a scenario's conclusion): failure, error or skipped as its status
+    says; with ``epochs`` (the run repeats its scenarios) the name says which epoch."""
     out = []
     for r in rows:
-        key = "/".join(str(r[k]) for k in CONCLUSION_KEY)
+        key = key_label(r, epochs=epochs)
         executor = json.loads(r["executor"]) if r["executor"] else {}
         message, tail = split_stderr(
             r["error_message"], executor if isinstance(executor, dict) else {}
         )
-        props = [("attempt", r["attempt"]), ("final", str(r["final"]).lower())]
+        props = [("epoch", r["epoch"]), ("attempt", r["attempt"])]
+        props.append(("final", str(r["final"]).lower()))
         if r["score"] is not None:
             props.append(("score", repr(r["score"])))
         if r["tags"]:
@@ -425,6 +428,7 @@ async def _write_text(
         out = _Stream(stdout or sys.stdout)
     count = 0
     try:
+        counts: Any = None
         if fmt == "junit":
             counts = await snap.fetchrow(JUNIT_COUNTS_SQL, run_id)
             await out.write(junit_head(run, counts))
@@ -439,7 +443,7 @@ async def _write_text(
             elif fmt == "csv":
                 text = csv_lines(rows, columns)
             else:
-                text = junit_cases(rows, classname)
+                text = junit_cases(rows, classname, epochs=counts["epochs"] > 1)
             await out.write(text)
             count += len(rows)
         if fmt == "junit":

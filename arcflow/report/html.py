@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from .queries import CONCLUSION_KEY, STATUSES, Report
+from .queries import STATUSES, Report, has_epochs, key_label
 from .text import cell, pairs, percent
 
 STATUS_COLOURS = {
@@ -334,18 +334,23 @@ def render_html(
             else ""
         )
         rows = []
+        epochs = has_epochs(scenarios)
         for i, s in enumerate(scenarios):
             sid = str(s["scenario_id"])
+            label = key_label(s, epochs=epochs)
             message, _ = split_stderr(s.get("error_message"), None)
             if link is None:
-                title = f"scenario {sid} · run {r.run['run_id']}"
+                title = f"scenario {label} · run {r.run['run_id']}"
                 details.append({"title": title, "sections": [outcome_section(s, cut=detail_chars)]})
-            href = link(sid) if link is not None else f"#scenario-{i}"
+            if link is None:
+                href = f"#scenario-{i}"
+            else:
+                href = link(sid) + (f"#epoch-{s['epoch']}" if epochs else "")
             error = f"{s['error_type']}: {message}" if s.get("error_type") else message
             rows.append(
                 Row(
                     cells=[
-                        Cell(sid, href=href),
+                        Cell(label, href=href),
                         Cell.of(s["status"], status=True),
                         Cell.number(s.get("score")),
                         Cell.number(s["attempts"]),
@@ -355,7 +360,7 @@ def render_html(
                     ],
                     status=str(s["status"]),
                     tags=s["tags"],
-                    search=f"{sid} {s.get('error_type') or ''} {s.get('error_message') or ''}",
+                    search=f"{label} {s.get('error_type') or ''} {s.get('error_message') or ''}",
                     detail=i if link is None else None,
                 )
             )
@@ -547,14 +552,17 @@ def render_diff_html(
             ),
         ]
     rows, details = [], []
+    epochs = has_epochs(diff.scenarios)
     for i, r in enumerate(diff.scenarios):
-        sid = "/".join(str(r[k]) for k in CONCLUSION_KEY)
+        sid = str(r["scenario_id"])
+        label = key_label(r, epochs=epochs)
+        anchor = f"#epoch-{r['epoch']}" if epochs else ""
         side_a = _side(r, "a")
         side_b = _side(r, "b")
         if link is None:
             details.append(
                 {
-                    "title": f"scenario {sid}: {r['change']}",
+                    "title": f"scenario {label}: {r['change']}",
                     "sections": [
                         outcome_section(side_a, heading=f"A: {a_id}"),
                         outcome_section(side_b, heading=f"B: {b_id}"),
@@ -568,17 +576,21 @@ def render_diff_html(
         rows.append(
             Row(
                 cells=[
-                    Cell(sid, href=f"#scenario-{i}" if link is None else None),
+                    Cell(label, href=f"#scenario-{i}" if link is None else None),
                     Cell.of(r["change"], status=True),
                     Cell.of(
                         r["status_a"],
                         status=True,
-                        href=link("a", sid) if link is not None and r["status_a"] else None,
+                        href=link("a", sid) + anchor
+                        if link is not None and r["status_a"]
+                        else None,
                     ),
                     Cell.of(
                         r["status_b"],
                         status=True,
-                        href=link("b", sid) if link is not None and r["status_b"] else None,
+                        href=link("b", sid) + anchor
+                        if link is not None and r["status_b"]
+                        else None,
                     ),
                     Cell.number(r["score_a"]),
                     Cell.number(r["score_b"]),
@@ -591,7 +603,7 @@ def render_diff_html(
                 ],
                 status=str(r["change"]),
                 tags=r["tags"],
-                search=f"{sid} {err_type or ''} {err_side or ''}",
+                search=f"{label} {err_type or ''} {err_side or ''}",
                 detail=i if link is None else None,
             )
         )
@@ -678,17 +690,23 @@ def render_outcome_html(
     *,
     nav: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Every attempt of one scenario in one run, the concluding one first."""
+    """Every attempt of one scenario in one run: per epoch, the concluding one first."""
     e = html.escape
-    ordered = sorted(attempts, key=lambda a: (not a["final"], -a["attempt"]))
+    ordered = sorted(attempts, key=lambda a: (a.get("epoch") or 1, not a["final"], -a["attempt"]))
+    epochs = has_epochs(attempts)
     body = [_nav(nav)] if nav else []
     body.append(f"<h1>scenario {e(scenario_id)}</h1>")
     body.append(f'<p class="muted">run {e(run_id)} · {len(attempts)} attempt(s)</p>')
-    for i, a in enumerate(ordered):
-        heading = f"attempt {a['attempt']}" + (" (the run's conclusion)" if i == 0 else "")
-        body.append(
-            f'<section class="attempt">{_section_html(outcome_section(a, heading=heading))}</section>'
-        )
+    seen: set[int] = set()
+    for a in ordered:
+        epoch = a.get("epoch") or 1
+        first = epoch not in seen
+        seen.add(epoch)
+        heading = (f"epoch {epoch} · " if epochs else "") + f"attempt {a['attempt']}"
+        heading += " (the run's conclusion)" if first else ""
+        anchor = f' id="epoch-{epoch}"' if first else ""
+        section = _section_html(outcome_section(a, heading=heading))
+        body.append(f'<section class="attempt"{anchor}>{section}</section>')
     return _page(f"arcflow {run_id} {scenario_id}", body)
 
 

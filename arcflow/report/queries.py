@@ -8,29 +8,45 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from .._trio_asyncio import import_trio_asyncio
-from ..errors import ConfigError, arcflow_errors_unwrapped
+from ..errors import ConfigError, DatabaseUnavailable, TransientWriteError, arcflow_errors_unwrapped
 from ..store import Store, open_store
+from ..store.dsn import redact_text
+from ..store.schema import LATEST_VERSION
+
+log = logging.getLogger("arcflow.report")
 
 STATUSES = ("passed", "failed", "error", "timeout", "cancelled")
 
 # -- queries -------------------------------------------------------------------------------------
 
-#: What one conclusion of a run is keyed by: a scenario.  Every "per scenario" query
-#: (counts, tags, diff pairs, JUnit test cases, the gates) selects through
-#: :func:`concluded`, so repeats of a scenario (epochs) become one more column here.
-CONCLUSION_KEY: tuple[str, ...] = ("scenario_id",)
+#: What one conclusion of a run is keyed by: a scenario's repeat (``--epochs K`` runs
+#: each scenario K times; one epoch, 1, without it).  Every "per scenario" query (counts,
+#: tags, diff pairs, JUnit test cases, the gates) selects through :func:`concluded`.
+CONCLUSION_KEY: tuple[str, ...] = ("scenario_id", "epoch")
+
+
+def key_label(row: Mapping[str, Any], *, epochs: bool) -> str:
+    """A conclusion's name: the scenario id, with its epoch when the listing has several."""
+    sid = str(row["scenario_id"])
+    return f"{sid} (epoch {row['epoch']})" if epochs else sid
+
+
+def has_epochs(rows: Iterable[Mapping[str, Any]]) -> bool:
+    """True if any row is of an epoch other than the first (labels then name the epoch)."""
+    return any((r.get("epoch") or 1) != 1 for r in rows)
 
 
 def concluded(columns: str, *, run: str = "$1", alias: str = "o", where: str = "") -> str:
-    """SQL: each scenario's conclusion in run ``run``: its latest *final* attempt.
+    """SQL: each scenario's (each epoch's) conclusion in run ``run``: its latest *final* attempt.
 
     A scenario with no final attempt (its run stopped between a retryable
     attempt and the next one, or a cancelled attempt) concludes with its
@@ -45,7 +61,7 @@ def concluded(columns: str, *, run: str = "$1", alias: str = "o", where: str = "
     )
 
 
-_LATEST = concluded("o.scenario_id, o.attempt, o.status, o.tags")
+_LATEST = concluded("o.scenario_id, o.epoch, o.attempt, o.status, o.tags")
 
 _STATUS_COUNTS = ", ".join(f"count(*) FILTER (WHERE status = '{s}') AS {s}" for s in STATUSES)
 
@@ -112,7 +128,7 @@ _PARTITION = ", ".join(f"o.{k}" for k in CONCLUSION_KEY)
 SCENARIOS_SQL = f"""
 SELECT * FROM ({
     concluded(
-        "o.scenario_id, o.attempt, o.final, o.status, o.score, o.duration_ms, o.tags, "
+        "o.scenario_id, o.epoch, o.attempt, o.final, o.status, o.score, o.duration_ms, o.tags, "
         "o.error_type, left(o.error_message, $3) AS error_message, "
         "left(o.output::text, $3) AS output, left(o.executor::text, $3) AS executor, "
         f"count(*) OVER (PARTITION BY {_PARTITION}) AS attempts"
@@ -122,12 +138,12 @@ ORDER BY (status = 'passed'), {", ".join(CONCLUSION_KEY)}
 LIMIT $2
 """
 
-#: Every attempt of one scenario in one run, the latest first.
+#: Every attempt of one scenario in one run, by epoch, the latest first.
 ATTEMPTS_OF_SQL = """
-SELECT scenario_id, attempt, final, status, score, output::text AS output, error_type,
+SELECT scenario_id, epoch, attempt, final, status, score, output::text AS output, error_type,
        error_message, started_at, finished_at, duration_ms, executor::text AS executor, worker,
        tags, scenario_hash, batch_id, recorded_at
-FROM arcflow.outcomes WHERE run_id = $1 AND scenario_id = $2 ORDER BY attempt DESC
+FROM arcflow.outcomes WHERE run_id = $1 AND scenario_id = $2 ORDER BY epoch, attempt DESC
 """
 
 # -- opening the database ---------------------------------------------------------------------------
@@ -137,17 +153,42 @@ FROM arcflow.outcomes WHERE run_id = $1 AND scenario_id = $2 ORDER BY attempt DE
 async def open_report_store(db: str | None, data_dir: Path | str) -> AsyncIterator[Store]:
     """A connected Store for reading reports (never creates a database or the schema).
 
-    Opens a trio-asyncio loop of its own; arcflow errors raised inside the
-    block come out as themselves, not wrapped in the loop's exception group.
+    A schema that an older arcflow made is upgraded first (as the next run
+    would do): the queries read the columns of this version.  Opens a
+    trio-asyncio loop of its own; arcflow errors raised inside the block come
+    out as themselves, not wrapped in the loop's exception group.
     """
     trio_asyncio = import_trio_asyncio()  # here: importing it patches asyncio
     with arcflow_errors_unwrapped():
         async with trio_asyncio.open_loop():
             store = await open_store(db, data_dir, for_reading=True)
             try:
+                await _upgrade_if_older(store)
                 yield store
             finally:
                 await store.aclose()
+
+
+async def _upgrade_if_older(store: Store) -> None:
+    version = await store.fetchval("SELECT coalesce(max(version), 0) FROM arcflow.schema_version")
+    if version >= LATEST_VERSION:
+        return
+    log.warning(
+        "the arcflow schema is at version %d, older than this arcflow's %d: upgrading it",
+        version,
+        LATEST_VERSION,
+    )
+    try:
+        await store.migrate()
+    except (TransientWriteError, DatabaseUnavailable):
+        raise
+    except Exception as exc:  # no right to alter the schema, most likely
+        raise DatabaseUnavailable(
+            f"the arcflow schema in {store.redacted_dsn} is at version {version}, older than this "
+            f"arcflow's {LATEST_VERSION}, and upgrading it failed: "
+            f"{redact_text(f'{type(exc).__name__}: {exc}', store.dsn)}; run arcflow once with a "
+            "user that may alter it"
+        ) from None
 
 
 # -- runs ---------------------------------------------------------------------------------------
