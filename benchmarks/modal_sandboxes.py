@@ -287,15 +287,21 @@ UNTHROTTLED = {
 
 
 def _rounds(
-    server: Server, runs: list[tuple[str, list[str], Path]], rounds: int, what: str, log: Any
+    settings: dict[str, Any],
+    runs: list[tuple[str, list[str], Path]],
+    rounds: int,
+    what: str,
+    log: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Each system ``rounds`` times, the order rotating each round; the run of median speed."""
+    """Each system ``rounds`` times, the order rotating each round, each run against a fresh
+    server with ``settings``; the run of median speed (and the median CPU per sandbox)."""
     measured: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
     for r in range(rounds):
         k = r % len(runs)
         for name, args, path in runs[k:] + runs[:k]:
             log(f"  {what} round {r + 1}/{rounds}: {name} ...")
-            m = server.measure(args, path)
+            with Server(**settings) as server:
+                m = server.measure(args, path)
             measured[name].append(m)
             log(f"    {json.dumps(m)}")
     out = {}
@@ -320,25 +326,24 @@ def concurrency_bench(
 ) -> dict[str, Any]:
     n, c, sleep = (200, 100, 1.0) if quick else (2000, 1000, 5.0)
     command = SLEEP_COMMAND.format(sleep=sleep)
-    with Server(max_concurrent_streams=100) as server:
-        runs: list[tuple[str, list[str], Path]] = [
-            ("plain-asyncio SDK loop", ["sdk-loop", str(n), str(c), command], ROOT),
+    runs: list[tuple[str, list[str], Path]] = [
+        ("plain-asyncio SDK loop", ["sdk-loop", str(n), str(c), command], ROOT),
+        (
+            "arcflow, creation unthrottled",
+            ["arcflow", str(n), str(c), command, dsn, json.dumps(UNTHROTTLED)],
+            ROOT,
+        ),
+        ("arcflow, default settings", ["arcflow", str(n), str(c), command, dsn, "{}"], ROOT),
+    ]
+    if before is not None:
+        runs.append(
             (
-                "arcflow, creation unthrottled",
-                ["arcflow", str(n), str(c), command, dsn, json.dumps(UNTHROTTLED)],
-                ROOT,
-            ),
-            ("arcflow, default settings", ["arcflow", str(n), str(c), command, dsn, "{}"], ROOT),
-        ]
-        if before is not None:
-            runs.append(
-                (
-                    "arcflow before (c78ad44), creation unthrottled",
-                    ["arcflow", str(n), str(c), command, before_dsn, json.dumps(UNTHROTTLED)],
-                    before,
-                )
+                "arcflow before (c78ad44), creation unthrottled",
+                ["arcflow", str(n), str(c), command, before_dsn, json.dumps(UNTHROTTLED)],
+                before,
             )
-        systems = _rounds(server, runs, rounds, "concurrency", log)
+        )
+    systems = _rounds({"max_concurrent_streams": 100}, runs, rounds, "concurrency", log)
     bound = c / sleep
     loop = systems["plain-asyncio SDK loop"]
     ratios = {
@@ -370,24 +375,23 @@ def rate_bench(
     log: Any = print,
 ) -> dict[str, Any]:
     n, limit = (150, 30.0) if quick else (600, 30.0)
-    with Server(creation_rate=limit) as server:
-        # The CLI's default concurrency (8): "default settings" as a new user runs it.
-        runs = [
+    # The CLI's default concurrency (8): "default settings" as a new user runs it.
+    runs = [
+        (
+            "arcflow, default settings",
+            ["arcflow", str(n), "8", INSTANT_COMMAND, dsn, "{}"],
+            ROOT,
+        )
+    ]
+    if before is not None:
+        runs.append(
             (
-                "arcflow, default settings",
-                ["arcflow", str(n), "8", INSTANT_COMMAND, dsn, "{}"],
-                ROOT,
+                "arcflow before (c78ad44), default settings",
+                ["arcflow", str(n), "8", INSTANT_COMMAND, before_dsn, "{}"],
+                before,
             )
-        ]
-        if before is not None:
-            runs.append(
-                (
-                    "arcflow before (c78ad44), default settings",
-                    ["arcflow", str(n), "8", INSTANT_COMMAND, before_dsn, "{}"],
-                    before,
-                )
-            )
-        systems = _rounds(server, runs, rounds, "rate", log)
+        )
+    systems = _rounds({"creation_rate": limit}, runs, rounds, "rate", log)
     return {
         "scenarios": n,
         "server_creations_per_s": limit,
