@@ -126,6 +126,9 @@ class ModalBackend:
                 f"building the Modal image ({self.config.image or 'debian_slim'}, "
                 f"pip {list(self.config.pip)}) failed: {exc}"
             ) from exc
+        except modal_.exception.ConnectionError as exc:
+            where = os.environ.get("MODAL_SERVER_URL") or "api.modal.com"
+            raise ConfigError(f"cannot reach Modal ({where}) while {what}: {exc}") from exc
 
     def _require(self) -> LoopBridge:
         if self._bridge is None or not self._prepared:
