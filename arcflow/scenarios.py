@@ -163,9 +163,13 @@ def loads(text: str) -> Any:
         value, end = _scan_once(text, 0)
     except StopIteration:
         return json.loads(text)
-    if end != len(text) and not text[end:].isspace():
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
         return json.loads(text)
     return value
+
+
+#: The white space JSON allows around a value (str.isspace() takes more, such as U+0085).
+_JSON_SPACE = " \t\n\r"
 
 
 def decode_line(text: str, path: Path | str, lineno: int) -> Any:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 
@@ -106,6 +106,7 @@ def test_what_postgresql_or_json_cannot_take_is_refused_at_its_line(
         st.text(max_size=30),
     )
 )
+@example(text='{"id":"a"}\x85')  # str.isspace() takes U+0085; JSON does not
 def test_loads_is_json_loads(text: str) -> None:
     """The fast line decoder gives what json.loads gives, or raises what it raises."""
     import arcflow.scenarios as sc
