@@ -857,14 +857,15 @@ def cmd_modal_sweep(args: argparse.Namespace) -> int:
             args.run_id, settings.modal_config(), dry_run=args.dry_run, out=sys.stdout
         )
     except BaseException as raw:  # noqa: ASYNC103 - trio.run has returned; mapped below
-        exc = primary_error(raw)
-        if isinstance(exc, ConfigError):
-            print(f"arcflow: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if isinstance(exc, Exception):
-            print(f"arcflow: modal sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+        failure = raw
+    exc = primary_error(failure)
+    if isinstance(exc, ConfigError):
+        print(f"arcflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, Exception):
+        print(f"arcflow: modal sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    raise failure
 
 
 # -- diff, export, view (the logic is in arcflow.report) ------------------------------------------------
