@@ -12,7 +12,7 @@ import trio
 from .journal import SpillJournal, salvage
 from .models import Batch, FlushReason, Outcome, new_batch_id
 
-__all__ = ["BatcherStats", "new_batch_id", "run_batcher"]
+__all__ = ["BatcherStats", "FlushNow", "new_batch_id", "run_batcher"]
 
 
 @attrs.define
@@ -27,6 +27,24 @@ class BatcherStats:
     batch_size: int = 0
 
 
+@attrs.define
+class FlushNow:
+    """Lets another actor ask the batcher to hand over its partial batch now.
+
+    A shared run's source asks when it has nothing left to claim: a claim is
+    done only once its outcome is written, and other workers wait for that.
+    """
+
+    _scope: trio.CancelScope | None = None
+    _asked: bool = False
+
+    def request(self) -> None:
+        """Flush the partial batch now (or the next one as soon as it has an outcome)."""
+        self._asked = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
 async def run_batcher(
     outcomes: trio.MemoryReceiveChannel[Outcome],
     batches: trio.MemorySendChannel[Batch],
@@ -37,6 +55,7 @@ async def run_batcher(
     journal: SpillJournal | None = None,
     salvage_timeout: float = 30.0,
     make_batch_id: Callable[[], str] = new_batch_id,
+    flush_now: FlushNow | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Group outcomes into batches and send them to the writer.
@@ -49,7 +68,8 @@ async def run_batcher(
     ``receive_nowait()`` and only awaits when the channel is empty.
 
     ``batch_size`` may be a callable, read at the start of each batch, so an
-    adaptive controller can change it between batches.
+    adaptive controller can change it between batches.  ``flush_now`` lets
+    another actor cut a batch short (reason ``deadline``).
 
     Retries nothing and escalates nothing: a blocked ``send`` is backpressure.
     On its way out by cancellation or failure, it salvages its partial batch
@@ -63,7 +83,16 @@ async def run_batcher(
     with outcomes, batches:
         task_status.started()
         try:
-            await _fill(outcomes, batches, pending, size_of, flush_interval, stats, make_batch_id)
+            await _fill(
+                outcomes,
+                batches,
+                pending,
+                size_of,
+                flush_interval,
+                stats,
+                make_batch_id,
+                flush_now if flush_now is not None else FlushNow(),
+            )
         except BaseException:
             if journal is not None:
                 while True:
@@ -85,6 +114,7 @@ async def _fill(
     flush_interval: float,
     stats: BatcherStats,
     make_batch_id: Callable[[], str],
+    flush_now: FlushNow,
 ) -> None:
     """The batcher's loop; an outcome leaves ``pending`` only once its batch was handed over."""
     opened_at = 0.0
@@ -115,7 +145,10 @@ async def _fill(
         # Fill the batch until it is full, the deadline passes or the input ends:
         # take what is already queued without awaiting, await only when the
         # channel is empty, all under one cancel scope per batch.
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(deadline) as scope:
+            flush_now._scope = scope
+            if flush_now._asked:
+                scope.cancel()
             while True:
                 while len(pending) < limit:
                     try:
@@ -133,6 +166,8 @@ async def _fill(
                 except trio.EndOfChannel:
                     closed = True
                     break
+        flush_now._scope = None
+        flush_now._asked = False
         if len(pending) >= limit:
             await flush(FlushReason.SIZE)
         elif not closed:

@@ -161,9 +161,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="print nothing but errors (no progress display)"
     )
     _add_selection(run)
+    run.add_argument(
+        "--shared",
+        action="store_true",
+        help="put the scenarios in PostgreSQL (arcflow.claims) and work on them; other "
+        "machines join with `python -m arcflow work RUN_ID`",
+    )
     _add_fail_under(run)
     _add_settings(run, list(OPTIONS))
     run.set_defaults(func=cmd_run)
+
+    work = sub.add_parser(
+        "work",
+        help="join a shared run as one more worker",
+        description="Claim and run the scenarios of a shared run (`run FILE --shared`), with the "
+        "executor settings the run recorded (flags, ARCFLOW_* and arcflow.toml override them).",
+    )
+    work.add_argument("run_id", metavar="RUN_ID", help="the shared run")
+    work.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    work.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_fail_under(work)
+    _add_settings(work, list(OPTIONS))
+    work.set_defaults(func=cmd_work)
+
+    workers = sub.add_parser(
+        "workers",
+        help="a shared run's workers and claims",
+        description="Who works on a shared run: each worker's state (live, stopped, lost), last "
+        "heartbeat, claims and finished scenarios, and the run's claims by state.",
+    )
+    workers.add_argument("run_id", metavar="RUN_ID", help="the shared run")
+    workers.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_settings(workers, READ_KEYS)
+    workers.set_defaults(func=cmd_workers)
 
     runs = sub.add_parser(
         "runs",
@@ -562,6 +592,74 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         observers.close()
 
 
+#: The settings a shared run records for the workers that join it (flags etc. override them).
+WORKER_KEYS = (
+    "executor", "concurrency", "timeout", "attempts", "attempt_backoff", "threads", "pass_env",
+    "modal_app", "modal_image", "modal_pip", "modal_secrets", "modal_cpu", "modal_memory",
+    "modal_creation_rate", "modal_max_starting", "lease", "batch_size", "flush_interval",
+)  # fmt: skip
+
+
+async def _work_file(
+    rt: Runtime,
+    args: argparse.Namespace,
+    suite: Any,
+    executor: Any,
+    observers: Observers,
+    nursery: trio.Nursery,
+    chatty: bool,
+) -> ScenarioFileError | None:
+    """Run the scenario file (resumed if asked); a change of the file under the run, if any."""
+    if chatty:
+        _banner(rt, args, suite.count, executor.kind, observers)
+    plan = None
+    if args.resume:
+        plan = await rt.plan_resume(
+            args.scenarios, force=args.force, retry_errors=args.retry_errors
+        )
+    total = suite.count * rt.config.epochs - (plan.skipped if plan else 0)
+    observers.start(rt, nursery, total)
+    try:
+        await rt.run_file(args.scenarios, skip=plan, expect=suite)
+    except ScenarioFileError as exc:
+        # The file changed under the run: what was read finishes and is written.
+        return exc
+    return None
+
+
+async def _work_shared(
+    rt: Runtime,
+    args: argparse.Namespace,
+    suite: Any,
+    executor: Any,
+    observers: Observers,
+    nursery: trio.Nursery,
+    chatty: bool,
+) -> None:
+    """A shared run: load its claims (``run --shared``), then claim and run until it is done."""
+    if suite is not None:
+        added = await rt.load_claims(args.scenarios, suite)
+        log.info("run %s: %d claims loaded", rt.run_id, added)
+    if chatty:
+        print(
+            f"arcflow: run {rt.run_id} (shared): worker {rt.worker_id}, executor "
+            f"{executor.kind}, database {rt.redacted_dsn}; join it with "
+            f"`python -m arcflow work {rt.run_id}`",
+            file=sys.stderr,
+        )
+    observers.start(rt, nursery, None)
+    await rt.run_claims()
+
+
+def _worker_settings(settings: Settings) -> dict[str, Any]:
+    values = settings.effective(redact=False)
+    return {
+        key: values[key]["value"]
+        for key in WORKER_KEYS
+        if key in values and values[key]["value"] is not None
+    }
+
+
 async def _run_observed(
     args: argparse.Namespace,
     settings: Settings,
@@ -571,16 +669,19 @@ async def _run_observed(
     observers: Observers,
 ) -> int:
     state = {"stopping": False, "hard": False}
+    shared = bool(getattr(args, "shared", False)) or args.command == "work"
     rt = Runtime(
         executor,
         settings.db,
         run_id=args.resume or args.run_id,
-        suite=str(args.scenarios),
-        suite_hash=suite.sha256,
-        scenario_count=suite.count,
+        suite=str(args.scenarios) if suite is not None else None,
+        suite_hash=suite.sha256 if suite is not None else None,
+        scenario_count=suite.count if suite is not None else None,
         config=config,
         resume=bool(args.resume),
-        selection=suite.selection,
+        selection=suite.selection if suite is not None else None,
+        shared=shared,
+        worker_settings=_worker_settings(settings) if shared and suite is not None else None,
         **observers.hooks(),
     )
     chatty = not args.quiet and not args.json
@@ -590,20 +691,12 @@ async def _run_observed(
             async with trio.open_nursery() as nursery:
                 await nursery.start(_watch_signals, rt, state)
                 async with rt:
-                    if chatty:
-                        _banner(rt, args, suite.count, executor.kind, observers)
-                    plan = None
-                    if args.resume:
-                        plan = await rt.plan_resume(
-                            args.scenarios, force=args.force, retry_errors=args.retry_errors
+                    if shared:
+                        await _work_shared(rt, args, suite, executor, observers, nursery, chatty)
+                    else:
+                        file_error = await _work_file(
+                            rt, args, suite, executor, observers, nursery, chatty
                         )
-                    total = suite.count * rt.config.epochs - (plan.skipped if plan else 0)
-                    observers.start(rt, nursery, total)
-                    try:
-                        await rt.run_file(args.scenarios, skip=plan, expect=suite)
-                    except ScenarioFileError as exc:
-                        # The file changed under the run: what was read finishes and is written.
-                        file_error = exc
                 nursery.cancel_scope.cancel()
         finally:
             observers.finish(rt)
@@ -704,6 +797,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_exit_code(failure, settings)
 
 
+def cmd_work(args: argparse.Namespace) -> int:
+    first = _load(args)
+    if first is None:
+        return EXIT_USAGE
+    tune_gc()
+
+    async def main() -> int:
+        prior = await read_prior(
+            first.db, first.data_dir, resume=args.run_id, only_failed=None, require=True
+        )
+        if not prior.shared:
+            raise ConfigError(
+                f"run {args.run_id} is not shared: start a shared run with "
+                "`python -m arcflow run FILE --shared`, or resume this one with --resume"
+            )
+        # The run's recorded executor settings are the defaults; flags, ARCFLOW_* and the
+        # config file win over them.
+        flags = {k: v for k, v in vars(args).items() if k in OPTIONS}
+        settings = load_settings(
+            flags, config_file=getattr(args, "config", None), defaults=prior.worker or {}
+        )
+        executor = settings.make_executor()
+        config = attrs.evolve(settings.runtime_config(), epochs=prior.epochs or 1)
+        args.resume, args.scenarios, args.shared = None, None, True
+        observers = Observers(settings, args)
+        if observers.metrics is not None:
+            observers.metrics.bind()
+        try:
+            return await _run_observed(args, settings, config, executor, None, observers)
+        finally:
+            observers.close()
+
+    try:
+        return trio.run(main)
+    except BaseException as raw:  # noqa: ASYNC103 - trio.run has returned; mapped below
+        failure = raw
+    return _run_exit_code(failure, first)
+
+
 def _run_exit_code(raw: BaseException, settings: Settings) -> int:
     """The exit code for a run that ended with ``raw``; re-raises what is not ours."""
     exc = primary_error(raw)
@@ -758,6 +890,19 @@ def _read_command(args: argparse.Namespace, work: Callable[[Any, Settings], Any]
         print(f"arcflow: error: {redact_text(str(exc), settings.db)}", file=sys.stderr)
         return EXIT_FAILED
     raise failure
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from .fleet import fleet_status, format_fleet
+
+    async def work(store: Any, _settings: Settings) -> None:
+        status = await fleet_status(store, args.run_id)
+        if args.json:
+            print(json.dumps(status.as_dict(), sort_keys=True))
+        else:
+            _write(sys.stdout, format_fleet(status))
+
+    return _read_command(args, work)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

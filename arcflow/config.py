@@ -115,6 +115,9 @@ class RuntimeConfig:
     journal_max_bytes: int = attrs.field(default=1 << 30, validator=whole(1024))
     #: Seconds a database statement may take before it counts as a transient failure.
     statement_timeout: float = attrs.field(default=30.0, validator=positive)
+    #: Shared runs: seconds a worker's claim stays its own without a heartbeat; past
+    #: it, another worker may take the scenario (heartbeats come every third of it).
+    lease: float = attrs.field(default=30.0, validator=positive)
     #: Seconds of silence after which a TCP connection to the database is probed, and
     #: about how long unacknowledged data may wait: a half-open connection is found in
     #: seconds, not at the statement timeout.
@@ -178,6 +181,7 @@ class RuntimeOptions(TypedDict, total=False):
     data_dir: Path | str
     journal_max_bytes: int
     statement_timeout: float
+    lease: float
     tcp_keepalive: float
     retry: RetryPolicy
     breaker: BreakerConfig

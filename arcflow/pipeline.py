@@ -22,13 +22,13 @@ import functools
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from .batcher import BatcherStats, run_batcher
+from .batcher import BatcherStats, FlushNow, run_batcher
 from .breaker import CircuitBreaker
 from .config import RuntimeConfig
 from .executors import Executor
@@ -67,6 +67,7 @@ class Pipeline:
         on_outcome: Sequence[OutcomeHook] = (),
         on_batch_written: Sequence[BatchHook] = (),
         first_attempts: Mapping[tuple[str, int], int] | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.config = config
@@ -77,6 +78,8 @@ class Pipeline:
         self.restarts: Counter[str] = Counter()
         self.producer_stats = ProducerStats()
         self.batcher_stats = BatcherStats()
+        #: Asks the batcher for its partial batch now (a shared run's source, when idle).
+        self.flush_now = FlushNow()
         self.writer_stats = WriterStats()
         self._batch_size = batch_size
         self._on_outcome = tuple(on_outcome)
@@ -93,6 +96,7 @@ class Pipeline:
             on_batch_written=on_batch_written,
             final_replay_timeout=config.shutdown_timeout,
             salvage_timeout=config.shutdown_timeout,
+            worker_id=worker_id,
         )
         work_send, self._work_recv = trio.open_memory_channel[Scenario](
             config.effective_work_buffer
@@ -109,6 +113,9 @@ class Pipeline:
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
         self._grace_scope = trio.CancelScope()
+        #: Producers still serving, and set when none is: a stop's grace ends with them.
+        self._producers_alive = 0
+        self._producers_done = trio.Event()
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -138,6 +145,7 @@ class Pipeline:
                             stats=self.batcher_stats,
                             journal=self.journal,
                             salvage_timeout=cfg.shutdown_timeout,
+                            flush_now=self.flush_now,
                         )
                     )
                     pool = ProducerPool()
@@ -159,18 +167,30 @@ class Pipeline:
                             )
                             # start_soon, not start: 20,000 producers would each cost a
                             # trip through the scheduler before the first scenario runs.
+                            self._producers_alive += 1
                             actors.start_soon(
+                                self._producer,
                                 functools.partial(
                                     producer.serve,
                                     self._work_recv.clone(),
                                     self._outcome_send.clone(),
                                     supervisor=cfg.supervisor,
                                     restarts=self.restarts,
-                                )
+                                ),
                             )
+                    if not self._producers_alive:
+                        self._producers_done.set()
                     task_status.started()
         finally:
             self._done.set()
+
+    async def _producer(self, serve: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await serve()
+        finally:
+            self._producers_alive -= 1
+            if not self._producers_alive:
+                self._producers_done.set()
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -185,8 +205,11 @@ class Pipeline:
         self.control.cancel_running()
 
     async def _grace_timer(self) -> None:
+        """Cancel what still runs ``grace`` seconds after a stop; ends early once producers have."""
         with self._grace_scope:
-            await trio.sleep(self.config.grace)
+            with trio.move_on_after(self.config.grace):
+                await self._producers_done.wait()
+                return
             if self.producer_stats.running:
                 log.warning("run %s: grace period over", self.run_id)
             self.control.cancel_running()

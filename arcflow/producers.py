@@ -110,6 +110,10 @@ class ShutdownControl:
     record_unstarted: bool = False
     #: Set when the run stopped because its cost budget (``max_cost``) was spent.
     budget_spent: bool = False
+    #: The cancel scope of each running attempt, by (scenario id, epoch).
+    active: dict[tuple[str, int], trio.CancelScope] = attrs.field(factory=dict)
+    #: Scenarios cancelled one by one (a shared run's lost claims), and why.
+    dropped: dict[tuple[str, int], str] = attrs.field(factory=dict)
 
     def stop(self) -> None:
         """Stop taking new scenarios; running ones go on."""
@@ -120,6 +124,13 @@ class ShutdownControl:
         self.stopping = True
         self.cancelled = True
         for scope in list(self.running):
+            scope.cancel()
+
+    def cancel_scenario(self, key: tuple[str, int], reason: str) -> None:
+        """Cancel one running scenario (recorded ``cancelled`` with ``reason``, not final)."""
+        scope = self.active.get(key)
+        if scope is not None:
+            self.dropped[key] = reason
             scope.cancel()
 
     def record_unstarted_scenarios(self) -> None:
@@ -205,6 +216,8 @@ class Producer:
         self._backoff_until: float | None = None
         self._counted = False
         self._attempt_context: ExecutionContext | None = None
+        #: The next outcome ends its scenario (a dropped scenario is not retried).
+        self._stop_retrying = False
         #: A scenario taken from the channel but never started (the runtime stopped).
         self._unstarted: Scenario | None = None
 
@@ -365,6 +378,8 @@ class Producer:
             self._timeout = timeout
             self._started = started = _now()
             self._phase = _RUNNING
+            key = (scenario.id, scenario.epoch)
+            control.active[key] = scope
             if timeout is not None:
                 scope.deadline = trio.current_time() + timeout
             pool.attempting += 1
@@ -379,6 +394,7 @@ class Producer:
                 )
             finally:
                 pool.attempting -= 1
+                control.active.pop(key, None)
             stale = False
             if timeout is not None:
                 scope.deadline = math.inf
@@ -459,7 +475,9 @@ class Producer:
             status in RETRYABLE_STATUSES
             and attempt < self._first + self.config.attempts - 1
             and not self.control.stopping
+            and not self._stop_retrying
         )
+        self._stop_retrying = False
         return Outcome.trusted(
             self.run_id,
             scenario.id,
@@ -548,7 +566,16 @@ class Producer:
         if phase == _RUNNING and scenario is not None:
             known = self._attempt_context.details if self._attempt_context is not None else {}
             details = {"kind": self.executor.kind, **known}
-            if self.control.cancelled:
+            dropped = self.control.dropped.pop((scenario.id, scenario.epoch), None)
+            if dropped is not None:
+                self._stop_retrying = True
+                result = ExecutionResult(
+                    status=Status.CANCELLED,
+                    error_type="Cancelled",
+                    error_message=f"cancelled: {dropped}",
+                    executor=details,
+                )
+            elif self.control.cancelled:
                 result = ExecutionResult(
                     status=Status.CANCELLED,
                     error_type="Cancelled",

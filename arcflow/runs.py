@@ -141,10 +141,26 @@ class RunRecord:
     previous: dict[str, Any] | None = None
 
     async def start(
-        self, *, executor: Mapping[str, Any], config: Mapping[str, Any], resume: bool
+        self,
+        *,
+        executor: Mapping[str, Any],
+        config: Mapping[str, Any],
+        resume: bool,
+        join: bool = False,
     ) -> None:
-        """Mark the run ``running``; a resume of a run the database does not know is refused."""
+        """Mark the run ``running``; a resume of a run the database does not know is refused.
+
+        ``join`` (a worker of a shared run) keeps the config of a run already
+        recorded; the first worker records it.
+        """
         self.previous = await self.store.get_run(self.run_id)
+        if join and self.previous is not None:
+            await self.store.fetchval(
+                "UPDATE arcflow.runs SET status = 'running', finished_at = NULL "
+                "WHERE run_id = $1 RETURNING 1",
+                self.run_id,
+            )
+            return
         if resume and self.previous is None:
             raise ResumeError(
                 f"cannot resume run {self.run_id!r}: no such run in {self.store.redacted_dsn} "
@@ -200,8 +216,13 @@ class RunLock:
     several workers sharing a run.
     """
 
-    def __init__(self, dsn: str | None, run_id: str, journal_path: Path) -> None:
+    def __init__(
+        self, dsn: str | None, run_id: str, journal_path: Path, *, shared: bool = False
+    ) -> None:
         self.run_id = run_id
+        #: A shared run (several workers): the advisory lock is taken shared, so workers
+        #: hold it together and a process driving the run alone is refused, and vice versa.
+        self.shared = shared
         self.journal_path = Path(journal_path)
         self._store = Store(dsn)
         self._token = uuid.uuid4().hex
@@ -261,8 +282,27 @@ class RunLock:
 
     async def _lock_database(self) -> None:
         key = _lock_key(self.run_id)
+        if self.shared:
+            got = await self._store.fetchval("SELECT pg_try_advisory_lock_shared($1::bigint)", key)
+            if not got:
+                raise RunInUse(
+                    f"run {self.run_id!r} is being run by one process alone (database "
+                    f"{self._store.redacted_dsn}), not shared by workers: wait for it to end"
+                )
+            self._locked = True
+            return
         got = await self._store.fetchval("SELECT pg_try_advisory_lock($1::bigint)", key)
         if not got:
+            workers = await self._store.fetchval(
+                "SELECT count(*) FROM arcflow.workers WHERE run_id = $1 AND stopped_at IS NULL",
+                self.run_id,
+            )
+            if workers:
+                raise RunInUse(
+                    f"run {self.run_id!r} is shared by {workers} worker(s) (see "
+                    f"`python -m arcflow workers {self.run_id}`): join it with "
+                    f"`python -m arcflow work {self.run_id}` instead",
+                )
             row = await self._store.fetch(
                 "SELECT host, pid, acquired_at FROM arcflow.run_owners WHERE run_id = $1",
                 self.run_id,
@@ -335,7 +375,11 @@ class RunLock:
         """Let the run go: the owner row says so, the locks are released.  Shielded, bounded."""
         with trio.move_on_after(10, shield=True):
             try:
-                if self._locked:
+                if self._locked and self.shared:
+                    await self._store.fetchval(
+                        "SELECT pg_advisory_unlock_shared($1::bigint)", _lock_key(self.run_id)
+                    )
+                elif self._locked:
                     await self._store.fetchval(
                         "UPDATE arcflow.run_owners SET released_at = now() "
                         "WHERE run_id = $1 AND token = $2 RETURNING 1",
@@ -363,10 +407,19 @@ class Prior:
     epochs: int | None = None
     #: The ids ``only_failed`` named (None: not asked).
     failed: frozenset[str] | None = None
+    #: A shared run's settings for workers that join it (None: not shared, or no resume).
+    worker: dict[str, Any] | None = None
+    #: Whether the resumed run is shared.
+    shared: bool = False
 
 
 async def read_prior(
-    db: str | None, data_dir: Path | str, *, resume: str | None, only_failed: str | None
+    db: str | None,
+    data_dir: Path | str,
+    *,
+    resume: str | None,
+    only_failed: str | None,
+    require: bool = False,
 ) -> Prior:
     """Before a run starts: a resumed run's selection and epochs, and the ids ``only_failed`` names.
 
@@ -382,12 +435,19 @@ async def read_prior(
     stored: Selection | None = None
     epochs: int | None = None
     failed: frozenset[str] | None = None
+    worker: dict[str, Any] | None = None
+    shared = False
     with arcflow_errors_unwrapped():
         async with trio_asyncio.open_loop():
             store = await open_store(db, data_dir, for_reading=True)
             try:
                 if resume is not None:
                     row = await store.get_run(resume)
+                    if row is None and require:
+                        raise ResumeError(
+                            f"no run {resume!r} in {store.redacted_dsn} (check the id, and "
+                            "--db / --data-dir)"
+                        )
                     if row is not None:
                         config = row.get("config") or {}
                         if isinstance(config, str):
@@ -395,6 +455,8 @@ async def read_prior(
                         if config.get("selection"):
                             stored = Selection.from_description(config["selection"])
                         epochs = int(config.get("epochs", 1))
+                        worker = config.get("worker")
+                        shared = bool(config.get("shared"))
                 if only_failed is not None:
                     if await store.get_run(only_failed) is None:
                         raise ResumeError(
@@ -413,4 +475,4 @@ async def read_prior(
                     failed = frozenset(r["scenario_id"] for r in rows)
             finally:
                 await store.aclose()
-    return Prior(selection=stored, epochs=epochs, failed=failed)
+    return Prior(selection=stored, epochs=epochs, failed=failed, worker=worker, shared=shared)

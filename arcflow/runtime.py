@@ -37,6 +37,7 @@ from ._trio_asyncio import import_trio_asyncio
 from .breaker import CircuitBreaker
 from .config import RuntimeConfig, RuntimeOptions
 from .errors import (
+    ArcflowError,
     ConfigError,
     DatabaseUnavailable,
     PipelineFull,
@@ -46,6 +47,16 @@ from .errors import (
     primary_error,
 )
 from .executors import Executor, parse_executor
+from .fleet import (
+    FleetStats,
+    adopt_orphan_journals,
+    load_claims,
+    new_worker_id,
+    release_claims,
+    run_claim_source,
+    run_heartbeat,
+    shared_run_status,
+)
 from .journal import SpillJournal
 from .models import Batch, BatchHook, FlushReason, Outcome, OutcomeHook, Scenario, new_batch_id
 from .pipeline import Pipeline
@@ -85,9 +96,10 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def journal_path(data_dir: Path | str, run_id: str) -> Path:
-    """Where the spill journal of ``run_id`` lives under ``data_dir``."""
-    return Path(data_dir) / "journal" / f"{run_id}.journal"
+def journal_path(data_dir: Path | str, run_id: str, worker_id: str | None = None) -> Path:
+    """Where the spill journal of ``run_id`` (of one of its workers, for a shared run) lives."""
+    name = f"{run_id}.journal" if worker_id is None else f"{run_id}.{worker_id}.journal"
+    return Path(data_dir) / "journal" / name
 
 
 def _hooks(value: H | Iterable[H] | None) -> tuple[H, ...]:
@@ -146,6 +158,9 @@ class Runtime:
         batch_size_source: Callable[[], int] | None = None,
         resume: bool = False,
         selection: Selection | None = None,
+        shared: bool = False,
+        worker_id: str | None = None,
+        worker_settings: Mapping[str, Any] | None = None,
         **options: Unpack[RuntimeOptions],
     ) -> None:
         self.config = _build_config(config, options)
@@ -160,8 +175,16 @@ class Runtime:
         self._on_batch_written = _hooks(on_batch_written)
         self._batch_size_source = batch_size_source
         self._intake = IntakeStats()
+        #: A shared run: scenarios come from arcflow.claims (see arcflow.fleet), and this
+        #: runtime is one of its workers, with a journal of its own.
+        self.shared = shared
+        self.worker_id = (worker_id or new_worker_id()) if shared else None
+        self.fleet = FleetStats()
+        #: What workers joining this shared run use by default (its executor options).
+        self._worker_settings = dict(worker_settings) if worker_settings else None
+        self._claims: Store | None = None
         self._journal = SpillJournal(
-            journal_path(self.config.data_dir, self.run_id),
+            journal_path(self.config.data_dir, self.run_id, self.worker_id),
             max_bytes=self.config.journal_max_bytes,
         )
         self._breaker = CircuitBreaker(self.config.breaker, name=f"run {self.run_id}")
@@ -255,7 +278,7 @@ class Runtime:
             )
             stack.push_async_callback(store.aclose)
             self._store = store
-            lock = RunLock(store.dsn, self.run_id, self._journal.path)
+            lock = RunLock(store.dsn, self.run_id, self._journal.path, shared=self.shared)
             await lock.acquire()
             stack.push_async_callback(lock.release)
             await lock.mark_interrupted()
@@ -284,7 +307,18 @@ class Runtime:
                 batch_size=self._batch_size_source or cfg.batch_size,
                 on_outcome=self._on_outcome,
                 on_batch_written=self._on_batch_written,
+                worker_id=self.worker_id,
             )
+            heartbeat_scope = trio.CancelScope()
+            if self.shared:
+                assert self.worker_id is not None
+                await adopt_orphan_journals(
+                    store, self.run_id, self._journal.path, cfg, own=self.worker_id
+                )
+                self._claims = Store(store.dsn, statement_timeout=cfg.statement_timeout)
+                beats = Store(store.dsn, statement_timeout=cfg.statement_timeout)
+                stack.push_async_callback(self._claims.aclose)
+                stack.push_async_callback(beats.aclose)
             if self._journal.pending_batches:
                 log.info(
                     "run %s: replaying %d spilled batches from %s before starting",
@@ -304,10 +338,15 @@ class Runtime:
             snapshot = cfg.snapshot()
             if self.selection is not None and not self.selection.everything:
                 snapshot["selection"] = self.selection.describe()
+            if self.shared:
+                snapshot["shared"] = True
+                if self._worker_settings is not None:
+                    snapshot["worker"] = self._worker_settings
             await record.start(
                 executor=self.executor.describe() if self.executor else {"kind": "record"},
                 config=snapshot,
                 resume=self.resume,
+                join=self.shared,
             )
             self._started_at = trio.current_time()
             failed: BaseException | None = None
@@ -315,6 +354,9 @@ class Runtime:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(pipeline.run)
                     self._pipeline = pipeline
+                    if self.shared:
+                        assert self.worker_id is not None
+                        await nursery.start(self._heartbeat, beats, pipeline, heartbeat_scope)
                     self._open = True
                     try:
                         yield
@@ -324,6 +366,9 @@ class Runtime:
                     finally:
                         with trio.CancelScope(shield=True):
                             await self._drain(pipeline, cancelled=failed is not None)
+                            heartbeat_scope.cancel()
+                            if self.shared:
+                                await self._release_claims()
             except BaseException as exc:
                 failed = failed or exc
                 raise
@@ -339,6 +384,8 @@ class Runtime:
                             stopped=pipeline.control.stopping,
                             lost=self._journal.lost_outcomes,
                         )
+                        if self.shared and status == "finished":
+                            status = await shared_run_status(store, self.run_id)
                         await record.finish(status=status, summary=self.summary())
 
     def _refused_before_running(self, failed: BaseException | None) -> bool:
@@ -486,6 +533,96 @@ class Runtime:
                 epochs=self.config.epochs,
             )
 
+    async def load_claims(self, path: Path | str, suite: SuiteInfo) -> int:
+        """(shared run) Put the scenarios of ``path`` that ``suite`` selects into ``arcflow.claims``.
+
+        Streamed, so memory stays flat; a scenario already there is kept.  Every
+        epoch is a claim of its own.  Returns the claims added.
+        """
+        self._running_pipeline("load_claims()")
+        if self._claims is None:
+            raise RuntimeClosed("load_claims() is for a shared run: Runtime(shared=True)")
+        return await load_claims(self._claims, self.run_id, Path(path), suite, self.config.epochs)
+
+    async def run_claims(self, *, chunk: int = 64) -> None:
+        """A shared run's source: claim scenarios from ``arcflow.claims`` until the run is done.
+
+        Returns when no scenario is left to claim, or when :meth:`request_stop`
+        was called.  The heartbeat that keeps this worker's leases runs for as
+        long as the runtime does; leaving the block releases what this worker
+        has not finished.  See :mod:`arcflow.fleet`.
+        """
+        pipeline = self._running_pipeline("run_claims()")
+        if self._claims is None or self.worker_id is None:
+            raise RuntimeClosed("run_claims() is for a shared run: Runtime(shared=True)")
+        work = self._work()
+
+        def counted(n: int) -> None:
+            self._intake.submitted += n
+
+        with trio.CancelScope() as scope:
+            self._source_scope = scope
+            if self.stopping:
+                scope.cancel()
+            await run_claim_source(
+                self._claims,
+                self.run_id,
+                self.worker_id,
+                work.clone(),
+                lease=self.config.lease,
+                first_attempts=pipeline.first_attempts,
+                stats=self.fleet,
+                chunk=chunk,
+                on_submitted=counted,
+                on_idle=pipeline.flush_now.request,
+            )
+
+    async def _heartbeat(
+        self,
+        beats: Store,
+        pipeline: Pipeline,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """(shared run) The heartbeat actor, until ``scope`` is cancelled after the drain."""
+        assert self.worker_id is not None
+        control = pipeline.control
+        with scope:
+            await run_heartbeat(
+                beats,
+                self.run_id,
+                self.worker_id,
+                lease=self.config.lease,
+                running=lambda: control.active,
+                cancel=control.cancel_scenario,
+                stats=self.fleet,
+                task_status=task_status,
+            )
+
+    async def _release_claims(self) -> None:
+        """(shared run) Give back the claims this worker has not finished.  Shielded, bounded."""
+        assert self._claims is not None and self.worker_id is not None
+        with trio.move_on_after(10, shield=True):
+            try:
+                released = await release_claims(self._claims, self.run_id, self.worker_id)
+            except ArcflowError as exc:
+                log.warning(
+                    "run %s worker %s: could not release its claims (%s); they come back when "
+                    "their lease runs out",
+                    self.run_id,
+                    self.worker_id,
+                    exc,
+                )
+                return
+            if released:
+                log.info(
+                    "run %s worker %s: released %d claims it had not finished",
+                    self.run_id,
+                    self.worker_id,
+                    released,
+                )
+
     # -- stopping ---------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -525,8 +662,11 @@ class Runtime:
             raise RuntimeClosed("the runtime has not started: no statistics yet")
         start = self._started_at
         end = self._finished_at if self._finished_at is not None else trio.current_time()
+        fleet = {"worker_id": self.worker_id, **attrs.asdict(self.fleet)} if self.shared else {}
         return self._pipeline.statistics(
-            intake=self._intake, elapsed=max(0.0, end - start) if start is not None else 0.0
+            intake=self._intake,
+            elapsed=max(0.0, end - start) if start is not None else 0.0,
+            fleet=fleet,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -555,6 +695,7 @@ class Runtime:
             "output_tokens": s.output_tokens,
             "cost_usd": round(s.cost_usd, 6),
             "budget_spent": self._pipeline.control.budget_spent if self._pipeline else False,
+            **({"fleet": s.fleet} if s.fleet else {}),
             "elapsed_s": round(s.elapsed, 3),
             "throughput_per_s": round(s.written / s.elapsed, 1) if s.elapsed > 0 else 0.0,
         }

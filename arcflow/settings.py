@@ -288,6 +288,13 @@ class Settings:
         "seconds a database statement may take before it counts as a transient failure",
         metavar="S",
     )
+    lease: float = _from(
+        RuntimeConfig,
+        "lease",
+        "float",
+        "shared runs: seconds a worker's claim lasts without a heartbeat before others may take it",
+        metavar="S",
+    )
     tcp_keepalive: float = _from(
         RuntimeConfig,
         "tcp_keepalive",

@@ -87,6 +87,10 @@ class RuntimeStatistics:
     #: The executor's own counters and gauges (``Executor.statistics()``), e.g. Modal's
     #: current creation rate and refusals.
     executor: dict[str, float] = attrs.field(factory=dict)
+    #: A shared run's worker (empty otherwise): its id, the scenarios it claimed, the
+    #: claims it found taken, the live workers and the run's claims by state, as of its
+    #: last heartbeat.
+    fleet: dict[str, Any] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-safe dict."""

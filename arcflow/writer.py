@@ -101,7 +101,8 @@ class Writer:
     Closes: the batch channel's receive end, when :meth:`serve` returns
     (after salvaging what is queued in it, if it ends by failure or cancellation).
 
-    ``stores`` holds one :class:`Store` per lane.
+    ``stores`` holds one :class:`Store` per lane.  With ``worker_id`` (a
+    shared run) every write is fenced by that worker's claims.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Writer:
         on_batch_written: Sequence[BatchHook] = (),
         final_replay_timeout: float = 30.0,
         salvage_timeout: float = 30.0,
+        worker_id: str | None = None,
     ) -> None:
         self.stores: tuple[Store, ...] = (stores,) if isinstance(stores, Store) else tuple(stores)
         if not self.stores:
@@ -131,6 +133,8 @@ class Writer:
         self.on_batch_written = tuple(on_batch_written)
         self.final_replay_timeout = final_replay_timeout
         self.salvage_timeout = salvage_timeout
+        #: In a shared run, the worker whose claims fence its final outcomes (see fleet).
+        self.worker_id = worker_id
         #: The batch each lane is handling; outlives a crash, so a restarted lane takes it first.
         self._in_flight: dict[int, Batch] = {}
         #: Set by drain(): the journal's size cap no longer stops the lanes from pulling.
@@ -406,6 +410,7 @@ class Writer:
                     run_id=self.run_id,
                     source=source,
                     direct=source == "live" and tries.retries == 0,
+                    worker_id=self.worker_id,
                 )
             except TransientWriteError as exc:
                 self.breaker.record_failure(str(exc))
@@ -458,11 +463,12 @@ class Writer:
             "sqlstate": exc.sqlstate,
             "message": storable_text(str(exc), 4000),
             "attempts": attempts,
+            "final": outcome.final,
         }
         tries = self._backoff.start(rng=self.rng)
         while True:
             try:
-                await store.write_dead_letters([row])
+                await store.write_dead_letters([row], worker_id=self.worker_id)
                 break
             except TransientWriteError as exc2:
                 self.breaker.record_failure(str(exc2))

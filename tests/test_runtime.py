@@ -248,3 +248,28 @@ async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
 async def test_statuses_enum_round_trip() -> None:
     """Status values are the documented strings."""
     assert {s.value for s in Status} == {"passed", "failed", "error", "timeout", "cancelled"}
+
+
+async def test_a_stop_ends_when_the_running_scenarios_do_not_at_the_grace_period(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """request_stop() with short scenarios running: the block exits once they finish, not after grace."""
+
+    async def short(scenario: Scenario) -> dict[str, Any]:
+        await trio.sleep(0.05)
+        return {"status": "passed"}
+
+    rt = arcflow.Runtime(
+        arcflow.PythonExecutor(short), dsn, run_id=run_id, data_dir=tmp_path, concurrency=4,
+        grace=60.0,
+    )  # fmt: skip
+    async with rt:
+        for i in range(4):
+            await rt.submit(Scenario(id=f"s{i}"))
+        while rt.statistics().running < 4:
+            await trio.sleep(0.01)
+        rt.request_stop()
+        stopped_at = trio.current_time()
+    assert trio.current_time() - stopped_at < 30  # the grace period (60 s) is not waited out
+    rows = await db_query("SELECT status FROM arcflow.outcomes WHERE run_id = $1", run_id)
+    assert [r["status"] for r in rows] == ["passed"] * 4

@@ -27,9 +27,12 @@ from .dsn import redact_dsn
 from .schema import (
     BOOTSTRAP,
     CREATE_STAGING,
+    FINISH_CLAIM,
     LATEST_VERSION,
+    LOCK_FENCED_CLAIMS,
     LOG_BATCH,
     MERGE_STAGED,
+    MERGE_STAGED_FENCED,
     MIGRATION_LOCK,
     MIGRATIONS,
     OUTCOME_COLUMNS,
@@ -339,8 +342,14 @@ class Store:
         run_id: str,
         source: str = "live",
         direct: bool = False,
+        worker_id: str | None = None,
     ) -> int:
         """Write ``batch`` in one transaction, logged in ``arcflow.batches``; stored keys are skipped.
+
+        With ``worker_id`` (a shared run), the outcomes are fenced: a final
+        outcome stays final, and marks its claim done, only while its claim is
+        still this worker's (see ``MERGE_STAGED_FENCED``); such a batch always
+        takes the staging merge.
 
         The general path COPYs the rows into a staging table and moves them
         with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.  With
@@ -369,11 +378,25 @@ class Store:
             batch.reason.value,
             len(records),
             source,
-            direct,
+            direct and worker_id is None,
+            worker_id,
         )
 
-    async def write_dead_letters(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Insert dead-letter rows (one transaction); a key already there is skipped."""
+    async def write_dead_letters(
+        self, rows: Iterable[Mapping[str, Any]], *, worker_id: str | None = None
+    ) -> None:
+        """Insert dead-letter rows (one transaction); a key already there is skipped.
+
+        With ``worker_id`` (a shared run), a row with ``final`` set ends its
+        scenario's claim, if the claim is still this worker's: a poison outcome
+        is the scenario's last word, as it would be in a run of its own.
+        """
+        rows = list(rows)
+        done = [
+            (r["run_id"], r["scenario_id"], r.get("epoch", 1), r["attempt"], worker_id)
+            for r in rows
+            if worker_id is not None and r.get("final")
+        ]
         values = [
             (
                 r["run_id"],
@@ -388,7 +411,7 @@ class Store:
             )
             for r in rows
         ]
-        await self.run(_dead_letters_aio, values)
+        await self.run(_dead_letters_aio, values, done)
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -520,7 +543,16 @@ async def _write_aio(
     size: int,
     source: str,
     direct: bool,
+    worker_id: str | None = None,
 ) -> int:
+    if worker_id is not None:
+        async with conn.transaction():
+            await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=columns)
+            await conn.execute(LOCK_FENCED_CLAIMS, worker_id)
+            fenced: int = await conn.fetchval(
+                MERGE_STAGED_FENCED, batch_id, run_id, reason, size, source, worker_id
+            )
+        return fenced
     if direct:
         try:
             async with conn.transaction():
@@ -541,8 +573,12 @@ async def _write_aio(
     return inserted
 
 
-async def _dead_letters_aio(conn: asyncpg.Connection, values: list[tuple[Any, ...]]) -> None:
+async def _dead_letters_aio(
+    conn: asyncpg.Connection, values: list[tuple[Any, ...]], done: list[tuple[Any, ...]]
+) -> None:
     async with conn.transaction():
+        if done:
+            await conn.executemany(FINISH_CLAIM, done)
         await conn.executemany(
             """
             INSERT INTO arcflow.dead_letters

@@ -135,6 +135,37 @@ MIGRATIONS: list[str] = [
         DROP CONSTRAINT dead_letters_run_id_scenario_id_attempt_key,
         ADD CONSTRAINT dead_letters_key UNIQUE (run_id, scenario_id, epoch, attempt);
     """,
+    # 5: shared runs: a run's scenarios as claims that workers take with leases
+    """
+    CREATE TABLE arcflow.claims (
+        run_id        text NOT NULL,
+        scenario_id   text NOT NULL,
+        epoch         integer NOT NULL DEFAULT 1,
+        line          bigint NOT NULL,
+        scenario      jsonb NOT NULL,
+        content_hash  text NOT NULL,
+        state         text NOT NULL DEFAULT 'pending'
+                      CHECK (state IN ('pending', 'claimed', 'done')),
+        worker_id     text,
+        lease_until   timestamptz,
+        claim_start   integer NOT NULL DEFAULT 1,
+        claims        integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, scenario_id, epoch)
+    );
+    CREATE INDEX claims_open ON arcflow.claims (run_id, line) WHERE state <> 'done';
+    CREATE TABLE arcflow.workers (
+        run_id        text NOT NULL,
+        worker_id     text NOT NULL,
+        host          text NOT NULL,
+        pid           integer NOT NULL,
+        started_at    timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+        stopped_at    timestamptz,
+        claimed       bigint NOT NULL DEFAULT 0,
+        done          bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, worker_id)
+    );
+    """,
 ]
 
 BOOTSTRAP = """
@@ -192,3 +223,74 @@ ON CONFLICT (batch_id) DO UPDATE SET inserted = arcflow.batches.inserted + EXCLU
 
 #: The primary key a direct COPY runs into when a key of the batch is already stored.
 OUTCOMES_PKEY = "outcomes_pkey"
+
+#: Attempt numbers each claim of a scenario gets to itself: a re-claim starts this many
+#: after the previous claim's first, so two workers never write the same key.
+CLAIM_BLOCK = 1000
+
+#: Before a shared run's merge: lock the claims of the staged final outcomes that this
+#: worker holds (in key order, as the heartbeat does, so the two never deadlock).  Held to
+#: the commit, no other worker can take them in between; one whose lease ran out and was
+#: taken is not this worker's any more, and the merge below sees that.  $1 is the worker.
+LOCK_FENCED_CLAIMS = f"""
+SELECT 1 FROM arcflow.claims c
+JOIN {STAGING_TABLE} s ON c.run_id = s.run_id AND c.scenario_id = s.scenario_id
+    AND c.epoch = s.epoch
+WHERE s.final AND c.worker_id = $1 AND c.state = 'claimed'
+ORDER BY c.scenario_id, c.epoch
+FOR UPDATE OF c
+"""
+
+#: In a shared run a final outcome counts only while its claim is held; and ``cancelled``
+#: is never final there: it says the worker stopped, and the claim goes back to the run.
+_FENCED_FINAL = "(final AND held AND status <> 'cancelled')"
+
+#: The staging merge of a shared run: a final outcome counts (stays final, and marks its
+#: claim done) only while the claim that ran it is still this worker's (the fence: the
+#: claim's worker and its block of attempt numbers).  $6 is the worker id.
+MERGE_STAGED_FENCED = f"""
+WITH staged AS (
+    SELECT s.*, EXISTS (
+        SELECT 1 FROM arcflow.claims c
+        WHERE c.run_id = s.run_id AND c.scenario_id = s.scenario_id AND c.epoch = s.epoch
+          AND c.worker_id = $6 AND c.state = 'claimed'
+          AND s.attempt >= c.claim_start AND s.attempt < c.claim_start + {CLAIM_BLOCK}
+    ) AS held
+    FROM {STAGING_TABLE} s
+), inserted AS (
+    INSERT INTO arcflow.outcomes ({_cols})
+    SELECT {", ".join(_FENCED_FINAL if c == "final" else c for c in OUTCOME_COLUMNS)}
+    FROM staged
+    ON CONFLICT (run_id, scenario_id, epoch, attempt) DO NOTHING
+    RETURNING scenario_id, epoch, final
+), finished AS (
+    UPDATE arcflow.claims c SET state = 'done', lease_until = NULL
+    FROM inserted i
+    WHERE i.final AND c.run_id = $2 AND c.scenario_id = i.scenario_id AND c.epoch = i.epoch
+      AND c.worker_id = $6
+    RETURNING 1
+), counted AS (
+    SELECT count(*)::int AS n FROM inserted
+), worker AS (
+    UPDATE arcflow.workers w SET done = w.done + (SELECT count(*) FROM finished)
+    WHERE w.run_id = $2 AND w.worker_id = $6
+), logged AS (
+    INSERT INTO arcflow.batches (batch_id, run_id, reason, size, inserted, source)
+    SELECT $1, $2, $3, $4, n, $5 FROM counted
+    ON CONFLICT (batch_id) DO UPDATE SET inserted = arcflow.batches.inserted + EXCLUDED.inserted
+)
+SELECT n FROM counted
+"""
+
+#: A shared run's poison outcome, dead-lettered as final, ends its claim if the claim is
+#: still the worker's: $1 run, $2 scenario, $3 epoch, $4 attempt, $5 worker.
+FINISH_CLAIM = f"""
+WITH finished AS (
+    UPDATE arcflow.claims SET state = 'done', lease_until = NULL
+    WHERE run_id = $1 AND scenario_id = $2 AND epoch = $3 AND worker_id = $5
+      AND state = 'claimed' AND $4 >= claim_start AND $4 < claim_start + {CLAIM_BLOCK}
+    RETURNING 1
+)
+UPDATE arcflow.workers SET done = done + (SELECT count(*) FROM finished)
+WHERE run_id = $1 AND worker_id = $5
+"""
