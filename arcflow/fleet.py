@@ -276,6 +276,7 @@ async def run_heartbeat(
     running: Callable[[], dict[tuple[str, int], trio.CancelScope]],
     cancel: Callable[[tuple[str, int], str], None],
     stats: FleetStats,
+    on_workers: Callable[[int], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep this worker's leases alive, and stop what it no longer holds.
@@ -286,6 +287,10 @@ async def run_heartbeat(
     heartbeat gets through for a whole lease, every running scenario is
     cancelled: by then its claims may be someone else's.  Retries everything
     on the next beat; runs until cancelled.
+
+    ``on_workers`` hears the number of live workers (this one included) before
+    the first scenario and whenever it changes: the executor takes its share
+    of limits meant for the whole fleet (see ``Executor.share_limits``).
     """
     await store.fetchval(
         "INSERT INTO arcflow.workers (run_id, worker_id, host, pid) VALUES ($1, $2, $3, $4) "
@@ -296,6 +301,9 @@ async def run_heartbeat(
         socket.gethostname(),
         os.getpid(),
     )
+    stats.live_workers = await _live_workers(store, run_id, lease)
+    if on_workers is not None:
+        on_workers(stats.live_workers)
     task_status.started()
     last_ok = trio.current_time()
     #: Claims this worker cancelled without losing them (no heartbeat got through): given
@@ -315,12 +323,7 @@ async def run_heartbeat(
                 "SELECT state, count(*) AS n FROM arcflow.claims WHERE run_id = $1 GROUP BY state",
                 run_id,
             )
-            live = await store.fetchval(
-                "SELECT count(*) FROM arcflow.workers WHERE run_id = $1 AND stopped_at IS NULL "
-                "AND heartbeat_at > now() - make_interval(secs => $2)",
-                run_id,
-                lease,
-            )
+            live = await _live_workers(store, run_id, lease)
         except ArcflowError as exc:
             if trio.current_time() - last_ok > lease:
                 doomed = running()
@@ -340,7 +343,9 @@ async def run_heartbeat(
             continue
         last_ok = trio.current_time()
         stats.by_state = {r["state"]: r["n"] for r in counts}
-        stats.live_workers = int(live)
+        if live != stats.live_workers and on_workers is not None:
+            on_workers(live)
+        stats.live_workers = live
         held = {(r["scenario_id"], r["epoch"]) for r in rows}
         for key in judged & set(running()):
             if key not in held:
@@ -354,6 +359,17 @@ async def run_heartbeat(
                     key[1],
                 )
                 cancel(key, "its claim was taken by another worker after its lease ran out")
+
+
+async def _live_workers(store: Store, run_id: str, lease: float) -> int:
+    """Workers of the run with a heartbeat within the lease (at least 1: the caller)."""
+    live = await store.fetchval(
+        "SELECT count(*) FROM arcflow.workers WHERE run_id = $1 AND stopped_at IS NULL "
+        "AND heartbeat_at > now() - make_interval(secs => $2)",
+        run_id,
+        lease,
+    )
+    return max(1, int(live))
 
 
 #: Give back some of this worker's claims: $3 scenario ids and $4 epochs, paired.

@@ -29,6 +29,8 @@ Metric names (see docs/operations.md for the full table)::
     arcflow_input_tokens_total, arcflow_output_tokens_total, arcflow_cost_usd_total,
     arcflow_batch_size
     arcflow_last_write_latency_seconds, arcflow_elapsed_seconds, arcflow_run_info{run_id}
+    arcflow_fleet_claims{state}, arcflow_fleet_live_workers, arcflow_fleet_claimed_total,
+    arcflow_fleet_lost_claims_total             (a shared run's worker)
     arcflow_executor_*                          (the executor's statistics(), e.g.
                                                  arcflow_executor_modal_creation_rate)
     arcflow_batch_size_records, arcflow_write_latency_seconds,
@@ -242,6 +244,26 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
     yield gauge("arcflow_elapsed_seconds", "Seconds since the run started.", s.elapsed)
     for name, stat in s.executor.items():  # Executor.statistics(): modal creation rate, refusals
         yield gauge(f"arcflow_executor_{name}", f"Executor statistic {name}.", stat)
+    if s.fleet:  # a shared run's worker: the run's claims by state, live workers, its own
+        claims = GaugeMetricFamily(
+            "arcflow_fleet_claims", "The shared run's claims by state.", labels=["state"]
+        )
+        for state in ("pending", "claimed", "done"):
+            claims.add_metric([state], float((s.fleet.get("by_state") or {}).get(state, 0)))
+        yield claims
+        yield gauge(
+            "arcflow_fleet_live_workers",
+            "Workers of the shared run with a heartbeat within the lease.",
+            s.fleet.get("live_workers", 0),
+        )
+        yield counter(
+            "arcflow_fleet_claimed", "Scenarios this worker claimed.", s.fleet.get("claimed", 0)
+        )
+        yield counter(
+            "arcflow_fleet_lost_claims",
+            "Claims this worker found taken by another (its lease had run out).",
+            s.fleet.get("lost", 0),
+        )
     info = GaugeMetricFamily("arcflow_run_info", "The run being measured.", labels=["run_id"])
     info.add_metric([s.run_id], 1.0)
     yield info

@@ -175,6 +175,18 @@ class ProgressModel:
                     f"{s.input_tokens:,} tokens in · {s.output_tokens:,} out · ${s.cost_usd:,.4f}",
                 )
             )
+        if s.fleet:  # a shared run: this worker and the whole run, as of its last heartbeat
+            by_state = s.fleet.get("by_state") or {}
+            total = sum(by_state.values())
+            fields.append(
+                Field(
+                    "fleet",
+                    f"run {by_state.get('done', 0):,}/{total:,} done · "
+                    f"{s.fleet.get('live_workers', 0)} workers live · this worker "
+                    f"claimed {s.fleet.get('claimed', 0):,}, lost {s.fleet.get('lost', 0):,}",
+                    "yellow" if s.fleet.get("lost") else "",
+                )
+            )
         if s.executor:  # the executor's own numbers (modal: creation rate, refusals)
             text = " · ".join(f"{k.replace('_', ' ')} {v:,.4g}" for k, v in s.executor.items())
             fields.append(Field("executor", text))

@@ -597,6 +597,7 @@ class Runtime:
                 running=lambda: control.active,
                 cancel=control.cancel_scenario,
                 stats=self.fleet,
+                on_workers=self.executor.share_limits if self.executor is not None else None,
                 task_status=task_status,
             )
 

@@ -545,6 +545,24 @@ async def test_sandboxes_starting_at_once_are_capped(autojump_clock: Any) -> Non
     assert cloud.max_in_flight == 3
 
 
+async def test_a_fleet_share_divides_the_rate_ceiling_and_the_starting_cap(
+    autojump_clock: Any,
+) -> None:
+    """share_limits(4) (one of four workers): a quarter of the ceiling and of the starting cap."""
+    cloud = FakeCloud(create_delay=10)
+    executor = executor_with(cloud, max_starting=8, max_creations_per_second=40)
+    executor.share_limits(4)
+    assert executor.rate.ceiling == 10 and executor.rate.rate <= 10
+    results = await run_many(executor, 24)
+    assert len(results) == 24 and cloud.max_in_flight == 2
+    stats = executor.statistics()
+    assert stats["modal_fleet_share"] == 0.25 and stats["modal_starting_limit"] == 2
+    # Creations went at no more than the share of the ceiling.
+    assert_within_rate(cloud.calls, 10, burst=executor.rate.burst)
+    executor.share_limits(1)  # the others left: the whole budget again
+    assert executor.rate.ceiling == 40 and "modal_fleet_share" not in executor.statistics()
+
+
 async def test_statistics_show_rate_refusals_and_running(autojump_clock: Any) -> None:
     """statistics() reports the current rate, creations, refusals and sandboxes running."""
     cloud = FakeCloud(rate=10, burst=1, run_time=30)

@@ -582,3 +582,76 @@ async def test_work_on_a_run_that_is_not_shared_is_refused(
         )
     )
     assert alone.returncode == 2 and "--shared" in alone.stderr
+
+
+async def test_heartbeat_tells_the_executor_its_share_as_workers_come_and_go(
+    store: Store, dsn: str, run_id: str
+) -> None:
+    """on_workers hears the live workers before the first scenario and whenever the count changes."""
+    await join_worker(store, run_id, "B")
+    heard: list[int] = []
+    beats = Store(dsn)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: run_heartbeat(
+                    beats,
+                    run_id,
+                    "A",
+                    lease=0.6,
+                    running=dict,
+                    cancel=lambda key, why: None,
+                    stats=FleetStats(),
+                    on_workers=heard.append,
+                    task_status=task_status,
+                )
+            )
+            assert heard == [2]  # A and B, before A runs anything
+            await store.fetchval(
+                "UPDATE arcflow.workers SET stopped_at = now() WHERE run_id = $1 AND "
+                "worker_id = 'B' RETURNING 1",
+                run_id,
+            )
+            with trio.fail_after(10):
+                while heard[-1] != 1:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        await beats.aclose()
+    assert heard == [2, 1]
+
+
+def test_a_workers_fleet_numbers_reach_the_display_and_the_metrics() -> None:
+    """A shared run's fleet snapshot is a 'fleet' line in the live display and arcflow_fleet_* metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from strategies import mid_run_statistics
+
+    from arcflow.metrics import MetricsExporter
+    from arcflow.progress import ProgressModel
+
+    fleet = {
+        "worker_id": "w1",
+        "claimed": 120,
+        "lost": 2,
+        "by_state": {"done": 90, "claimed": 30, "pending": 80},
+        "live_workers": 3,
+    }
+    snap = mid_run_statistics(fleet=fleet)
+    fields = {f.label: f.text for f in ProgressModel(total=None, clock=lambda: 1.0).fields(snap)}
+    assert fields["fleet"] == ("run 90/200 done · 3 workers live · this worker claimed 120, lost 2")
+    assert "fleet" not in {
+        f.label for f in ProgressModel(total=None, clock=lambda: 1.0).fields(mid_run_statistics())
+    }
+    with MetricsExporter(port=0) as exporter:
+        exporter.update(snap)
+        text = urllib.request.urlopen(exporter.url, timeout=10).read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("arcflow_fleet_claims", (("state", "pending"),))] == 80
+    assert samples[("arcflow_fleet_live_workers", ())] == 3
+    assert samples[("arcflow_fleet_lost_claims_total", ())] == 2

@@ -67,6 +67,14 @@ class Executor(abc.ABC):
         the run's sandboxes still running).
         """
 
+    def share_limits(self, workers: int) -> None:  # noqa: B027 - optional hook
+        """A shared run now has ``workers`` live workers: take a ``1/workers`` share.
+
+        Called by a shared run's heartbeat whenever the count changes, so limits
+        that hold for a whole account (the modal: executor's creation rate and
+        sandboxes starting at once) hold for the fleet, not for each worker.
+        """
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources; called once after the last scenario."""
 

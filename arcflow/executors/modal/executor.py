@@ -132,7 +132,8 @@ class ModalExecutor(Executor):
             interval=cfg.rate_interval_s,
             decrease=cfg.rate_decrease,
         )
-        self._starting = trio.Semaphore(cfg.max_starting)
+        #: Sandboxes starting at once: a limiter, so a shared run's share can resize it.
+        self._starting = trio.CapacityLimiter(cfg.max_starting)
         self._rng = rng or random.Random()
         self.stats = ModalStats()
 
@@ -151,6 +152,12 @@ class ModalExecutor(Executor):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "command": list(self.command), **attrs.asdict(self.config)}
 
+    def share_limits(self, workers: int) -> None:
+        """One of ``workers`` in a shared run: a 1/workers share of the rate and the starting cap."""
+        workers = max(1, workers)
+        self.rate.set_share(1.0 / workers)
+        self._starting.total_tokens = max(1, math.ceil(self.config.max_starting / workers))
+
     def statistics(self) -> dict[str, float]:
         """The current creation rate, refusals and the sandboxes running, for display and metrics."""
         s = self.stats
@@ -162,6 +169,9 @@ class ModalExecutor(Executor):
             "modal_sandboxes_running": s.running,
             "modal_sandboxes_terminated": s.terminated,
         }
+        if self.rate.share < 1:
+            out["modal_fleet_share"] = round(self.rate.share, 4)
+            out["modal_starting_limit"] = self._starting.total_tokens
         if self.backend is not None:
             reaper = self.backend.reaper_stats
             out["modal_terminations_pending"] = self.backend.ops.reaper.outstanding_count

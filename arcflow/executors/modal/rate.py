@@ -59,6 +59,9 @@ class CreationRate:
             raise ValueError(f"decrease must be between 0 and 1, got {decrease}")
         self.rate = float(initial)
         self.ceiling = float(ceiling)
+        self._base_ceiling = float(ceiling)
+        #: The part of the configured limits this process takes (a shared run's worker: 1/N).
+        self.share = 1.0
         self.floor = float(floor)
         self.burst = burst
         self.interval = interval
@@ -163,6 +166,24 @@ class CreationRate:
             woke = True
         if woke:
             self._wake()
+
+    def set_share(self, share: float) -> None:
+        """Take ``share`` (0-1] of the configured ceiling and of the rate (a fleet's worker).
+
+        The ceiling becomes ``share`` of the one given at construction; the rate is
+        scaled by the change of share (one worker of two that becomes one of four
+        halves its rate), so a fleet's workers together keep to what one process
+        would.  The slow start and AIMD go on from there.
+        """
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        if share == self.share:
+            return
+        scale = share / self.share
+        self.share = share
+        self.ceiling = self._base_ceiling * share
+        self.rate = min(self.ceiling, max(self.floor, self.rate * scale))
+        self._wake()
 
     def admitted_rate(self, now: float | None = None) -> float:
         """Creations per second that went through over the last second."""
