@@ -245,12 +245,14 @@ def stats_families(s: RuntimeStatistics, *, batch_size: int | None = None) -> It
     for name, stat in s.executor.items():  # Executor.statistics(): modal creation rate, refusals
         yield gauge(f"arcflow_executor_{name}", f"Executor statistic {name}.", stat)
     if s.fleet:  # a shared run's worker: the run's claims by state, live workers, its own
-        claims = GaugeMetricFamily(
+        by_state = GaugeMetricFamily(
             "arcflow_fleet_claims", "The shared run's claims by state.", labels=["state"]
         )
-        for state in ("pending", "claimed", "done"):
-            claims.add_metric([state], float((s.fleet.get("by_state") or {}).get(state, 0)))
-        yield claims
+        for claim_state in ("pending", "claimed", "done"):
+            by_state.add_metric(
+                [claim_state], float((s.fleet.get("by_state") or {}).get(claim_state, 0))
+            )
+        yield by_state
         yield gauge(
             "arcflow_fleet_live_workers",
             "Workers of the shared run with a heartbeat within the lease.",

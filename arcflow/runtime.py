@@ -61,7 +61,7 @@ from .journal import SpillJournal
 from .models import Batch, BatchHook, FlushReason, Outcome, OutcomeHook, Scenario, new_batch_id
 from .pipeline import Pipeline
 from .runs import ResumePlan, RunLock, RunRecord, plan_resume, run_status
-from .scenarios import SuiteInfo
+from .scenarios import SuiteInfo, validate_file
 from .selection import Selection
 from .source import run_file_source
 from .stats import IntakeStats, RuntimeStatistics
@@ -533,15 +533,20 @@ class Runtime:
                 epochs=self.config.epochs,
             )
 
-    async def load_claims(self, path: Path | str, suite: SuiteInfo) -> int:
+    async def load_claims(self, path: Path | str, suite: SuiteInfo | None = None) -> int:
         """(shared run) Put the scenarios of ``path`` that ``suite`` selects into ``arcflow.claims``.
 
+        ``suite`` is what ``validate_file`` found; without it the file is
+        validated here first (with the runtime's selection), so a bad line is a
+        :class:`ScenarioFileError` naming it before anything is loaded.
         Streamed, so memory stays flat; a scenario already there is kept.  Every
         epoch is a claim of its own.  Returns the claims added.
         """
         self._running_pipeline("load_claims()")
         if self._claims is None:
             raise RuntimeClosed("load_claims() is for a shared run: Runtime(shared=True)")
+        if suite is None:
+            suite = await trio.to_thread.run_sync(validate_file, Path(path), self.selection)
         return await load_claims(self._claims, self.run_id, Path(path), suite, self.config.epochs)
 
     async def run_claims(self, *, chunk: int = 64) -> None:
