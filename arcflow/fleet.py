@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import uuid
@@ -147,10 +148,12 @@ async def _load_aio(conn: Any, rows: list[tuple[Any, ...]]) -> int:
     return int(status.split()[-1])
 
 
-_CLAIM = f"""
+def _claim_sql(where: str) -> str:
+    """Claim up to $2 rows of run $1 that match ``where``, for worker $3 with a lease of $4 s."""
+    return f"""
 WITH picked AS (
     SELECT scenario_id, epoch FROM arcflow.claims
-    WHERE run_id = $1 AND (state = 'pending' OR (state = 'claimed' AND lease_until < now()))
+    WHERE run_id = $1 AND {where}
     ORDER BY line LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
@@ -160,8 +163,18 @@ SET state = 'claimed', worker_id = $3, lease_until = now() + make_interval(secs 
     claims = c.claims + 1
 FROM picked p
 WHERE c.run_id = $1 AND c.scenario_id = p.scenario_id AND c.epoch = p.epoch
-RETURNING c.scenario_id, c.epoch, c.scenario, c.claim_start
+RETURNING c.scenario_id, c.epoch, c.scenario, c.claim_start, c.line
 """
+
+
+#: Anything claimable: pending, or claimed with its lease run out.  It scans the open claims
+#: from the start, so it runs now and then (a dead worker's claims, released ones).
+_CLAIM = _claim_sql("(state = 'pending' OR (state = 'claimed' AND lease_until < now()))")
+
+#: Pending claims past line $5, where this worker's last claim ended: the steady path.  It
+#: starts in the pending index where it left off, so it does not walk over what the run
+#: has already claimed or finished (index entries that only a vacuum removes).
+_CLAIM_AHEAD = _claim_sql("state = 'pending' AND line > $5")
 
 
 #: Seconds of the first wait for other workers' claims; it doubles up to a third of a lease.
@@ -200,12 +213,25 @@ async def run_claim_source(
     """
     longest = poll if poll is not None else max(0.2, lease / 3)
     wait = _FIRST_POLL
+    after = 0  # the line of this worker's last claim
+    swept = -math.inf  # when it last looked for expired or released claims
     with work:
         while True:
             queue = work.statistics()
             room = max(1, min(chunk, int(queue.max_buffer_size) - queue.current_buffer_used))
             try:
-                rows = await store.fetch(_CLAIM, run_id, room, worker_id, lease)
+                rows = []
+                if trio.current_time() - swept >= longest:
+                    # Now and then, claims that came back (a dead worker's, released ones)
+                    # first: they have waited longest.
+                    swept = trio.current_time()
+                    rows = await store.fetch(_CLAIM, run_id, room, worker_id, lease)
+                if not rows:
+                    rows = await store.fetch(_CLAIM_AHEAD, run_id, room, worker_id, lease, after)
+                if not rows and after:
+                    # Nothing ahead: what is left (if anything) is behind the cursor.
+                    swept = trio.current_time()
+                    rows = await store.fetch(_CLAIM, run_id, room, worker_id, lease)
             except ArcflowError as exc:
                 log.warning(
                     "run %s worker %s: claiming failed (%s); trying again", run_id, worker_id, exc
@@ -228,6 +254,7 @@ async def run_claim_source(
                 wait *= 2
                 continue
             wait = _FIRST_POLL
+            after = max(after, max(row["line"] for row in rows))
             stats.claimed += len(rows)
             for row in rows:
                 data = (

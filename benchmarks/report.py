@@ -241,6 +241,106 @@ def markdown(results: dict[str, Any]) -> str:
         from .modal_sandboxes import markdown as modal_markdown
 
         out += ["## 7. Modal sandboxes (local control plane)", "", modal_markdown(b["modal"]), ""]
+    if "cli" in b:
+        r = b["cli"]
+        rows = [
+            [
+                f"{int(n):,}",
+                _fmt(v["arcflow"]["records_per_s"]),
+                _fmt(v["equal"]["records_per_s"]),
+                _fmt(v["minimal"]["records_per_s"]),
+                _fmt(v["arcflow_over_equal"], 2),
+                _fmt(v["arcflow_over_minimal"], 2),
+            ]
+            for n, v in r["sizes"].items()
+        ]
+        out += [
+            "## 8. The CLI whole job: `python -m arcflow run FILE`, start to exit",
+            "",
+            _table(
+                [
+                    "scenarios",
+                    "arcflow /s",
+                    "equal-work script /s",
+                    "minimal script /s",
+                    "arcflow / equal",
+                    "arcflow / minimal",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if "concurrency" in b:
+        r = b["concurrency"]
+        rows = [
+            [
+                f"{row['concurrency']:,}",
+                _fmt(row["bound_per_s"]),
+                _fmt(row["arcflow_steady_per_s"]),
+                _fmt(row["asyncio_steady_per_s"]),
+                _fmt(row["arcflow_vs_bound"], 3),
+                _fmt(row["asyncio_vs_bound"], 3),
+            ]
+            for row in r["latency"]
+        ]
+        out += [
+            "## 9. Concurrency: latency-bound runs, sync functions, process:",
+            "",
+            _table(
+                [
+                    "concurrency",
+                    "bound /s",
+                    "arcflow steady /s",
+                    "asyncio steady /s",
+                    "arcflow / bound",
+                    "asyncio / bound",
+                ],
+                rows,
+            ),
+            "",
+            f"Sync `python:` at concurrency {r['sync']['concurrency']}: arcflow "
+            f"{_fmt(r['sync']['arcflow_per_s'])}/s, ThreadPoolExecutor loop "
+            f"{_fmt(r['sync']['threads_per_s'])}/s ({_fmt(r['sync']['arcflow_vs_threads'], 2)}). "
+            f"`process:` at concurrency {r['process']['concurrency']}: arcflow "
+            f"{_fmt(r['process']['arcflow_per_s'])}/s, threads + subprocess.run "
+            f"{_fmt(r['process']['threads_per_s'])}/s ({_fmt(r['process']['arcflow_vs_threads'], 2)}).",
+            "",
+        ]
+    if "fleet" in b:
+        r = b["fleet"]
+        rows = [
+            [
+                str(row["workers"]),
+                _fmt(row["bound_per_s"]),
+                _fmt(row["shared_per_s"]),
+                _fmt(row["alone_same_concurrency_per_s"]),
+                _fmt(row["shared_vs_alone"], 2),
+                _fmt(row["shared_vs_bound"], 2),
+            ]
+            for row in r["workers"]
+        ]
+        t = r["takeover"]
+        out += [
+            f"## 10. Shared runs: {r['scenarios']:,} scenarios of 0.1-0.3 s, "
+            f"{r['concurrency_per_worker']} concurrent per worker",
+            "",
+            _table(
+                [
+                    "workers",
+                    "bound /s",
+                    "shared run /s",
+                    "one process, same concurrency /s",
+                    "shared / one process",
+                    "shared / bound",
+                ],
+                rows,
+            ),
+            "",
+            f"Takeover (lease {t['lease_s']:g} s): a SIGKILLed worker's {t['claims_of_the_killed_worker']} "
+            f"claims ran elsewhere {t['first_running_elsewhere_s']:g}-{t['last_running_elsewhere_s']:g} s "
+            "after the kill.",
+            "",
+        ]
     out += ["## Targets", ""]
     rows = []
     for name, r in b.items():

@@ -865,6 +865,120 @@ def modal(ctx: Context) -> dict[str, Any]:
     )
 
 
+def cli(ctx: Context) -> dict[str, Any]:
+    """``python -m arcflow run FILE`` as a whole process against equal-work and minimal scripts."""
+    from . import cli_job
+
+    sizes = [2_000] if ctx.quick else [100_000, 1_000_000]
+    by_n = {}
+    for n in sizes:
+        rounds = ctx.rounds if n <= 100_000 else max(1, ctx.rounds - 1)
+        res = cli_job.measure(ctx.db.dsn, n, max(rounds, 1), ctx.tmp)
+        ctx.log(
+            f"  cli n={n}: arcflow {res['arcflow']['records_per_s']:,.0f}/s, equal "
+            f"{res['equal']['records_per_s']:,.0f}/s, minimal {res['minimal']['records_per_s']:,.0f}/s"
+        )
+        by_n[str(n)] = res
+    return {
+        "description": "the CLI whole job (start to exit) vs an equal-work raw script and a minimal read-and-COPY script",
+        "sizes": by_n,
+        "targets": [
+            _target(
+                f"CLI whole job / equal-work script at {n:,}",
+                round(r["arcflow_over_equal"], 3),
+                0.9,
+            )
+            for n, r in ((int(k), v) for k, v in by_n.items())
+        ],
+    }
+
+
+def concurrency(ctx: Context) -> dict[str, Any]:
+    """Latency-bound runs at 1,000-20,000 concurrent, sync functions and process: vs threads."""
+    from . import concurrency as conc
+
+    rounds = max(ctx.rounds, 1)
+    tmp = Path(tempfile.mkdtemp(prefix="conc-", dir=ctx.tmp))
+    latency_rows = conc.latency(ctx.db.dsn, rounds, tmp, ctx.quick)
+    sync = conc.threads(ctx.db.dsn, rounds, tmp, ctx.quick, "sync")
+    process = conc.threads(ctx.db.dsn, rounds, tmp, ctx.quick, "process")
+    goals = {10_000: 0.95, 20_000: 0.9}
+    targets = [
+        _target(
+            f"latency-bound steady state / bound at concurrency {row['concurrency']:,}",
+            row["arcflow_vs_bound"],
+            goals.get(row["concurrency"], 0.95),
+        )
+        for row in latency_rows
+    ]
+    targets += [
+        _target(
+            "sync python: / ThreadPoolExecutor loop at concurrency 200",
+            sync["arcflow_vs_threads"],
+            0.9,
+        ),
+        _target("process: / threads + subprocess.run", process["arcflow_vs_threads"], 0.9),
+    ]
+    return {
+        "description": "whole CLI processes: sleeps at high concurrency vs asyncio, sync functions and process: vs thread pools",
+        "latency": latency_rows,
+        "sync": sync,
+        "process": process,
+        "targets": targets,
+    }
+
+
+def fleet(ctx: Context) -> dict[str, Any]:
+    """Shared runs: 1, 2 and 4 worker processes vs one process, and the takeover time."""
+    from . import fleet as fl
+
+    n, per_worker = (600, 50) if ctx.quick else (12_000, 100)
+    tmp = Path(tempfile.mkdtemp(prefix="fleet-", dir=ctx.tmp))
+    path = tmp / "suite.jsonl"
+    mean = fl._write(path, n, 0.1, 0.3)
+    rows = []
+    for k in (1, 2) if ctx.quick else (1, 2, 4):
+        times: dict[str, list[float]] = {"shared": [], "alone": []}
+        for r in range(max(ctx.rounds, 1)):
+            for name in ["shared", "alone"] if r % 2 == 0 else ["alone", "shared"]:
+                if name == "shared":
+                    t = fl.shared(ctx.db.dsn, path, tmp, k, per_worker)
+                else:
+                    t = fl.alone(ctx.db.dsn, path, tmp, k * per_worker)
+                times[name].append(t)
+        shared_s, alone_s = _median(times["shared"]), _median(times["alone"])
+        bound = k * per_worker / mean
+        rows.append(
+            {
+                "workers": k,
+                "bound_per_s": round(bound, 1),
+                "shared_per_s": round(n / shared_s, 1),
+                "alone_same_concurrency_per_s": round(n / alone_s, 1),
+                "shared_vs_alone": round(alone_s / shared_s, 3),
+                "shared_vs_bound": round(n / shared_s / bound, 3),
+            }
+        )
+        ctx.log(f"  fleet {k} worker(s): {n / shared_s:,.0f}/s (one process: {n / alone_s:,.0f}/s)")
+    take = fl.takeover(ctx.db.dsn, tmp, lease=1.5 if ctx.quick else 3.0, n=80 if ctx.quick else 400)
+    ctx.log(f"  fleet takeover: first {take['first_running_elsewhere_s']} s after the kill")
+    return {
+        "description": "a latency-bound suite (0.1-0.3 s sleeps) as a shared run of K workers vs one process at K x concurrency",
+        "scenarios": n,
+        "concurrency_per_worker": per_worker,
+        "workers": rows,
+        "takeover": take,
+        "targets": [
+            _target("shared run, 1 worker / one plain process", rows[0]["shared_vs_alone"], 0.9),
+            _target(
+                "takeover: first scenario of a killed worker running elsewhere, in leases",
+                round(take["first_running_elsewhere_s"] / take["lease_s"], 2),
+                2.0,
+                higher=False,
+            ),
+        ],
+    }
+
+
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ingest": ingest,
     "roundtrips": roundtrips,
@@ -873,4 +987,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "trickle": trickle,
     "outage": outage,
     "modal": modal,
+    "cli": cli,
+    "concurrency": concurrency,
+    "fleet": fleet,
 }

@@ -13,7 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-BENCHMARKS = ["ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal"]
+BENCHMARKS = [
+    "ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal", "cli",
+    "concurrency", "fleet",
+]  # fmt: skip
 
 
 @pytest.mark.slow

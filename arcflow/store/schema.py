@@ -166,6 +166,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, worker_id)
     );
     """,
+    # 6: the pending claims in line order, where a worker's steady claims start (see fleet)
+    """
+    CREATE INDEX claims_pending ON arcflow.claims (run_id, line) WHERE state = 'pending';
+    """,
 ]
 
 BOOTSTRAP = """
