@@ -5,7 +5,8 @@
     │   ├── ExecutorSpecError     --executor names nothing usable
     │   └── DataDirError          the data folder (journals, locks, embedded database) is unusable
     ├── ScenarioFileError         the scenario file is malformed (file, line, reason; exit 2)
-    ├── ResumeError               --resume found a changed scenario or an unknown run (exit 2)
+    ├── ResumeError               --resume found a changed scenario or an unknown run, or a new
+    │                             run was given the id of an existing one (exit 2)
     ├── RunInUse                  another process holds the run (host, pid, since; exit 2)
     ├── DatabaseUnavailable       the database cannot be reached at start (exit 2)
     ├── RuntimeClosed             submit() after the runtime began to drain

@@ -161,6 +161,14 @@ class RunRecord:
                 self.run_id,
             )
             return
+        if not resume and self.previous is not None:
+            # A new run under an existing id would add nothing (the old rows keep their
+            # keys) and say it finished: refuse, saying what to do.
+            raise ResumeError(
+                f"run {self.run_id!r} already exists in {self.store.redacted_dsn} (status "
+                f"{self.previous.get('status')}): continue it with --resume {self.run_id} "
+                "(Runtime(resume=True)), or give the new run an id of its own"
+            )
         if resume and self.previous is None:
             raise ResumeError(
                 f"cannot resume run {self.run_id!r}: no such run in {self.store.redacted_dsn} "

@@ -436,8 +436,8 @@ async def _host_spill(dsn: str, run_id: str, data_dir: str) -> dict[str, Any]:
     journal_bytes = journal.stat().st_size if journal.exists() else 0
     await tx.rollback()
     await conn.close()
-    # The next runtime with this run id replays the journal first.
-    async with arcflow.aio.open_runtime(db=dsn, run_id=run_id, data_dir=data_dir):
+    # The next runtime on this run (resuming it) replays the journal first.
+    async with arcflow.aio.open_runtime(db=dsn, run_id=run_id, data_dir=data_dir, resume=True):
         pass
     return {
         "accepted": accepted,

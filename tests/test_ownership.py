@@ -164,3 +164,38 @@ async def test_a_run_left_running_is_marked_interrupted_by_the_next_start(
     async with arcflow.open_runtime(db=dsn, data_dir=tmp_path / "other"):
         pass
     assert (await db_query(sql, run_id))[0]["status"] == "interrupted"
+
+
+async def test_a_new_run_under_an_existing_id_is_refused(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """Starting a run (not resuming) with an id the database has: refused, saying --resume; the old row stays."""
+    async with arcflow.open_runtime(db=dsn, run_id=run_id, data_dir=tmp_path) as rt:
+        await rt.record(make_outcome(run_id, "a"))
+    with pytest.raises(arcflow.ResumeError, match=f"already exists.*--resume {run_id}"):
+        async with arcflow.open_runtime(db=dsn, run_id=run_id, data_dir=tmp_path):
+            pass
+    from conftest import query
+
+    run = await query(dsn, "SELECT status FROM arcflow.runs WHERE run_id = $1", run_id)
+    assert run[0]["status"] == "finished"
+    cli = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [
+                *arcflow_cmd(
+                    _file(tmp_path), "--db", dsn, "--run-id", run_id, "--data-dir", str(tmp_path)
+                )
+            ],
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
+    assert cli.returncode == 2 and "already exists" in cli.stderr, cli.stderr
+    assert await _rows(dsn, run_id) == ["a"]
+
+
+def _file(tmp_path: Path) -> str:
+    return str(write(tmp_path / "one.jsonl", [{"id": "b"}]))
