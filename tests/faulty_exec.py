@@ -33,3 +33,14 @@ async def by_input(scenario: Scenario) -> dict[str, Any] | None:
     if mode == "fail":
         return {"status": "failed"}
     return None
+
+
+async def by_epoch(scenario: Scenario) -> dict[str, Any]:
+    """Passes in the epochs listed in input.pass_epochs (default all); score input.scores[epoch-1]."""
+    passes = scenario.input.get("pass_epochs")
+    scores = scenario.input.get("scores")
+    passed = passes is None or scenario.epoch in passes
+    out: dict[str, Any] = {"status": "passed" if passed else "failed"}
+    if scores:
+        out["score"] = scores[scenario.epoch - 1]
+    return out

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import trio
 from conftest import query
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -116,3 +118,62 @@ def test_repeats_share_content_and_differ_by_epoch() -> None:
     r = s.repeat(3)
     assert (r.epoch, r.content_hash) == (3, s.content_hash) and r != s
     assert r.to_json()["epoch"] == 3 and "epoch" not in s.to_json()
+
+
+@given(n=st.integers(1, 7), data=st.data())
+def test_pass_at_k_is_the_chance_that_k_of_the_tries_hold_a_pass(
+    n: int, data: st.DataObject
+) -> None:
+    """pass_at_k(n, c, k) equals the share of k-subsets of n tries (c passes) with a pass in them."""
+    import itertools
+    import math
+
+    from arcflow.report.queries import pass_at_k
+
+    c = data.draw(st.integers(0, n))
+    k = data.draw(st.integers(1, n))
+    tries = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(tries, k))
+    assert math.isclose(pass_at_k(n, c, k), sum(any(s) for s in subsets) / len(subsets))
+
+
+async def test_report_shows_pass_at_k_and_the_least_consistent_scenarios(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """report of a 3-epoch run: pass@k and pass^k for k=1..3, consistency, the flaky scenario listed first."""
+    path = tmp_path / "s.jsonl"
+    rows = [
+        {"id": "always", "input": {"scores": [1.0, 1.0, 1.0]}},
+        {"id": "never", "input": {"pass_epochs": [], "scores": [0.0, 0.0, 0.0]}},
+        {"id": "flaky", "input": {"pass_epochs": [1], "scores": [1.0, 0.0, 0.5]}},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--db", dsn, "--data-dir", str(tmp_path)]
+    done = await trio.to_thread.run_sync(
+        lambda: _cli(str(path), "--executor", "python:faulty_exec:by_epoch", *common,
+                     "--run-id", run_id, "--epochs", "3", "--quiet")
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    report = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "arcflow", "report", run_id, "--format", "json", *common],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    e = json.loads(report.stdout)["epochs"]
+    assert e["scenarios"] == 3 and e["epochs_min"] == e["epochs_max"] == 3
+    assert e["pass_at_k"] == {"1": 0.4444, "2": 0.5556, "3": 0.6667}
+    assert e["pass_all_k"] == {"1": 0.4444, "2": 0.3333, "3": 0.3333}
+    assert e["consistent"] == 0.6667 and e["flaky_scenarios"] == 1
+    assert [v["scenario_id"] for v in e["least_consistent"]] == ["flaky"]
+    assert e["least_consistent"][0]["passed"] == 1 and e["least_consistent"][0]["mean_score"] == 0.5
+    text = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "arcflow", "report", run_id, *common],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )
+    )  # fmt: skip
+    assert "across epochs (3 scenarios, 3 epochs each)" in text.stdout
+    assert "least consistent scenarios" in text.stdout and "flaky" in text.stdout

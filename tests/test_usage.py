@@ -38,6 +38,13 @@ async def test_usage_is_stored_in_its_columns_and_totalled(
     ] * 4
     assert '"calls": 2' in rows[0]["usage"]
     assert rt.summary()["cost_usd"] == 2.0
+    # The report totals every attempt's usage.
+    from arcflow.report import build_report, format_report, open_report_store
+
+    async with open_report_store(dsn, tmp_path) as store:
+        report = await build_report(store, run_id)
+    assert report.usage == {"input_tokens": 400, "output_tokens": 80, "cost_usd": 2.0}
+    assert "400 tokens in · 80 out · $2.0000" in format_report(report, "table")
 
 
 async def test_a_spent_budget_stops_new_scenarios_and_resume_goes_on(

@@ -382,6 +382,52 @@ def render_html(
                 note=note,
             ),
         ]
+    if r.epochs and r.epochs.get("scenarios"):
+        ep = r.epochs
+        parts += [
+            "<h2>Across epochs</h2>",
+            f"<p>{ep['scenarios']:,} scenarios, {ep['epochs_min']}"
+            + (f"-{ep['epochs_max']}" if ep["epochs_max"] != ep["epochs_min"] else "")
+            + f" epochs each; consistent (passed every epoch or none) {e(percent(ep['consistent']))}; "
+            f"{ep['flaky_scenarios']:,} passed in some epochs and not others"
+            + (
+                f"; mean score {ep['mean_score']:.4g}, mean variance across epochs "
+                f"{ep['mean_score_variance']:.4g}"
+                if ep.get("mean_score") is not None
+                else ""
+            )
+            + ".</p>",
+            _html_table(
+                ("k", "pass@k (any of k passes)", "pass^k (all k pass)"),
+                [
+                    [k, percent(ep["pass_at_k"][k]), percent(ep["pass_all_k"][k])]
+                    for k in ep["pass_at_k"]
+                ],
+            ),
+        ]
+        if ep.get("least_consistent"):
+            parts += [
+                "<h3>Least consistent scenarios</h3>",
+                _html_table(
+                    ("scenario", "epochs", "passed", "mean score", "score stddev"),
+                    [
+                        [
+                            v["scenario_id"],
+                            v["epochs"],
+                            v["passed"],
+                            v["mean_score"],
+                            v["score_stddev"],
+                        ]
+                        for v in ep["least_consistent"]
+                    ],
+                ),
+            ]
+    usage = r.usage
+    if usage.get("input_tokens") or usage.get("output_tokens") or usage.get("cost_usd"):
+        parts.append(
+            f"<p>Usage over every attempt: {usage['input_tokens']:,} tokens in, "
+            f"{usage['output_tokens']:,} out, ${usage['cost_usd']:,.4f}.</p>"
+        )
     parts += ["<h2>Throughput</h2>", _throughput_svg(r.throughput)]
     if r.by_tag:
         parts += [

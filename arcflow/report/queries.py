@@ -121,6 +121,40 @@ WHERE run_id = $1 ORDER BY written_at
 
 DEAD_LETTERS_SQL = "SELECT count(*) FROM arcflow.dead_letters WHERE run_id = $1"
 
+#: Tokens and cost of every attempt (each attempt was paid for).
+USAGE_SQL = """
+SELECT coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(cost_usd), 0)::float8 AS cost_usd
+FROM arcflow.outcomes WHERE run_id = $1
+"""
+
+#: Per scenario across its epochs: epochs concluded, passes, mean and variance of the score.
+_PER_SCENARIO = f"""
+SELECT scenario_id, count(*) AS n, count(*) FILTER (WHERE status = 'passed') AS c,
+       avg(score) AS mean_score, var_pop(score) AS score_var
+FROM ({concluded("o.scenario_id, o.epoch, o.status, o.score")}) k
+GROUP BY scenario_id
+"""
+
+#: How many scenarios had n epochs with c passes: enough for exact pass@k at any size.
+EPOCH_HISTOGRAM_SQL = f"""
+SELECT n, c, count(*) AS scenarios, avg(mean_score) AS mean_score, avg(score_var) AS mean_var
+FROM ({_PER_SCENARIO}) p GROUP BY n, c ORDER BY n, c
+"""
+
+#: The scenarios least consistent across epochs: some passed and some did not, then the
+#: widest score spread; $2 at most.
+VARIABLE_SQL = f"""
+SELECT scenario_id, n AS epochs, c AS passed, mean_score, sqrt(score_var) AS score_stddev
+FROM ({_PER_SCENARIO}) p
+WHERE n > 1 AND ((c > 0 AND c < n) OR coalesce(score_var, 0) > 0)
+ORDER BY (c > 0 AND c < n) DESC, score_var DESC NULLS LAST, scenario_id
+LIMIT $2
+"""
+
+MAX_EPOCH_SQL = "SELECT coalesce(max(epoch), 1) FROM arcflow.outcomes WHERE run_id = $1"
+
 _PARTITION = ", ".join(f"o.{k}" for k in CONCLUSION_KEY)
 
 #: One row per scenario (its conclusion), the ones that did not pass first; $2 rows at
@@ -220,6 +254,11 @@ class Report:
     batches: dict[str, Any]
     #: Rows written per time bucket: ``{"t": seconds since the first write, "rows": n, "width": s}``.
     throughput: list[dict[str, Any]]
+    #: Tokens and cost over every attempt: ``input_tokens``, ``output_tokens``, ``cost_usd``.
+    usage: dict[str, Any] = attrs.field(factory=dict)
+    #: A run of several epochs (``--epochs K``): pass@k, consistency and score spread across
+    #: epochs, and the least consistent scenarios (see :func:`epoch_summary`); None otherwise.
+    epochs: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -260,7 +299,93 @@ async def build_report(store: Store, run_id: str, *, slowest: int = 10) -> Repor
         throughput=throughput_series(
             [(r["t"], r["inserted"]) for r in await store.fetch(SERIES_SQL, run_id)]
         ),
+        usage=dict((await store.fetch(USAGE_SQL, run_id))[0]),
+        epochs=await _epochs(store, run_id),
     )
+
+
+async def _epochs(store: Store, run_id: str, *, listed: int = 10) -> dict[str, Any] | None:
+    if int(await store.fetchval(MAX_EPOCH_SQL, run_id)) <= 1:
+        return None
+    histogram = [dict(r) for r in await store.fetch(EPOCH_HISTOGRAM_SQL, run_id)]
+    variable = [dict(r) for r in await store.fetch(VARIABLE_SQL, run_id, listed)]
+    return epoch_summary(histogram, variable)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n tries with c passes: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} tries, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def epoch_summary(
+    histogram: Sequence[Mapping[str, Any]], variable: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """pass@k for every k up to the fewest epochs a scenario has, pass^k, and score spread.
+
+    ``histogram`` rows are ``{n, c, scenarios, mean_score, mean_var}``: how many
+    scenarios concluded ``n`` epochs with ``c`` passes.  ``pass@k`` is the mean
+    over scenarios of the unbiased estimate (the chance that at least one of k
+    tries passes); ``pass^k`` the chance that all k do (``C(c,k)/C(n,k)``);
+    ``consistent`` the share of scenarios that passed every epoch or none.
+    """
+    total = sum(int(h["scenarios"]) for h in histogram)
+    if not total:
+        return {"scenarios": 0}
+    k_max = min(int(h["n"]) for h in histogram)
+    pass_at: dict[str, float] = {}
+    pass_all: dict[str, float] = {}
+    for k in range(1, k_max + 1):
+        pass_at[str(k)] = round(
+            sum(pass_at_k(int(h["n"]), int(h["c"]), k) * int(h["scenarios"]) for h in histogram)
+            / total,
+            4,
+        )
+        pass_all[str(k)] = round(
+            sum(
+                math.comb(int(h["c"]), k) / math.comb(int(h["n"]), k) * int(h["scenarios"])
+                for h in histogram
+            )
+            / total,
+            4,
+        )
+    consistent = sum(int(h["scenarios"]) for h in histogram if int(h["c"]) in (0, int(h["n"])))
+    scored = [h for h in histogram if h["mean_score"] is not None]
+    weight = sum(int(h["scenarios"]) for h in scored)
+    return {
+        "scenarios": total,
+        "epochs_min": k_max,
+        "epochs_max": max(int(h["n"]) for h in histogram),
+        "pass_at_k": pass_at,
+        "pass_all_k": pass_all,
+        "consistent": round(consistent / total, 4),
+        "flaky_scenarios": total - consistent,
+        "mean_score": (
+            round(sum(float(h["mean_score"]) * int(h["scenarios"]) for h in scored) / weight, 4)
+            if weight
+            else None
+        ),
+        "mean_score_variance": (
+            round(sum(float(h["mean_var"] or 0) * int(h["scenarios"]) for h in scored) / weight, 6)
+            if weight
+            else None
+        ),
+        "least_consistent": [
+            {
+                "scenario_id": v["scenario_id"],
+                "epochs": int(v["epochs"]),
+                "passed": int(v["passed"]),
+                "mean_score": None if v["mean_score"] is None else round(float(v["mean_score"]), 4),
+                "score_stddev": (
+                    None if v["score_stddev"] is None else round(float(v["score_stddev"]), 4)
+                ),
+            }
+            for v in variable
+        ],
+    }
 
 
 async def scenario_rows(

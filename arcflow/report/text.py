@@ -111,6 +111,21 @@ def report_rows(report: Report) -> Iterable[tuple[str, str, str, Any]]:
             yield ("batches", "", k, v)
     for point in report.throughput:
         yield ("throughput", f"{point['t']:g}", "rows", point["rows"])
+    for k, v in report.usage.items():
+        yield ("usage", "", k, v)
+    if report.epochs:
+        e = report.epochs
+        for k, v in e.items():
+            if k in ("pass_at_k", "pass_all_k"):
+                for n, rate in v.items():
+                    yield ("epochs", n, k, rate)
+            elif k == "least_consistent":
+                for row in v:
+                    for field, value in row.items():
+                        if field != "scenario_id":
+                            yield ("least_consistent", row["scenario_id"], field, value)
+            else:
+                yield ("epochs", "", k, v)
 
 
 def _report_text(r: Report) -> str:
@@ -181,6 +196,15 @@ def _report_text(r: Report) -> str:
         )
     else:
         out.append("  none")
+    usage = r.usage
+    if usage.get("input_tokens") or usage.get("output_tokens") or usage.get("cost_usd"):
+        out += [
+            "",
+            f"usage (every attempt)  {usage['input_tokens']:,} tokens in · "
+            f"{usage['output_tokens']:,} out · ${usage['cost_usd']:,.4f}",
+        ]
+    if r.epochs and r.epochs.get("scenarios"):
+        out += ["", *_epochs_text(r.epochs)]
     b = r.batches
     out += [
         "",
@@ -192,6 +216,53 @@ def _report_text(r: Report) -> str:
         + (f" · {b['rows_per_s']:,.1f} rows/s" if b["rows_per_s"] is not None else ""),
     ]
     return "\n".join(out) + "\n"
+
+
+def _epochs_text(e: Mapping[str, Any]) -> list[str]:
+    span = (
+        f"{e['epochs_min']}"
+        if e["epochs_min"] == e["epochs_max"]
+        else f"{e['epochs_min']}-{e['epochs_max']}"
+    )
+    ks = list(e["pass_at_k"])
+    out = [
+        f"across epochs ({e['scenarios']:,} scenarios, {span} epochs each)",
+        _indent(
+            text_table(
+                ("k", "pass@k (any of k passes)", "pass^k (all k pass)"),
+                [[k, percent(e["pass_at_k"][k]), percent(e["pass_all_k"][k])] for k in ks],
+            )
+        ),
+        f"  consistent (passed every epoch or none) {percent(e['consistent'])}; "
+        f"{e['flaky_scenarios']:,} scenarios passed in some epochs and not others",
+    ]
+    if e.get("mean_score") is not None:
+        out.append(
+            f"  mean score {e['mean_score']:.4g}; mean variance of a scenario's score across "
+            f"epochs {e['mean_score_variance']:.4g}"
+        )
+    if e.get("least_consistent"):
+        out += [
+            "  least consistent scenarios",
+            _indent(
+                _indent(
+                    text_table(
+                        ("scenario", "epochs", "passed", "mean score", "score stddev"),
+                        [
+                            [
+                                v["scenario_id"],
+                                v["epochs"],
+                                v["passed"],
+                                v["mean_score"],
+                                v["score_stddev"],
+                            ]
+                            for v in e["least_consistent"]
+                        ],
+                    )
+                )
+            ),
+        ]
+    return out
 
 
 def _example(e: Mapping[str, Any]) -> str:
