@@ -17,6 +17,8 @@ STARTABLE = [
     "serve",
     "run",
     "_watch_signals",
+    "run_heartbeat",
+    "_heartbeat",
 ]
 
 

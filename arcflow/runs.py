@@ -259,8 +259,8 @@ class RunLock:
         try:
             await self._lock_database()
         except BaseException:
-            await trio.to_thread.run_sync(self._unlock_file)
             with trio.move_on_after(5, shield=True):
+                await trio.to_thread.run_sync(self._unlock_file)
                 await self._store.aclose()
             raise
 
@@ -368,7 +368,8 @@ class RunLock:
                     other,
                 )
             finally:
-                await self._store.fetchval("SELECT pg_advisory_unlock($1::bigint)", key)
+                with trio.move_on_after(5, shield=True):
+                    await self._store.fetchval("SELECT pg_advisory_unlock($1::bigint)", key)
             if done:
                 marked.append(other)
                 log.warning(
@@ -401,8 +402,9 @@ class RunLock:
                 log.info("run %s: could not record the release of the run: %s", self.run_id, exc)
             finally:
                 self._locked = False
-                await self._store.aclose()
-                await trio.to_thread.run_sync(self._unlock_file)
+                with trio.move_on_after(5, shield=True):  # still inside the 10 s above
+                    await self._store.aclose()
+                    await trio.to_thread.run_sync(self._unlock_file)
 
 
 @attrs.frozen

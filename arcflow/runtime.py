@@ -582,7 +582,7 @@ class Runtime:
                 on_idle=pipeline.flush_now.request,
             )
 
-    async def _heartbeat(
+    async def _heartbeat(  # noqa: ASYNC128 - run_heartbeat calls task_status.started()
         self,
         beats: Store,
         pipeline: Pipeline,
