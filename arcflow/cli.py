@@ -597,6 +597,7 @@ WORKER_KEYS = (
     "executor", "concurrency", "timeout", "attempts", "attempt_backoff", "threads", "pass_env",
     "modal_app", "modal_image", "modal_pip", "modal_secrets", "modal_cpu", "modal_memory",
     "modal_creation_rate", "modal_max_starting", "lease", "batch_size", "flush_interval",
+    "modal_fn_environment", "modal_pool", "modal_pool_max_uses",
 )  # fmt: skip
 
 

@@ -283,6 +283,7 @@ class Runtime:
             stack.push_async_callback(lock.release)
             await lock.mark_interrupted()
             if self.executor is not None:
+                self.executor.use_database(store.dsn)
                 await self.executor.start()
                 stack.push_async_callback(self._close_executor)
                 await self.executor.begin_run(self.run_id, resume=self.resume)

@@ -35,6 +35,7 @@ from .config import BreakerConfig, RetryPolicy, RuntimeConfig
 from .errors import ConfigError
 from .executors import Executor, parse_executor
 from .executors.modal.config import ModalConfig
+from .executors.modal_fn.config import ModalFnConfig
 from .store.dsn import redact_dsn
 from .validators import Check, non_negative, optional, port, positive, whole
 
@@ -141,7 +142,8 @@ class Settings:
     executor: str | None = _opt(
         None,
         "str",
-        "python:MODULE:FUNCTION, process:'COMMAND ARGS' or modal:'COMMAND ARGS'",
+        "python:MODULE:FUNCTION, process:'COMMAND ARGS', modal:'COMMAND ARGS' or "
+        "modal-fn:APP/FUNCTION",
         metavar="SPEC",
     )
     db: str | None = _opt(
@@ -271,6 +273,49 @@ class Settings:
         "modal: executor: seconds an attempt retries while Modal's control plane is unreachable",
         metavar="S",
     )
+    modal_fn_environment: str | None = _from(
+        ModalFnConfig,
+        "environment_name",
+        "str",
+        "modal-fn: executor: Modal environment the app is deployed in (unset: the profile's)",
+        metavar="NAME",
+    )
+    modal_fn_spawn_retry: float = _from(
+        ModalFnConfig,
+        "spawn_retry_s",
+        "float",
+        "modal-fn: executor: seconds an attempt retries spawns Modal refuses (rate limit, backlog)",
+        metavar="S",
+    )
+    modal_fn_outage_retry: float = _from(
+        ModalFnConfig,
+        "outage_retry_s",
+        "float",
+        "modal-fn: executor: seconds an attempt retries while Modal's control plane is unreachable",
+        metavar="S",
+    )
+    modal_fn_cancel_timeout: float = _from(
+        ModalFnConfig,
+        "cancel_timeout_s",
+        "float",
+        "modal-fn: executor: seconds a cancel of a timed-out or stopped call may take",
+        metavar="S",
+    )
+    modal_pool: int | None = _from(
+        ModalConfig,
+        "pool",
+        "optional_int",
+        "modal: executor: keep N long-lived sandboxes and run each scenario in a free one "
+        "with Sandbox.exec (unset: a new sandbox per scenario)",
+        metavar="N",
+    )
+    modal_pool_max_uses: int = _from(
+        ModalConfig,
+        "pool_max_uses",
+        "int",
+        "modal: executor: scenarios a pooled sandbox runs before it is replaced",
+        metavar="N",
+    )
     max_retries: int = _from(RetryPolicy, "max_retries", "int", "retries of a failed batch write")
     breaker_threshold: int = _from(
         BreakerConfig, "failure_threshold", "int", "failures that open the breaker"
@@ -391,14 +436,20 @@ class Settings:
         """The ``modal:`` executor's configuration from the ``modal_*`` options."""
         return ModalConfig(**self._targeting(ModalConfig))
 
+    def modal_fn_config(self) -> ModalFnConfig:
+        """The ``modal-fn:`` executor's configuration from the ``modal_fn_*`` options."""
+        return ModalFnConfig(**self._targeting(ModalFnConfig))
+
     def executor_options(self) -> dict[str, Any]:
         """Keyword options for ``parse_executor(self.executor, **options)``.
 
-        The modal config for ``modal:``; the environment for ``process:``.
+        The modal config for ``modal:`` (``modal-fn:``); the environment for ``process:``.
         """
         spec = self.executor or ""
         if spec.startswith("modal:"):
             return {"config": self.modal_config()}
+        if spec.startswith("modal-fn:"):
+            return {"config": self.modal_fn_config()}
         if spec.startswith("process:"):
             env = dict(entry.partition("=")[::2] for entry in self.env)
             return {"pass_env": self.pass_env, "env": env}

@@ -23,6 +23,7 @@ def test_every_kind_builds_through_from_spec() -> None:
         "python": parse_executor("python:examples.quickstart:score"),
         "process": parse_executor("process:python -c pass"),
         "modal": parse_executor("modal:python /app/score.py"),
+        "modal-fn": parse_executor("modal-fn:my-app/score"),
     }
     assert set(built) == set(KINDS)
     for kind, executor in built.items():

@@ -253,6 +253,8 @@ def test_config_command_prints_values_and_sources(
         "modal_cpu",
         "modal_memory",
         "modal_creation_rate",
+        "modal_fn_environment",
+        "modal_pool",
     }
     assert set(lines) == set(OPTIONS) - unset  # options left unset (None) are not printed
     assert lines["batch_size"].endswith(f"# {tmp_path / 'arcflow.toml'}:1")

@@ -5,7 +5,8 @@
                         :func:`result_from_mapping`
 ``python``              ``python:MODULE:FUNCTION``, a callable in process
 ``process``             ``process:COMMAND ARGS``, a subprocess per scenario
-``modal``               ``modal:COMMAND ARGS``, a Modal Sandbox per scenario
+``modal``               ``modal:COMMAND ARGS``, a Modal Sandbox per scenario (or a warm pool)
+``modal_fn``            ``modal-fn:APP/FUNCTION``, a deployed Modal Function called per scenario
 ``host``                :class:`HostExecutor`, coroutines on an asyncio host's loop
 ``output``              the command contract shared by ``process`` and ``modal``
 ``ratelimit``           :class:`RateLimiter`, a token bucket on trio's clock
@@ -41,11 +42,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "python": ("arcflow.executors.python", "PythonExecutor"),
     "process": ("arcflow.executors.process", "ProcessExecutor"),
     "modal": ("arcflow.executors.modal", "ModalExecutor"),
+    "modal-fn": ("arcflow.executors.modal_fn", "ModalFnExecutor"),
 }
 
 _EXPECTED = (
     "an Executor, a plain callable (run as PythonExecutor(fn)), or a spec string: "
-    "'python:MODULE:FUNCTION', 'process:COMMAND ARGS' or 'modal:COMMAND ARGS'"
+    "'python:MODULE:FUNCTION', 'process:COMMAND ARGS', 'modal:COMMAND ARGS' or "
+    "'modal-fn:APP/FUNCTION'"
 )
 
 
@@ -55,7 +58,8 @@ def parse_executor(spec: str | Executor | Callable[..., Any], **options: Any) ->
     ``spec`` is an :class:`Executor` (returned as it is), a callable taking a
     :class:`arcflow.Scenario` (wrapped in :class:`PythonExecutor`), or a
     string ``KIND:REST`` (``python:mod:fn``, ``process:cmd args``,
-    ``modal:cmd args``), built by that kind's ``from_spec(REST, **options)``.
+    ``modal:cmd args``, ``modal-fn:app/function``), built by that kind's
+    ``from_spec(REST, **options)``.
     Raises :class:`arcflow.ExecutorSpecError` saying what would be valid.
     """
     if isinstance(spec, Executor):

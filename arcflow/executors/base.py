@@ -59,6 +59,15 @@ class Executor(abc.ABC):
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
         """Run ``scenario`` once and report how it went."""
 
+    def use_database(self, dsn: str | None) -> None:  # noqa: B027 - optional hook
+        """Called once before :meth:`start` with the DSN of the run's PostgreSQL.
+
+        For executors that keep state of their own beside the run's outcomes (the
+        modal-fn: executor records its function-call ids, so that ``--resume`` finds the
+        calls a process that died had in flight); they open their own connection.  The
+        DSN may hold a password: never log it.
+        """
+
     async def begin_run(self, run_id: str, *, resume: bool) -> None:  # noqa: B027 - optional hook
         """Called once after :meth:`start`, before any scenario, with the run's id.
 

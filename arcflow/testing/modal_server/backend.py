@@ -75,6 +75,9 @@ class Settings:
     output_retention_bytes: int | None = None
     #: Largest stdin ``data`` accepted in one write message (RESOURCE_EXHAUSTED above it).
     max_stdin_message_bytes: int = SDK_STDIN_BUFFER_LIMIT
+    #: Seconds a finished function call's output is kept (then it has expired, as in Modal);
+    #: None: for ever.
+    function_output_retention: float | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,11 @@ class Backend:
         self._idle_changed = asyncio.Event()
         from .functions import Functions
 
-        self.functions: Functions | None = Functions(self.new_id)
+        self.functions: Functions | None = Functions(
+            self.new_id,
+            output_retention=lambda: self.settings.function_output_retention,
+            on_idle_changed=self.notify_idle_changed,
+        )
 
     # -- settings ----------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ settings::
 The fixture starts the server, points the SDK at it (``MODAL_*`` variables,
 restored afterwards, and the SDK's cached client dropped), yields the
 :class:`LocalModal` and, on teardown, fails the test if a sandbox is still
-running ``idle_timeout`` seconds after it (pass ``idle_timeout=None`` to skip).
+running (or a sandbox's exec, or a function call) ``idle_timeout`` seconds after it
+(pass ``idle_timeout=None`` to skip).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def make_fixture(
         with LocalModal(**settings) as env, env.environ():
             yield env
             if idle_timeout is not None and not env.wait_idle(idle_timeout):
-                live = ", ".join(sb.sandbox_id for sb in env.statistics().live)
-                pytest.fail(f"sandboxes still running after the test: {live}")
+                pytest.fail(f"left running after the test: {env.left_running()}")
 
     decorated: Callable[..., Any] = pytest.fixture(scope=scope)(fixture)  # type: ignore[call-overload]
     return decorated

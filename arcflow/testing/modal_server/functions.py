@@ -10,7 +10,13 @@ Calls run on emulated containers: at most ``max_containers`` of them, each
 taking ``max_inputs`` calls at once (``@modal.concurrent(max_inputs=...)``);
 starting one takes ``cold_start`` seconds and an idle one is kept
 ``scaledown_window`` seconds.  Calls beyond that capacity wait in a queue, as
-Modal's inputs do.
+Modal's inputs do (the function's backlog, reported by ``FunctionGetCurrentStats``).
+
+A finished call's output is kept for ``function_output_retention`` seconds (the
+server's setting; None: for ever), then ``FunctionGetOutputs`` answers as Modal does
+for an expired output (no output, nothing unfinished: the SDK raises
+``OutputExpiredError``).  Unfinished calls are counted (and listed) so a test can
+assert that nothing was left running.
 
 The control-plane call path of modal 1.6.4 is served (no input plane, no blobs:
 the metadata handed out raises the inline size limits so arguments and results
@@ -90,6 +96,7 @@ class _Call:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     process: LocalProcess | None = None
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,13 +117,27 @@ class FunctionStatistics:
     containers_started: Mapping[str, int]
     #: Containers alive (warm or busy) now, per function.
     containers_alive: Mapping[str, int]
+    #: Ids (``fc-...``) of the calls not finished (queued or running): what is left running.
+    live_calls: tuple[str, ...] = ()
+    #: FunctionCallCancel requests received (for any call, finished or not).
+    cancel_requests: int = 0
+    #: FunctionGetOutputs answered "expired" (past the output retention, or cleared).
+    outputs_expired: int = 0
 
 
 class Functions:
     """Registered functions and their calls."""
 
-    def __init__(self, new_id: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        new_id: Callable[[str], str],
+        *,
+        output_retention: Callable[[], float | None] = lambda: None,
+        on_idle_changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._new_id = new_id
+        self._output_retention = output_retention
+        self._on_idle_changed = on_idle_changed
         self.by_name: dict[tuple[str, str, str], RegisteredFunction] = {}
         self.by_id: dict[str, RegisteredFunction] = {}
         self.calls: dict[str, _Call] = {}
@@ -124,7 +145,13 @@ class Functions:
         self.calls_finished: Counter[str] = Counter()
         self.containers_started: Counter[str] = Counter()
         self.max_concurrent: Counter[str] = Counter()
+        self.cancel_requests = 0
+        self.outputs_expired = 0
         self._running: Counter[str] = Counter()
+        self._queued: Counter[str] = Counter()
+        #: Calls without an output yet (queued or running), kept apart so counting them does
+        #: not scan every call ever made.
+        self._unfinished: dict[str, _Call] = {}
 
     # -- registration and lookup ---------------------------------------------------------
 
@@ -192,7 +219,9 @@ class Functions:
             invocation_type=invocation_type,
         )
         self.calls[call.function_call_id] = call
+        self._unfinished[call.function_call_id] = call
         self.calls_started[fn.name] += 1
+        self._queued[fn.name] += 1
         call.task = asyncio.create_task(self._run(call), name=f"call {call.function_call_id}")
         return call
 
@@ -205,9 +234,12 @@ class Functions:
     async def _run(self, call: _Call) -> None:
         fn = call.function
         container: _Container | None = None
+        queued = True
         try:
             container = await self._acquire(fn)
             await container.ready.wait()
+            queued = False
+            self._queued[fn.name] -= 1
             call.state = "running"
             self._running[fn.name] += 1
             self.max_concurrent[fn.name] = max(self.max_concurrent[fn.name], self._running[fn.name])
@@ -232,6 +264,8 @@ class Functions:
                 self._finish(call, cancelled, "cancelled")
             raise
         finally:
+            if queued:
+                self._queued[fn.name] -= 1
             if container is not None:
                 self._release(fn, container)
 
@@ -300,13 +334,26 @@ class Functions:
             output_created_at=time.time(),
         )
         call.state = "cancelled" if outcome == "cancelled" else "finished"
+        call.finished_at = time.monotonic()
         self.calls_finished[outcome] += 1
+        self._unfinished.pop(call.function_call_id, None)
         call.done.set()
+        self._on_idle_changed()
 
     def cancel(self, function_call_id: str) -> None:
         call = self.call(function_call_id)
+        self.cancel_requests += 1
         if call.output is None and call.task is not None:
             call.task.cancel()
+
+    def _expired(self, call: _Call) -> bool:
+        """The call's output was kept longer than the retention: Modal no longer has it."""
+        retention = self._output_retention()
+        return (
+            retention is not None
+            and call.finished_at is not None
+            and time.monotonic() - call.finished_at > retention
+        )
 
     async def outputs(
         self, req: api_pb2.FunctionGetOutputsRequest
@@ -317,16 +364,32 @@ class Functions:
                 await asyncio.wait_for(
                     call.done.wait(), min(max(req.timeout, 0.0), MAX_OUTPUTS_POLL_S)
                 )
-        if call.output is None or call.cleared:
-            return api_pb2.FunctionGetOutputsResponse(
-                num_unfinished_inputs=0 if call.cleared else 1
-            )
+        gone = call.cleared or (call.output is not None and self._expired(call))
+        if call.output is None or gone:
+            if gone:
+                self.outputs_expired += 1
+            return api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=0 if gone else 1)
         resp = api_pb2.FunctionGetOutputsResponse(
             outputs=[call.output], idxs=[0], num_unfinished_inputs=0
         )
         if req.clear_on_success and call.output.result.status == G.GENERIC_STATUS_SUCCESS:
             call.cleared = True
         return resp
+
+    def current_stats(self, fn: RegisteredFunction) -> api_pb2.FunctionStats:
+        """What ``Function.get_current_stats()`` reports: backlog, containers, running inputs."""
+        running = self._running[fn.name]
+        backlog = self._queued[fn.name]
+        if fn.max_containers is None:
+            headroom = 0
+        else:
+            headroom = max(0, fn.max_containers * fn.max_inputs - running - backlog)
+        return api_pb2.FunctionStats(
+            backlog=backlog,
+            num_total_tasks=len(fn.containers),
+            num_running_inputs=running,
+            input_headroom=headroom,
+        )
 
     # -- containers ------------------------------------------------------------------------
 
@@ -377,20 +440,24 @@ class Functions:
     # -- statistics and shutdown ---------------------------------------------------------
 
     def busy(self) -> bool:
-        return any(call.output is None for call in self.calls.values())
+        return bool(self._unfinished)
 
     def statistics(self) -> FunctionStatistics:
+        unfinished = self._unfinished.values()
         return FunctionStatistics(
             calls_started=dict(self.calls_started),
             calls_finished=dict(self.calls_finished),
             calls_cancelled=self.calls_finished.get("cancelled", 0),
-            calls_running=sum(1 for c in self.calls.values() if c.state == "running"),
-            calls_queued=sum(1 for c in self.calls.values() if c.state == "queued"),
+            calls_running=sum(1 for c in unfinished if c.state == "running"),
+            calls_queued=sum(1 for c in unfinished if c.state == "queued"),
             max_concurrent=dict(self.max_concurrent),
             containers_started=dict(self.containers_started),
             containers_alive={
                 fn.name: len(fn.containers) for fn in self.by_id.values() if fn.containers
             },
+            live_calls=tuple(sorted(self._unfinished)),
+            cancel_requests=self.cancel_requests,
+            outputs_expired=self.outputs_expired,
         )
 
     async def shutdown(self) -> None:

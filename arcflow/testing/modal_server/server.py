@@ -340,6 +340,18 @@ class LocalModal:
         result: bool = self._run(self._require_backend().wait_idle(timeout), timeout + 5)
         return result
 
+    def left_running(self) -> str:
+        """What is still running, for a message: sandboxes, execs and function calls ("nothing")."""
+        stats = self.statistics()
+        parts = []
+        if stats.live:
+            parts.append("sandboxes " + ", ".join(stats.live_ids))
+        if stats.execs_running:
+            parts.append(f"{stats.execs_running} exec process(es)")
+        if stats.functions is not None and stats.functions.live_calls:
+            parts.append("function calls " + ", ".join(stats.functions.live_calls[:20]))
+        return "; ".join(parts) or "nothing"
+
     async def wait_idle_async(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
         """:meth:`wait_idle` for trio or asyncio code (runs it in a worker thread)."""
         return await _to_thread(self.wait_idle, timeout)

@@ -419,6 +419,14 @@ class ControlPlane(api_grpc.ModalClientBase):
             )
         )
 
+    async def FunctionGetCurrentStats(self, stream: Stream[Any, Any]) -> None:
+        req: api_pb2.FunctionGetCurrentStatsRequest = await _recv(stream)
+        functions = self._functions()
+        fn = functions.by_id.get(req.function_id)
+        if fn is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function {req.function_id} not found")
+        await stream.send_message(functions.current_stats(fn))
+
     async def FunctionCallCancel(self, stream: Stream[Any, Any]) -> None:
         req: api_pb2.FunctionCallCancelRequest = await _recv(stream)
         self._functions().cancel(req.function_call_id)

@@ -1,0 +1,359 @@
+"""The modal-fn: executor with the real ``modal`` SDK against the local control plane.
+
+Every test drives :class:`ModalFnExecutor` (through ``arcflow.Runtime`` with a real
+PostgreSQL, or the CLI in a subprocess) against a :class:`LocalModal` on 127.0.0.1 whose
+deployed functions are local Python handlers: spawns, long polls for outputs, cancels,
+refusals and remote exceptions go over the SDK's real wire protocol.  The fixture fails a
+test that leaves a function call running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+modal = pytest.importorskip("modal")
+
+import arcflow  # noqa: E402
+from arcflow.executors import parse_executor  # noqa: E402
+from arcflow.executors.modal_fn import ModalFnConfig, ModalFnExecutor  # noqa: E402
+from arcflow.models import Scenario  # noqa: E402
+from arcflow.settings import load_settings  # noqa: E402
+from arcflow.testing.modal_server import LocalModal  # noqa: E402
+from arcflow.testing.modal_server import Status as GrpcStatus  # noqa: E402
+from arcflow.testing.modal_server.fixture import make_fixture  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+APP, FN = "arcflow-tests", "score"
+
+modal_env = make_fixture(idle_timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _restore_modal_throttle_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor sets MODAL_MAX_THROTTLE_WAIT=0 for the process: undo it after each test."""
+    monkeypatch.setenv("MODAL_MAX_THROTTLE_WAIT", "0")
+
+
+def score(scenario: dict[str, Any]) -> Any:
+    """The deployed function of these tests: acts on the scenario's input."""
+    i = scenario["input"]
+    time.sleep(i.get("sleep", 0))
+    mode = i.get("mode", "pass")
+    if mode == "none":
+        return None
+    if mode == "fail":
+        return {"status": "failed", "score": 0.25, "output": {"why": "wrong"}}
+    if mode == "usage":
+        return {"score": 1, "usage": {"input_tokens": 3, "output_tokens": 4}}
+    if mode == "bad":
+        return {"verdict": "yes"}
+    if mode == "raise":
+        return _deep(3)
+    return {"status": "passed", "score": 1.0, "output": {"id": scenario["id"]}}
+
+
+def _deep(n: int) -> Any:
+    if n == 0:
+        raise KeyError("answer")
+    return _deep(n - 1)
+
+
+async def hang(scenario: dict[str, Any]) -> None:
+    """A call that never ends by itself (cancelled by Modal's side only)."""
+    await _forever()
+
+
+async def _forever() -> None:
+    import asyncio
+
+    await asyncio.Event().wait()
+
+
+def register(env: LocalModal, handler: Any = score, **kwargs: Any) -> None:
+    env.register_function(APP, FN, handler, **{"max_containers": 10, "max_inputs": 100, **kwargs})
+
+
+async def rows(db_query: Any, run_id: str) -> dict[str, Any]:
+    found = await db_query(
+        "SELECT scenario_id, attempt, status, score, output, error_type, error_message, "
+        "executor, usage FROM arcflow.outcomes WHERE run_id = $1 ORDER BY scenario_id, attempt",
+        run_id,
+    )
+    out: dict[str, Any] = {}
+    for r in found:
+        row = dict(r)
+        for col in ("output", "executor", "usage"):
+            if isinstance(row[col], str):
+                row[col] = json.loads(row[col])
+        out[r["scenario_id"]] = row
+    return out
+
+
+async def run_scenarios(
+    executor: Any, dsn: str, run_id: str, tmp_path: Path, scenarios: list[Scenario], **kw: Any
+) -> Any:
+    async with arcflow.Runtime(
+        executor, dsn, run_id=run_id, data_dir=tmp_path, **{"concurrency": 20, **kw}
+    ) as rt:
+        for s in scenarios:
+            await rt.submit(s)
+    return rt
+
+
+# -- what a call does ---------------------------------------------------------------------------
+
+
+async def test_scenarios_pass_through_the_deployed_function(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """Each scenario is one spawned call given the scenario dict; its result is stored with its fc- id."""
+    register(modal_env)
+    scenarios = [Scenario(id=f"s{i}", input={"n": i}, tags=("t",)) for i in range(30)]
+    await run_scenarios(f"modal-fn:{APP}/{FN}", dsn, run_id, tmp_path, scenarios)
+    got = await rows(db_query, run_id)
+    assert set(got) == {s.id for s in scenarios}
+    ids = set()
+    for sid, row in got.items():
+        assert row["status"] == "passed", row
+        assert row["output"] == {"id": sid}
+        assert row["executor"]["kind"] == "modal-fn"
+        assert row["executor"]["function_call_id"].startswith("fc-")
+        ids.add(row["executor"]["function_call_id"])
+    assert len(ids) == 30
+    assert modal_env.statistics().functions.calls_started == {FN: 30}
+
+
+async def test_results_map_like_a_python_function(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """None passes, failed/score/output and usage are stored, a wrong shape is InvalidResult."""
+    register(modal_env)
+    modes = ["none", "fail", "usage", "bad"]
+    await run_scenarios(
+        f"modal-fn:{APP}/{FN}",
+        dsn,
+        run_id,
+        tmp_path,
+        [Scenario(id=m, input={"mode": m}) for m in modes],
+    )
+    got = await rows(db_query, run_id)
+    assert (got["none"]["status"], got["none"]["score"]) == ("passed", None)
+    assert (got["fail"]["status"], got["fail"]["score"]) == ("failed", 0.25)
+    assert got["fail"]["output"] == {"why": "wrong"}
+    assert got["usage"]["status"] == "passed"
+    assert got["usage"]["usage"]["input_tokens"] == 3
+    assert (got["bad"]["status"], got["bad"]["error_type"]) == ("error", "InvalidResult")
+
+
+async def test_remote_exception_is_an_error_with_its_type_and_traceback(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """A function that raises: status error, the remote exception's type and the end of its traceback."""
+    register(modal_env)
+    await run_scenarios(
+        f"modal-fn:{APP}/{FN}",
+        dsn,
+        run_id,
+        tmp_path,
+        [Scenario(id="boom", input={"mode": "raise"})],
+        attempts=1,
+    )
+    row = (await rows(db_query, run_id))["boom"]
+    assert row["status"] == "error"
+    assert row["error_type"] == "KeyError"
+    assert "answer" in row["error_message"]
+    assert "_deep" in row["error_message"]  # the remote frames
+    assert row["executor"]["function_call_id"].startswith("fc-")
+
+
+# -- time and cancellation ----------------------------------------------------------------------
+
+
+async def test_timeout_cancels_the_call_on_modals_side(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """An attempt past its timeout is a timeout outcome with its call id, and the call is cancelled
+    on Modal's side: nothing is left running."""
+    register(modal_env, hang)
+    await run_scenarios(
+        f"modal-fn:{APP}/{FN}",
+        dsn,
+        run_id,
+        tmp_path,
+        [Scenario(id=f"slow{i}", timeout_s=0.5) for i in range(5)],
+        attempts=1,
+    )
+    got = await rows(db_query, run_id)
+    for row in got.values():
+        assert row["status"] == "timeout", row
+        assert row["executor"]["function_call_id"].startswith("fc-")
+        assert row["executor"].get("cancelled") is True, row["executor"]
+    fstats = modal_env.statistics().functions
+    assert fstats.live_calls == ()
+    assert fstats.calls_cancelled == 5
+
+
+async def test_stop_at_concurrency_1000_cancels_every_call_promptly(
+    dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """1,000 calls running, stop requested past the grace period (Ctrl-C): the run ends promptly,
+    every scenario is recorded cancelled, and every call is cancelled on Modal's side."""
+    with LocalModal() as env, env.environ():
+        register(env, hang, max_containers=None)
+        executor = ModalFnExecutor(APP, FN)
+        grace = 1.0
+        with trio.fail_after(240):
+            async with arcflow.Runtime(
+                executor, dsn, run_id=run_id, concurrency=1000, grace=grace, data_dir=tmp_path
+            ) as rt:
+                for i in range(1000):
+                    await rt.submit(Scenario(id=str(i)))
+                with trio.fail_after(120):
+                    while (env.statistics().functions.calls_running or 0) < 1000:
+                        await trio.sleep(0.2)
+                stopped_at = trio.current_time()
+                rt.request_stop()
+        took = trio.current_time() - stopped_at
+        assert took <= grace + 15, took
+        assert env.wait_idle(10), env.left_running()
+        assert env.statistics().functions.calls_cancelled == 1000
+    found = await db_query(
+        "SELECT status, count(*) AS n FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1", run_id
+    )
+    assert {r["status"]: r["n"] for r in found} == {"cancelled": 1000}
+
+
+# -- refusals, start-up errors ------------------------------------------------------------------
+
+
+async def test_resource_exhausted_spawns_are_retried(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """Spawns refused with RESOURCE_EXHAUSTED are retried with backoff; the scenario passes and the
+    refusals are counted in the executor's statistics."""
+    register(modal_env)
+    modal_env.fail_next("ModalClient/FunctionMap", GrpcStatus.RESOURCE_EXHAUSTED, count=3)
+    executor = ModalFnExecutor(APP, FN, ModalFnConfig(backoff_s=0.05, backoff_max_s=0.1))
+    rt = await run_scenarios(executor, dsn, run_id, tmp_path, [Scenario(id="a")], attempts=1)
+    row = (await rows(db_query, run_id))["a"]
+    assert row["status"] == "passed", row
+    assert row["executor"]["spawn_refusals"] == 3
+    assert executor.statistics()["modal_fn_spawn_refusals"] == 3
+    assert rt.statistics().executor["modal_fn_spawn_refusals"] == 3
+
+
+async def test_unknown_function_exits_2_saying_what_to_deploy(
+    modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """modal-fn: naming a function Modal does not have stops the CLI before any scenario, exit 2,
+    saying to deploy it."""
+    register(modal_env)
+    proc = await trio.run_process(
+        [*cli(dsn, run_id, tmp_path, target=f"{APP}/nope")],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "nope" in err and "modal deploy" in err
+    assert modal_env.statistics().functions.calls_started == {}
+
+
+async def test_missing_credentials_exit_2(dsn: str, run_id: str, tmp_path: Path) -> None:
+    """Without Modal credentials the CLI stops at start, exit 2, saying how to log in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["HOME"] = str(tmp_path)
+    proc = await trio.run_process(
+        cli(dsn, run_id, tmp_path), capture_stdout=True, capture_stderr=True, check=False, env=env
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "modal token new" in err
+
+
+def cli(
+    dsn: str,
+    run_id: str,
+    tmp_path: Path,
+    *,
+    target: str = f"{APP}/{FN}",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "arcflow",
+        "run",
+        str(ROOT / "examples" / "quickstart.jsonl"),
+        "--executor",
+        f"modal-fn:{target}",
+        "--db",
+        dsn,
+        "--run-id",
+        run_id,
+        "--data-dir",
+        str(tmp_path),
+        *extra,
+    ]
+
+
+# -- statistics and settings --------------------------------------------------------------------
+
+
+async def test_statistics_show_modals_backlog_and_running_inputs(
+    modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """While calls wait for a container, statistics() shows Modal's backlog and running inputs."""
+    register(modal_env, max_containers=1, max_inputs=2)
+    executor = ModalFnExecutor(APP, FN, ModalFnConfig(stats_interval_s=0.1))
+    seen: dict[str, float] = {}
+    async with arcflow.Runtime(
+        executor, dsn, run_id=run_id, concurrency=10, data_dir=tmp_path
+    ) as rt:
+        for i in range(10):
+            await rt.submit(Scenario(id=str(i), input={"sleep": 0.5}))
+        with trio.fail_after(20):
+            while seen.get("modal_fn_backlog", 0) == 0:
+                await trio.sleep(0.05)
+                seen = dict(rt.statistics().executor)
+    assert seen["modal_fn_running_inputs"] == 2
+    assert seen["modal_fn_backlog"] >= 1
+    assert seen["modal_fn_calls_running"] >= 3
+
+
+def test_settings_build_the_executor_with_its_options(tmp_path: Path) -> None:
+    """--executor modal-fn:APP/FUNCTION with --modal-fn-environment and --modal-fn-spawn-retry reaches
+    ModalFnConfig; a spec without APP/FUNCTION is refused saying what is expected."""
+    settings = load_settings(
+        {
+            "executor": "modal-fn:my-app/score",
+            "modal_fn_environment": "staging",
+            "modal_fn_spawn_retry": 30.0,
+        },
+        environ={},
+        cwd=tmp_path,
+    )
+    executor = parse_executor(settings.executor or "", **settings.executor_options())
+    assert isinstance(executor, ModalFnExecutor)
+    assert (executor.app_name, executor.function_name) == ("my-app", "score")
+    assert executor.config.environment_name == "staging"
+    assert executor.config.spawn_retry_s == 30
+    with pytest.raises(arcflow.ExecutorSpecError, match="modal-fn:APP/FUNCTION"):
+        parse_executor("modal-fn:no-slash")
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+
+def write_scenarios(path: Path, n: int, **input: Any) -> Path:
+    path.write_text("".join(json.dumps({"id": f"s{i}", "input": input}) + "\n" for i in range(n)))
+    return path
