@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -286,14 +289,16 @@ def cli(
     tmp_path: Path,
     *,
     target: str = f"{APP}/{FN}",
+    scenarios: Path = ROOT / "examples" / "quickstart.jsonl",
     extra: tuple[str, ...] = (),
 ) -> list[str]:
+    """``python -m arcflow run SCENARIOS --executor modal-fn:TARGET`` into the test database."""
     return [
         sys.executable,
         "-m",
         "arcflow",
         "run",
-        str(ROOT / "examples" / "quickstart.jsonl"),
+        str(scenarios),
         "--executor",
         f"modal-fn:{target}",
         "--db",
@@ -354,6 +359,102 @@ def test_settings_build_the_executor_with_its_options(tmp_path: Path) -> None:
 # -- resume -------------------------------------------------------------------------------------
 
 
-def write_scenarios(path: Path, n: int, **input: Any) -> Path:
-    path.write_text("".join(json.dumps({"id": f"s{i}", "input": input}) + "\n" for i in range(n)))
-    return path
+def held(release: threading.Event) -> Any:
+    """A deployed function whose calls wait for ``release`` (at most 60 s), then pass."""
+
+    def fn(scenario: dict[str, Any]) -> Any:
+        release.wait(60)
+        return {"status": "passed", "output": {"id": scenario["id"]}}
+
+    return fn
+
+
+async def kill_mid_run(
+    env: LocalModal, dsn: str, run_id: str, tmp_path: Path, db_query: Any, n: int
+) -> list[str]:
+    """A CLI run of ``n`` scenarios SIGKILLed once all ``n`` calls run and their ids are recorded."""
+    scenarios = tmp_path / "s.jsonl"
+    scenarios.write_text("".join(json.dumps({"id": f"s{i}"}) + "\n" for i in range(n)))
+    log = tmp_path / "killed.log"
+    with log.open("wb") as stderr:
+        proc = await trio.lowlevel.open_process(
+            cli(dsn, run_id, tmp_path, scenarios=scenarios, extra=("--concurrency", str(n))),
+            cwd=ROOT,
+            env={**os.environ, **env.env},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        with trio.fail_after(60):
+            while True:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                if env.statistics().functions.calls_running == n:  # the table exists by then
+                    recorded = await db_query(
+                        "SELECT call_id FROM arcflow.modal_calls WHERE run_id = $1", run_id
+                    )
+                    if len(recorded) == n:
+                        break
+                await trio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert not await db_query("SELECT 1 FROM arcflow.outcomes WHERE run_id = $1", run_id)
+    return sorted(r["call_id"] for r in recorded)
+
+
+async def resume(env: LocalModal, dsn: str, run_id: str, tmp_path: Path) -> str:
+    done = await trio.run_process(
+        cli(dsn, run_id, tmp_path, scenarios=tmp_path / "s.jsonl", extra=("--resume", run_id)),
+        cwd=ROOT,
+        env={**os.environ, **env.env},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 0, err[-3000:]
+    return err
+
+
+async def test_resume_reattaches_to_calls_in_flight_when_the_process_died(
+    modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
+    """A CLI run SIGKILLed while its calls run: --resume waits for those calls by their recorded
+    ids instead of spawning them again; one passed row per scenario, with the old call's id."""
+    release = threading.Event()
+    register(modal_env, held(release))
+    ids = await kill_mid_run(modal_env, dsn, run_id, tmp_path, db_query, 4)
+    release.set()
+    err = await resume(modal_env, dsn, run_id, tmp_path)
+    assert "4 call(s) were in flight" in err
+    assert modal_env.statistics().functions.calls_started == {FN: 4}  # none spawned again
+    got = await rows(db_query, run_id)
+    assert sorted(got) == [f"s{i}" for i in range(4)]
+    assert all(row["status"] == "passed" and row["attempt"] == 1 for row in got.values())
+    assert sorted(row["executor"]["function_call_id"] for row in got.values()) == ids
+    assert all(row["executor"]["reattached"] is True for row in got.values())
+
+
+async def test_resume_runs_again_calls_whose_output_expired(
+    modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
+    """A CLI run SIGKILLed while its calls run, resumed after Modal dropped their outputs: the
+    scenarios are spawned again (new call ids) and pass, one row each."""
+    release = threading.Event()
+    register(modal_env, held(release))
+    ids = await kill_mid_run(modal_env, dsn, run_id, tmp_path, db_query, 3)
+    modal_env.configure(function_output_retention=0.2)
+    release.set()
+    with trio.fail_after(20):
+        while modal_env.statistics().functions.live_calls:
+            await trio.sleep(0.05)
+    await trio.sleep(0.5)  # past the retention
+    await resume(modal_env, dsn, run_id, tmp_path)
+    fstats = modal_env.statistics().functions
+    assert fstats.calls_started == {FN: 6}
+    assert fstats.outputs_expired == 3
+    got = await rows(db_query, run_id)
+    assert sorted(got) == [f"s{i}" for i in range(3)]
+    assert all(row["status"] == "passed" for row in got.values())
+    assert not {row["executor"]["function_call_id"] for row in got.values()} & set(ids)
+    assert all("expired" in row["executor"]["reattach_gone"] for row in got.values())

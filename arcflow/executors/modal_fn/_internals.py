@@ -3,13 +3,14 @@
 * **The output of a call, before it is turned into a value or an exception.**
   ``FunctionCall.get()`` polls the call's outputs and then either returns the value or
   raises the remote exception, so a remote ``ConnectionError`` and a lost connection to
-  Modal look the same.  arcflow polls the outputs the way ``get()`` does
-  (``_Invocation.pop_function_call_outputs``, ``clear_on_success=False`` as ``get()``),
-  so errors of the poll are the control plane's (retried), and then turns the output
+  Modal look the same.  arcflow sends the poll ``get()`` sends (``FunctionGetOutputs``
+  on the client's ``_stub`` with the SDK's ``Retry``, ``clear_on_success=False`` as
+  ``get()``), one request at a time, so errors of the poll are the control plane's
+  (retried) and an expired output is seen at once, and then turns the output
   into a value or an exception with the SDK's own ``_process_result`` (that exception is
   the scenario's: an ``error`` outcome).
 * **The implementation object of a client**, to poll on a connection of arcflow's
-  choosing (see :class:`~.sdk.Lanes`).
+  choosing (see :class:`~.ops.Lanes`).
 
 Plus what the ``modal:`` executor already reads (the SDK's event loop, retry-after
 hints: :mod:`arcflow.executors.modal._internals`).  :func:`check` verifies all of them
@@ -24,25 +25,24 @@ from ..modal import _internals as sandbox_internals
 
 #: Longest one poll for a call's output holds a stream (the SDK's own long-poll bound).
 OUTPUTS_POLL_S = 55.0
+#: Seconds a poll's request may take beyond its hold before it is retried (the SDK's).
+_POLL_GRACE_S = 5.0
 
 
 def check(modal_: Any) -> None:
     """Raise RuntimeError naming what is missing if this modal lacks what arcflow uses."""
     sandbox_internals.check(modal_)
-    import modal._functions as functions
     import modal._utils.function_utils as function_utils
+    import modal._utils.grpc_utils as grpc_utils
 
     missing = [
         name
         for owner, name in (
-            (functions, "_Invocation"),
             (function_utils, "_process_result"),
+            (grpc_utils, "Retry"),
         )
         if not hasattr(owner, name)
     ]
-    invocation = getattr(functions, "_Invocation", None)
-    if invocation is not None and not hasattr(invocation, "pop_function_call_outputs"):
-        missing.append("_Invocation.pop_function_call_outputs")
     if missing:
         version = str(getattr(modal_, "__version__", "?"))
         raise RuntimeError(
@@ -60,13 +60,29 @@ def impl(obj: Any) -> Any:
 
 async def poll_outputs(client: Any, call_id: str, hold_s: float) -> Any:
     """(asyncio, on the SDK loop) One poll of a call's output, held up to ``hold_s`` seconds:
-    the ``FunctionGetOutputsResponse`` (``outputs`` empty: not finished, or gone when
-    ``num_unfinished_inputs`` is 0).  Raises what the control plane raised."""
-    from modal._functions import _Invocation
+    the ``FunctionGetOutputsResponse`` (``outputs`` empty: not finished yet, or gone when
+    ``num_unfinished_inputs`` is 0).  Raises what the control plane raised.
 
-    invocation = _Invocation(client._stub, call_id, client)
-    return await invocation.pop_function_call_outputs(
-        index=0, timeout=hold_s, clear_on_success=False
+    One request, as each round of the SDK's own ``pop_function_call_outputs`` (which
+    loops until its timeout, so an expired output would hold it for the whole timeout
+    before ``get()`` could say so).
+    """
+    import time
+
+    from modal._utils.grpc_utils import Retry
+    from modal_proto import api_pb2
+
+    request = api_pb2.FunctionGetOutputsRequest(
+        function_call_id=call_id,
+        timeout=hold_s,
+        last_entry_id="0-0",
+        clear_on_success=False,
+        requested_at=time.time(),
+        start_idx=0,
+        end_idx=0,
+    )
+    return await client._stub.FunctionGetOutputs(
+        request, retry=Retry(attempt_timeout=hold_s + _POLL_GRACE_S)
     )
 
 
