@@ -9,6 +9,7 @@ test that leaves a function call running.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -309,6 +310,38 @@ def cli(
         str(tmp_path),
         *extra,
     ]
+
+
+async def test_the_example_app_runs_the_bundled_scenarios(
+    modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
+    """examples/modal_app.py's function, served as arcflow-example/score with its container
+    settings, scores examples/quickstart.jsonl through the CLI as the python: quickstart does."""
+    spec = importlib.util.spec_from_file_location("modal_app", ROOT / "examples" / "modal_app.py")
+    assert spec is not None and spec.loader is not None
+    modal_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(modal_app)
+    modal_env.register_function(
+        modal_app.APP_NAME,
+        "score",
+        modal_app.score_scenario,
+        max_containers=modal_app.MAX_CONTAINERS,
+        max_inputs=modal_app.MAX_INPUTS,
+    )
+    done = await trio.run_process(
+        cli(dsn, run_id, tmp_path, target=f"{modal_app.APP_NAME}/score"),
+        cwd=ROOT,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    got = await rows(db_query, run_id)
+    lines = (ROOT / "examples" / "quickstart.jsonl").read_text().splitlines()
+    assert len(got) == len(lines)
+    assert {row["status"] for row in got.values()} <= {"passed", "failed"}
+    assert got["word-0001"]["status"] == "passed"  # madam
+    assert got["word-0003"]["status"] == "failed"  # arcflow
 
 
 # -- statistics and settings --------------------------------------------------------------------
