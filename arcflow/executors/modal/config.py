@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import attrs
 
 from ...retry import Backoff
-from ...validators import Check, fraction, optional, positive, whole
+from ...validators import Check, fraction, non_negative, optional, positive, whole
 from ..output import DEFAULT_STDERR_LIMIT, DEFAULT_STDOUT_LIMIT
 
 #: A non-empty string.
@@ -19,6 +19,21 @@ NEW_ACCOUNT_CREATION_RATE = 5.0
 MAX_CREATION_RATE = 1000.0
 #: The SDK buffers at most 16 MiB of stdin between drains: write the scenario in smaller pieces.
 DEFAULT_STDIN_CHUNK_BYTES = 4 * 1024 * 1024
+#: Lifetime of a pooled sandbox when ModalConfig.timeout_s is not set (seconds).
+DEFAULT_POOL_LIFETIME_S = 3600
+#: What a pooled sandbox runs between scenarios (the scenarios run beside it, with exec).
+DEFAULT_POOL_ENTRYPOINT = ("sleep", "infinity")
+
+
+def _argv(value: Sequence[str]) -> tuple[str, ...]:
+    return tuple(str(part) for part in value)
+
+
+#: A non-empty command whose first word is not empty.
+_command = Check(
+    lambda v: bool(v) and all(isinstance(p, str) for p in v) and bool(v[0]),
+    "must be a non-empty command (a list of strings)",
+)
 
 
 def _names(value: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -92,6 +107,18 @@ class ModalConfig:
     stdout_limit: int = attrs.field(default=DEFAULT_STDOUT_LIMIT, validator=whole(1))
     #: Bytes of the end of stderr kept for error messages.
     stderr_limit: int = attrs.field(default=DEFAULT_STDERR_LIMIT, validator=whole(1))
+    #: Warm pool: this many long-lived sandboxes, each scenario run inside a free one with
+    #: ``Sandbox.exec`` (see :mod:`.pool`); None: a new sandbox per scenario.
+    pool: int | None = attrs.field(default=None, validator=optional(whole(1, 100_000)))
+    #: Scenarios one pooled sandbox runs before it is terminated and replaced.
+    pool_max_uses: int = attrs.field(default=100, validator=whole(1))
+    #: A pooled sandbox is replaced, not lent, when less than the attempt's timeout plus this
+    #: many seconds is left of its lifetime (``timeout_s``, else 3600 s in a pool).
+    pool_lifetime_margin_s: float = attrs.field(default=30.0, validator=non_negative)
+    #: What a pooled sandbox runs while it waits for scenarios (must not exit).
+    pool_entrypoint: tuple[str, ...] = attrs.field(
+        default=DEFAULT_POOL_ENTRYPOINT, converter=_argv, validator=_command
+    )
 
     @property
     def rate_ceiling(self) -> float:
@@ -104,6 +131,11 @@ class ModalConfig:
     def initial_rate(self) -> float:
         """The creation rate at the start."""
         return min(self.initial_creations_per_second, self.rate_ceiling)
+
+    @property
+    def pool_lifetime_s(self) -> int:
+        """The lifetime of a pooled sandbox: ``timeout_s``, else :data:`DEFAULT_POOL_LIFETIME_S`."""
+        return self.timeout_s if self.timeout_s is not None else DEFAULT_POOL_LIFETIME_S
 
     def outage_backoff(self) -> Backoff:
         """Delays between retries while the control plane is unreachable (full jitter)."""

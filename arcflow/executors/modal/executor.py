@@ -31,6 +31,10 @@ What protects your Modal bill and quota:
   RUN_ID`` terminate what a crashed process left;
 * every sandbox gets a lifetime (``timeout_s``, or the attempt's timeout plus a
   margin) so even a lost client cannot keep it running.
+
+With ``ModalConfig(pool=N)`` the scenarios run in N long-lived sandboxes instead, one at
+a time each, with ``Sandbox.exec`` (:mod:`.pool`): the same contract and outcome mapping,
+the same creation path, tags and sweeps for the pool's sandboxes.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import random
 import shlex
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -52,10 +56,12 @@ from ...models import ExecutionResult, Scenario, Status
 from ..base import ExecutionContext, Executor
 from ..output import OutputCapture, result_from_output
 from .config import ModalConfig
-from .lifecycle import TAG_ATTEMPT, TAG_CLIENT, TAG_MARK, TAG_RUN, TAG_SCENARIO, TAG_TRY
+from .lifecycle import TAG_ATTEMPT, TAG_CLIENT, TAG_MARK, TAG_POOL, TAG_RUN, TAG_SCENARIO, TAG_TRY
+from .pool import SandboxPool
 from .rate import CreationRate
 from .sandboxes import (
     CreatedSandbox,
+    PoolRunner,
     SandboxCreationThrottled,
     SandboxCreationUnavailable,
     SandboxReport,
@@ -72,6 +78,8 @@ DEFAULT_SANDBOX_TIMEOUT_S = 300
 SANDBOX_TIMEOUT_MARGIN_S = 30
 #: Longest tag value sent (longer scenario ids are cut, keeping a hash of the whole).
 _TAG_VALUE_MAX = 200
+#: Seconds a pooled sandbox's hand-over for termination may take beyond terminate_timeout_s.
+_RETIRE_MARGIN_S = 5.0
 
 
 @attrs.define
@@ -136,6 +144,22 @@ class ModalExecutor(Executor):
         self._starting = trio.CapacityLimiter(cfg.max_starting)
         self._rng = rng or random.Random()
         self.stats = ModalStats()
+        #: The warm pool (``ModalConfig.pool``), or None: a sandbox per scenario.
+        self.pool: SandboxPool | None = None
+        if cfg.pool is not None:
+            if not all(callable(getattr(runner, name, None)) for name in ("exec_in", "retire")):
+                raise ExecutorSpecError(
+                    f"ModalConfig.pool={cfg.pool}: the sandbox runner "
+                    f"{type(runner).__name__} cannot run commands in a sandbox (exec_in, retire)"
+                )
+            self.pool = SandboxPool(
+                cfg.pool,
+                max_uses=cfg.pool_max_uses,
+                lifetime_s=cfg.pool_lifetime_s,
+                margin_s=cfg.pool_lifetime_margin_s,
+                retire=cast(PoolRunner, runner).retire,
+                retire_timeout_s=cfg.terminate_timeout_s + _RETIRE_MARGIN_S,
+            )
 
     @classmethod
     def from_spec(cls, rest: str, **options: Any) -> ModalExecutor:
@@ -172,6 +196,8 @@ class ModalExecutor(Executor):
         if self.rate.share < 1:
             out["modal_fleet_share"] = round(self.rate.share, 4)
             out["modal_starting_limit"] = self._starting.total_tokens
+        if self.pool is not None:
+            out.update(self.pool.stats.as_metrics())
         if self.backend is not None:
             reaper = self.backend.reaper_stats
             out["modal_terminations_pending"] = self.backend.ops.reaper.outstanding_count
@@ -213,13 +239,18 @@ class ModalExecutor(Executor):
             )
 
     async def aclose(self) -> None:
-        """Terminate what this process left running (found by its tag), bounded."""
+        """Terminate the pool's sandboxes and what this process left running (found by its
+        tag), bounded."""
+        if self.pool is not None:
+            await self.pool.close()
         if self.backend is not None:
             await self.backend.aclose()
 
     # -- one attempt ----------------------------------------------------------------------
 
     async def run(self, scenario: Scenario, context: ExecutionContext) -> ExecutionResult:
+        if self.pool is not None:
+            return await self._run_pooled(self.pool, scenario, context)
         details: dict[str, Any] = {
             "kind": self.kind,
             "command": list(self.command),
@@ -269,14 +300,79 @@ class ModalExecutor(Executor):
         return DEFAULT_SANDBOX_TIMEOUT_S
 
     def _tags(self, request: SandboxRequest) -> dict[str, str]:
-        return {
-            TAG_MARK: "1",
-            TAG_RUN: _tag_value(request.run_id),
-            TAG_SCENARIO: _tag_value(request.scenario_id),
-            TAG_ATTEMPT: str(request.attempt),
-            TAG_CLIENT: self.client_tag,
-            TAG_TRY: uuid.uuid4().hex[:16],
+        tags = {TAG_MARK: "1", TAG_RUN: _tag_value(request.run_id)}
+        if request.pooled:
+            tags[TAG_POOL] = "1"
+        else:
+            tags[TAG_SCENARIO] = _tag_value(request.scenario_id)
+            tags[TAG_ATTEMPT] = str(request.attempt)
+        tags[TAG_CLIENT] = self.client_tag
+        tags[TAG_TRY] = uuid.uuid4().hex[:16]
+        return tags
+
+    # -- one attempt in a pooled sandbox ------------------------------------------------------
+
+    async def _run_pooled(
+        self, pool: SandboxPool, scenario: Scenario, context: ExecutionContext
+    ) -> ExecutionResult:
+        """Run the command in a sandbox of the pool (``Sandbox.exec``), then give it back,
+        with the reason to recycle it when the attempt did not end cleanly."""
+        cfg = self.config
+        runner = cast(PoolRunner, self._runner)
+        deadline = trio.current_effective_deadline()
+        details: dict[str, Any] = {
+            "kind": self.kind,
+            "command": list(self.command),
+            "app": cfg.app_name,
+            "sandbox_id": None,
+            "exit_code": None,
+            "pooled": True,
+            "creation_attempts": 0,
         }
+        request = SandboxRequest(
+            command=cfg.pool_entrypoint,
+            timeout_s=cfg.pool_lifetime_s,
+            scenario_id=scenario.id,
+            run_id=context.run_id,
+            attempt=context.attempt,
+            pooled=True,
+        )
+        got = await pool.acquire(
+            lambda: self._create(request, details), need_s=context.timeout_s or 0.0
+        )
+        if isinstance(got, ExecutionResult):
+            return got
+        sandbox_id = got.object_id
+        details["sandbox_id"] = sandbox_id
+        details["sandbox_use"] = got.uses + 1
+        context.details.update(details)
+        report = SandboxReport(
+            stdout=OutputCapture(cfg.stdout_limit, keep="head"),
+            stderr=OutputCapture(cfg.stderr_limit, keep="tail"),
+        )
+        payload = json.dumps(scenario.to_json()).encode()
+        recycle: str | None = "cancelled"
+        try:
+            try:
+                await runner.exec_in(got.sandbox, self.command, payload, report)
+            except Exception as exc:
+                recycle = "error"
+                details.update(report.details())
+                return _error(details, type(exc).__name__, f"sandbox {sandbox_id}: {exc}")
+            details.update(report.details())
+            result = self._result(report, details, sandbox_id)
+            recycle = _recycle_reason(report, result)
+            return result
+        except trio.Cancelled:
+            if trio.current_time() >= deadline:
+                recycle = "timeout"  # the producer's timeout, not a stop
+            raise
+        finally:
+            if report.terminated:
+                self.stats.terminated += 1
+            details.update(report.details())
+            context.details.update(details)
+            await pool.release(got, recycle)
 
     async def _create(
         self, request: SandboxRequest, details: dict[str, Any]
@@ -376,6 +472,19 @@ class ModalExecutor(Executor):
         if self.config.timeout_s is not None:
             return f"{self.config.timeout_s}s (ModalConfig.timeout_s)"
         return "its timeout"
+
+
+def _recycle_reason(report: SandboxReport, result: ExecutionResult) -> str | None:
+    """Why a pooled sandbox must not run another scenario after this one, if it must not."""
+    if report.lifetime_exceeded:
+        return "lifetime"
+    if report.sandbox_finished:
+        return "died"
+    if result.status is Status.TIMEOUT:
+        return "timeout"
+    if result.status is Status.ERROR:
+        return "error"
+    return None
 
 
 def _error(

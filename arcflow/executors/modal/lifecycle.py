@@ -49,10 +49,14 @@ TAG_SCENARIO = "arcflow-scenario"
 TAG_ATTEMPT = "arcflow-attempt"
 TAG_CLIENT = "arcflow-client"
 TAG_TRY = "arcflow-try"
+#: On a warm pool's sandboxes (instead of the scenario and attempt tags).
+TAG_POOL = "arcflow-pool"
 #: Seconds detach() may take (it only closes a connection).
 _DETACH_TIMEOUT_S = 5.0
 #: Terminations the reaper and the sweeps run at once.
 _PARALLEL_TERMINATIONS = 32
+#: The exit code of a sandbox Modal stopped at its lifetime.
+_LIFETIME_EXIT_CODE = 124
 
 
 @attrs.define(eq=False)
@@ -89,6 +93,8 @@ class SandboxOps:
         self.secrets: list[Any] = []
         self.reaper = Reaper(self)
         self._transient: tuple[type[BaseException], ...] = ()
+        #: Pooled sandboxes being terminated in the background (:meth:`retire`).
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -225,7 +231,11 @@ class SandboxOps:
 
     async def _write(self, sandbox: Any, data: bytes, report: SandboxReport) -> None:
         """Write ``data`` in drained chunks, then EOF; a failure is noted, EOF still sent."""
-        stdin = sandbox.stdin
+        await self._feed(sandbox.stdin, data, report, f"sandbox {sandbox.object_id}")
+
+    async def _feed(self, stdin: Any, data: bytes, report: SandboxReport, label: str) -> None:
+        """Write ``data`` to ``stdin`` in drained chunks, then EOF; a failure is noted in
+        ``report.input_error`` and EOF is still sent."""
         size = self.config.stdin_chunk_bytes
         try:
             view = memoryview(data)
@@ -244,7 +254,7 @@ class SandboxOps:
             raise
         except Exception as exc:
             report.input_error = describe(exc)
-            log.debug("sandbox %s: writing stdin failed: %s", sandbox.object_id, report.input_error)
+            log.debug("%s: writing stdin failed: %s", label, report.input_error)
         # The command must not wait for input that will never come: send EOF alone.
         try:
             _internals.drop_unsent_stdin(stdin)
@@ -254,7 +264,7 @@ class SandboxOps:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the first error is the one reported
-            log.debug("sandbox %s: sending EOF failed too: %s", sandbox.object_id, describe(exc))
+            log.debug("%s: sending EOF failed too: %s", label, describe(exc))
 
     async def _wait_exit(self, opened: Opened, report: SandboxReport) -> None:
         """Learn how the sandbox ended; retried while the control plane is unreachable."""
@@ -292,6 +302,112 @@ class SandboxOps:
                 continue
             report.exit_code = _returncode(sandbox)
             return
+
+    # -- a warm pool's sandboxes ----------------------------------------------------------
+
+    async def exec_in(
+        self, opened: Opened, command: tuple[str, ...], stdin: bytes, report: SandboxReport
+    ) -> None:
+        """Run ``command`` in a long-lived sandbox with ``Sandbox.exec``: feed, read, wait.
+
+        The same contract as :meth:`finish` for one scenario's command; a failure to start
+        it or to follow it is ``report.error``.  Cancelled, the sandbox is terminated at
+        once (Modal has no way to stop one exec).  The sandbox is never detached here.
+        """
+        sandbox = opened.sandbox
+        tasks: list[asyncio.Task[None]] = []
+        terminating: asyncio.Task[None] | None = None
+        try:
+            try:
+                process = await sandbox.exec.aio(*command, text=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                report.error = (
+                    "SandboxExecFailed",
+                    f"could not start the command in sandbox {opened.object_id}: {describe(exc)}",
+                )
+                await self._note_finished(opened, report)
+                return
+            label = f"sandbox {opened.object_id} exec"
+            readers = [
+                asyncio.ensure_future(self._read_exec(process.stdout, report.stdout)),
+                asyncio.ensure_future(self._read_exec(process.stderr, report.stderr)),
+            ]
+            tasks = [
+                *readers,
+                asyncio.ensure_future(self._feed(process.stdin, stdin, report, label)),
+            ]
+            await asyncio.wait(readers)
+            lost = [t.exception() for t in readers if t.exception() is not None]
+            if lost:
+                first = lost[0]
+                assert first is not None
+                report.error = (
+                    "SandboxOutputLost",
+                    f"lost the output of the command in sandbox {opened.object_id}: "
+                    f"{describe(first)}",
+                )
+                return
+            await self._wait_exec(opened, process, report)
+            if report.exit_code != 0:
+                await self._note_finished(opened, report)
+        except asyncio.CancelledError:
+            terminating = asyncio.ensure_future(self.terminate(opened, report))
+            raise
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if terminating is not None:
+                await terminating
+
+    @staticmethod
+    async def _read_exec(stream: Any, capture: Any) -> None:
+        async for chunk in stream:
+            capture.feed(chunk)
+
+    async def _wait_exec(self, opened: Opened, process: Any, report: SandboxReport) -> None:
+        """The exec's exit code; the SDK retries a lost router by itself, bounded here."""
+        try:
+            async with asyncio.timeout(self.config.outage_retry_s):
+                report.exit_code = int(await process.wait.aio())
+        except TimeoutError:
+            report.error = (
+                "ModalContactLost",
+                f"could not learn how the command in sandbox {opened.object_id} ended within "
+                f"{self.config.outage_retry_s:g}s (ModalConfig.outage_retry_s)",
+            )
+
+    async def _note_finished(self, opened: Opened, report: SandboxReport) -> None:
+        """After a failed command: whether the sandbox itself has ended (it died, or reached
+        its lifetime), bounded; unknown counts as alive (the error recycles it anyway)."""
+        try:
+            async with asyncio.timeout(self.config.terminate_timeout_s):
+                code = await opened.sandbox.poll.aio()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("sandbox %s: poll failed: %s", opened.object_id, describe(exc))
+            return
+        if code is not None:
+            report.sandbox_finished = True
+            if int(code) == _LIFETIME_EXIT_CODE:
+                report.lifetime_exceeded = True
+
+    async def retire(self, opened: Opened) -> None:
+        """Terminate and detach a pooled sandbox in the background (:meth:`close` waits)."""
+        task = asyncio.ensure_future(self._retire(opened))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, opened: Opened) -> None:
+        report = SandboxReport(stdout=_null_capture(), stderr=_null_capture())
+        try:
+            await self.terminate(opened, report)
+        finally:
+            await self.detach(opened)
 
     async def terminate(self, opened: Opened, report: SandboxReport) -> None:
         """terminate(), bounded; when it fails, the reaper retries until Modal answers."""
@@ -368,6 +484,8 @@ class SandboxOps:
         """End of the run: terminate what this process left running, within ``deadline_s``."""
         try:
             async with asyncio.timeout(deadline_s):
+                if self._retiring:
+                    await asyncio.wait(set(self._retiring))
                 _, terminated = await self.sweep({TAG_CLIENT: self.client_tag})
                 self.reaper.stats.swept += len(terminated)
                 if terminated:

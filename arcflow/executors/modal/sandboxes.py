@@ -12,6 +12,10 @@ attempt, each one crossing from trio to the SDK's event loop once:
    exited and detached.
 
 The real Modal backend (:mod:`.sdk`) and a test's stand-in are interchangeable.
+
+A warm pool (:mod:`.pool`) drives long-lived sandboxes through a :class:`PoolRunner`
+instead: ``create`` (the same call, the pool's entrypoint as the command), then
+:meth:`PoolRunner.exec_in` once per scenario, then :meth:`PoolRunner.retire`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class SandboxRequest:
     attempt: int
     #: Tags set on the sandbox at creation (run, scenario, attempt, this process).
     tags: Mapping[str, str] = attrs.field(factory=dict)
+    #: A warm pool's sandbox (:mod:`.pool`): it runs many scenarios, not ``scenario_id``'s.
+    pooled: bool = False
 
 
 class CreatedSandbox(Protocol):
@@ -86,6 +92,8 @@ class SandboxReport:
     terminated: bool = False
     #: The sandbox may still run: a terminate is retried in the background until Modal answers.
     terminate_pending: bool = False
+    #: (pool) The sandbox itself had ended when its scenario's command ended (it died).
+    sandbox_finished: bool = False
 
     def details(self) -> dict[str, Any]:
         """What the outcome's ``executor`` details record about the run."""
@@ -96,6 +104,8 @@ class SandboxReport:
             out["terminated"] = True
         if self.terminate_pending:
             out["terminate_pending"] = True
+        if self.sandbox_finished:
+            out["sandbox_finished"] = True
         return out
 
 
@@ -116,4 +126,28 @@ class SandboxRunner(Protocol):
         Cancelled, it terminates the sandbox at once, then lets the cancellation
         finish.  It leaves the sandbox exited or terminated, and detached.
         """
+        ...
+
+
+class PoolRunner(SandboxRunner, Protocol):
+    """A :class:`SandboxRunner` that can also run commands inside a long-lived sandbox."""
+
+    async def exec_in(
+        self,
+        sandbox: CreatedSandbox,
+        command: tuple[str, ...],
+        stdin: bytes,
+        report: SandboxReport,
+    ) -> None:
+        """Run ``command`` in ``sandbox`` (``Sandbox.exec``): ``stdin`` then EOF, the output
+        into ``report``, the exit code; ``report.sandbox_finished`` when the sandbox had ended.
+
+        Cancelled, it terminates the sandbox at once (the only way to stop the command),
+        then lets the cancellation finish.  It never detaches the sandbox.
+        """
+        ...
+
+    async def retire(self, sandbox: CreatedSandbox) -> None:
+        """Terminate (unless it already ended) and detach ``sandbox``, in the background;
+        the runner's close waits for it."""
         ...

@@ -155,6 +155,30 @@ class ModalBackend:
             always_start=True,
         )
 
+    # -- a warm pool (PoolRunner) ------------------------------------------------------------
+
+    async def exec_in(
+        self,
+        sandbox: CreatedSandbox,
+        command: tuple[str, ...],
+        stdin: bytes,
+        report: SandboxReport,
+    ) -> None:
+        bridge = self._require()
+        assert isinstance(sandbox, Opened)
+        await bridge.run(
+            lambda: self.ops.exec_in(sandbox, command, stdin, report),
+            unwind_s=self.config.terminate_timeout_s + _UNWIND_MARGIN_S,
+            always_start=True,
+        )
+
+    async def retire(self, sandbox: CreatedSandbox) -> None:
+        bridge = self._require()
+        assert isinstance(sandbox, Opened)
+        await bridge.run(
+            lambda: self.ops.retire(sandbox), unwind_s=_UNWIND_MARGIN_S, always_start=True
+        )
+
     # -- by tags --------------------------------------------------------------------------
 
     async def sweep(
