@@ -468,6 +468,9 @@ class WorkerStatus:
     done: int
     #: Claims it holds now.
     holding: int
+    #: Seconds from its start to its last heartbeat (or its stop), and ``done`` over them.
+    active_s: float = 0.0
+    rate_per_s: float | None = None
 
 
 @attrs.frozen
@@ -509,6 +512,8 @@ async def fleet_status(store: Store, run_id: str) -> FleetStatus:
         """
         SELECT w.worker_id, w.host, w.pid, w.claimed, w.done, w.stopped_at IS NOT NULL AS stopped,
                extract(epoch FROM now() - w.heartbeat_at)::float8 AS age,
+               extract(epoch FROM coalesce(w.stopped_at, w.heartbeat_at) - w.started_at)::float8
+                 AS active,
                (SELECT count(*) FROM arcflow.claims c WHERE c.run_id = w.run_id
                   AND c.worker_id = w.worker_id AND c.state = 'claimed') AS holding
         FROM arcflow.workers w WHERE w.run_id = $1
@@ -526,6 +531,8 @@ async def fleet_status(store: Store, run_id: str) -> FleetStatus:
             claimed=int(r["claimed"]),
             done=int(r["done"]),
             holding=int(r["holding"]),
+            active_s=round(max(float(r["active"]), 0.0), 1),
+            rate_per_s=round(r["done"] / r["active"], 1) if r["active"] > 0 else None,
         )
         for r in rows
     )
@@ -543,12 +550,14 @@ def format_fleet(status: FleetStatus) -> str:
         f"{claims.get('claimed', 0)} claimed, {claims.get('pending', 0)} pending; "
         f"lease {status.lease:g}s",
         "",
-        f"{'worker':<34} {'state':<8} {'heartbeat':>10} {'claimed':>8} {'done':>8} {'holding':>8}",
+        f"{'worker':<34} {'state':<8} {'heartbeat':>10} {'claimed':>8} {'done':>8} {'holding':>8} "
+        f"{'done/s':>8}",
     ]
     for w in status.workers:
+        rate = "-" if w.rate_per_s is None else f"{w.rate_per_s:.1f}"
         lines.append(
             f"{w.worker_id[:34]:<34} {w.state:<8} {w.heartbeat_age_s:>9.1f}s "
-            f"{w.claimed:>8} {w.done:>8} {w.holding:>8}"
+            f"{w.claimed:>8} {w.done:>8} {w.holding:>8} {rate:>8}"
         )
     if not status.workers:
         lines.append("(no worker has joined)")

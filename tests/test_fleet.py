@@ -125,6 +125,64 @@ async def test_two_workers_share_a_run_and_each_scenario_is_final_once(
     assert sum(w["done"] for w in workers) == 300 and all(w["stopped_at"] for w in workers)
 
 
+async def test_report_and_diff_show_each_worker_of_a_shared_run(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """report (text, CSV, JSON, HTML) lists each worker of a shared run; diff says it was shared."""
+    from arcflow.report import build_report, format_report, render_html
+    from arcflow.report.diff import build_diff, format_diff
+
+    path = suite_file(tmp_path / "s.jsonl", 60, sleep=0.005)
+    executor = arcflow.PythonExecutor(_slow)
+    common: dict[str, Any] = {"run_id": run_id, "shared": True, "batch_size": 10}
+    a = arcflow.Runtime(executor, dsn, data_dir=tmp_path / "a", concurrency=4, **common)
+    b = arcflow.Runtime(executor, dsn, data_dir=tmp_path / "b", concurrency=4, **common)
+    async with a:
+        await a.load_claims(path, validate_file(path))
+        async with b, trio.open_nursery() as nursery:
+            nursery.start_soon(a.run_claims)
+            nursery.start_soon(b.run_claims)
+    ids = {a.worker_id, b.worker_id}
+    async with trio_asyncio.open_loop():
+        store = Store(dsn)
+        try:
+            report = await build_report(store, run_id)
+            diff = await build_diff(store, run_id, run_id)
+        finally:
+            await store.aclose()
+    assert report.fleet is not None
+    workers = report.fleet["workers"]
+    assert {w["worker_id"] for w in workers} == ids
+    assert sum(w["done"] for w in workers) == 60
+    assert all(w["state"] == "stopped" for w in workers)
+    assert report.fleet["claims"] == {"done": 60}
+    text = format_report(report, "table")
+    assert "workers (shared run" in text and all(i in text for i in ids)
+    csv_text = format_report(report, "csv")
+    assert all(f"workers,{i},done," in csv_text for i in ids)
+    assert json.loads(format_report(report, "json"))["fleet"]["workers"][0]["host"]
+    page = render_html(report)
+    assert "<h2>Workers</h2>" in page and all(i in page for i in ids)
+    assert "shared by 2 workers" in format_diff(diff, "table")
+
+
+async def test_a_report_of_a_run_of_one_process_has_no_workers(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    """A plain run's report has no fleet section."""
+    from arcflow.report import build_report, format_report
+
+    async with arcflow.Runtime(arcflow.PythonExecutor(_slow), dsn, run_id=run_id) as rt:
+        await rt.submit(Scenario(id="x", input={}))
+    async with trio_asyncio.open_loop():
+        store = Store(dsn)
+        try:
+            report = await build_report(store, run_id)
+        finally:
+            await store.aclose()
+    assert report.fleet is None and "workers (shared run" not in format_report(report, "table")
+
+
 async def _slow(scenario: Scenario) -> dict[str, Any]:
     await trio.sleep(float(scenario.input.get("sleep", 0)))
     return {"status": "passed", "output": {"id": scenario.id}}

@@ -23,7 +23,15 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError
-from .queries import CONCLUSION_KEY, _rate, _run_info, concluded, has_epochs, key_label
+from .queries import (
+    CONCLUSION_KEY,
+    _rate,
+    _run_info,
+    concluded,
+    has_epochs,
+    key_label,
+    run_fleet,
+)
 from .text import _indent, _json_default, cell, text_table
 
 #: The kinds of change, in the order they are shown.
@@ -181,7 +189,11 @@ async def build_diff(
             raise ConfigError(
                 f"no run {run_id!r} in the database; `python -m arcflow runs` lists the runs there"
             )
-        infos.append(_run_info(run))
+        info = _run_info(run)
+        fleet = await run_fleet(store, run)
+        if fleet is not None:
+            info["workers"] = len(fleet["workers"])
+        infos.append(info)
     s = dict((await store.fetch(SUMMARY_SQL, run_a, run_b))[0])
     for key in ("mean_score_a", "mean_score_b", "mean_score_delta"):
         if s[key] is not None:
@@ -288,15 +300,21 @@ def p_text(p: float) -> str:
     return f"{p:.3g}" if p >= 0.001 else f"{p:.2e}"
 
 
+def _shared(run: dict[str, Any]) -> str:
+    """``, shared by N workers`` for a shared run, else nothing."""
+    n = run.get("workers")
+    return "" if n is None else f", shared by {n} worker{'s' if n != 1 else ''}"
+
+
 def _diff_text(d: Diff) -> str:
     s, pr, pa = d.summary, d.pass_rate, d.paired
     a, b = d.run_a, d.run_b
     out = [
         f"diff {a['run_id']} -> {b['run_id']}",
-        f"  A  {a['run_id']}  ({a['status']}, suite {a['suite'] or '-'}): pass rate {_pct(pr['a'])} "
-        f"({s['passed_a']:,} of {s['scenarios_a']:,})",
-        f"  B  {b['run_id']}  ({b['status']}, suite {b['suite'] or '-'}): pass rate {_pct(pr['b'])} "
-        f"({s['passed_b']:,} of {s['scenarios_b']:,})",
+        f"  A  {a['run_id']}  ({a['status']}{_shared(a)}, suite {a['suite'] or '-'}): "
+        f"pass rate {_pct(pr['a'])} ({s['passed_a']:,} of {s['scenarios_a']:,})",
+        f"  B  {b['run_id']}  ({b['status']}{_shared(b)}, suite {b['suite'] or '-'}): "
+        f"pass rate {_pct(pr['b'])} ({s['passed_b']:,} of {s['scenarios_b']:,})",
         f"  change      {points(pr['delta'])}",
         f"  paired      {pa['scenarios']:,} scenarios in both: {_pct(pa['pass_rate_a'])} -> "
         f"{_pct(pa['pass_rate_b'])} ({points(pa['delta'])}); {pa['b']:,} regressed, {pa['c']:,} fixed; "

@@ -422,6 +422,28 @@ def render_html(
                     ],
                 ),
             ]
+    if r.fleet:
+        parts += [
+            "<h2>Workers</h2>",
+            f"<p>A shared run (lease {r.fleet['lease_s']:g} s); claims: "
+            f"{e(', '.join(f'{n:,} {k}' for k, n in r.fleet['claims'].items()) or 'none')}.</p>",
+            _html_table(
+                ("worker", "host", "pid", "state", "claimed", "done", "done/s", "last heartbeat"),
+                [
+                    (
+                        w["worker_id"],
+                        w["host"],
+                        w["pid"],
+                        w["state"],
+                        w["claimed"],
+                        w["done"],
+                        "-" if w["rate_per_s"] is None else f"{w['rate_per_s']:.1f}",
+                        f"{w['heartbeat_age_s']:.1f} s ago",
+                    )
+                    for w in r.fleet["workers"]
+                ],
+            ),
+        ]
     usage = r.usage
     if usage.get("input_tokens") or usage.get("output_tokens") or usage.get("cost_usd"):
         parts.append(

@@ -259,9 +259,30 @@ class Report:
     #: A run of several epochs (``--epochs K``): pass@k, consistency and score spread across
     #: epochs, and the least consistent scenarios (see :func:`epoch_summary`); None otherwise.
     epochs: dict[str, Any] | None = None
+    #: A shared run (``run --shared``): each worker that joined it (host, pid, state,
+    #: claimed, done, rate, last heartbeat; see :class:`arcflow.fleet.WorkerStatus`) and the
+    #: claims by state; None for a run of one process.
+    fleet: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+async def run_fleet(store: Store, run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A shared run's workers and claims (:func:`arcflow.fleet.fleet_status`), else None."""
+    config = run.get("config") or {}
+    if isinstance(config, str):
+        config = json.loads(config)
+    if not config.get("shared"):
+        return None
+    from ..fleet import fleet_status
+
+    status = await fleet_status(store, run["run_id"])
+    return {
+        "lease_s": status.lease,
+        "claims": status.claims,
+        "workers": status.as_dict()["workers"],
+    }
 
 
 async def build_report(store: Store, run_id: str, *, slowest: int = 10) -> Report:
@@ -301,6 +322,7 @@ async def build_report(store: Store, run_id: str, *, slowest: int = 10) -> Repor
         ),
         usage=dict((await store.fetch(USAGE_SQL, run_id))[0]),
         epochs=await _epochs(store, run_id),
+        fleet=await run_fleet(store, run),
     )
 
 

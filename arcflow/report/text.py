@@ -126,6 +126,13 @@ def report_rows(report: Report) -> Iterable[tuple[str, str, str, Any]]:
                             yield ("least_consistent", row["scenario_id"], field, value)
             else:
                 yield ("epochs", "", k, v)
+    if report.fleet:
+        for state, n in report.fleet["claims"].items():
+            yield ("claims", state, "scenarios", n)
+        for w in report.fleet["workers"]:
+            for field, value in w.items():
+                if field != "worker_id":
+                    yield ("workers", w["worker_id"], field, value)
 
 
 def _report_text(r: Report) -> str:
@@ -205,6 +212,8 @@ def _report_text(r: Report) -> str:
         ]
     if r.epochs and r.epochs.get("scenarios"):
         out += ["", *_epochs_text(r.epochs)]
+    if r.fleet:
+        out += ["", *_fleet_text(r.fleet)]
     b = r.batches
     out += [
         "",
@@ -216,6 +225,31 @@ def _report_text(r: Report) -> str:
         + (f" · {b['rows_per_s']:,.1f} rows/s" if b["rows_per_s"] is not None else ""),
     ]
     return "\n".join(out) + "\n"
+
+
+def _fleet_text(f: Mapping[str, Any]) -> list[str]:
+    claims = f["claims"]
+    return [
+        f"workers (shared run; lease {f['lease_s']:g}s; claims: {pairs(claims)})",
+        _indent(
+            text_table(
+                ("worker", "host", "pid", "state", "claimed", "done", "done/s", "heartbeat"),
+                [
+                    [
+                        w["worker_id"],
+                        w["host"],
+                        w["pid"],
+                        w["state"],
+                        w["claimed"],
+                        w["done"],
+                        "-" if w["rate_per_s"] is None else f"{w['rate_per_s']:.1f}",
+                        f"{w['heartbeat_age_s']:.1f}s ago",
+                    ]
+                    for w in f["workers"]
+                ],
+            )
+        ),
+    ]
 
 
 def _epochs_text(e: Mapping[str, Any]) -> list[str]:
