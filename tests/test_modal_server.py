@@ -766,6 +766,79 @@ def test_exec_timeout_kills_the_process(modal_env: LocalModal) -> None:
     assert modal_env.statistics().execs_running == 0
 
 
+def test_exec_waits_for_the_cold_start_and_many_execs_leave_nothing(modal_env: LocalModal) -> None:
+    """(warm pool) An exec sent during the container's cold start runs once it has started;
+    100 execs in one sandbox (stdin in several messages, then EOF) leave no process and no
+    open file behind; an exec in a sandbox that has ended is refused."""
+    modal_env.configure(start_delay=0.6)
+
+    async def go() -> tuple[Any, ...]:
+        started = time.monotonic()
+        sb = await create("sleep", "infinity")
+        first = await sb.exec.aio(PY, "-c", "print('up')")
+        waited = time.monotonic() - started
+        out = await first.stdout.read.aio()
+        await first.wait.aio()
+        before = len(os.listdir("/proc/self/fd"))
+        codes, tails = set(), set()
+        for i in range(100):
+            proc = await sb.exec.aio("tail", "-c", "3", text=False)
+            for piece in (b"a" * 70_000, b"b" * 70_000, str(i).encode()):
+                proc.stdin.write(piece)
+                await proc.stdin.drain.aio()
+            proc.stdin.write_eof()
+            await proc.stdin.drain.aio()
+            tails.add((await proc.stdout.read.aio()) == str(i).encode()[-3:].rjust(3, b"b"))
+            codes.add(await proc.wait.aio())
+        grew = len(os.listdir("/proc/self/fd")) - before
+        running = modal_env.statistics().execs_running
+        await sb.terminate.aio()
+        try:
+            await sb.exec.aio("true")
+            refused = None
+        except Exception as exc:
+            refused = exc
+        await sb.detach.aio()
+        return waited, out, codes, tails, grew, running, refused
+
+    waited, out, codes, tails, grew, running, refused = run(go, timeout=120)
+    assert waited >= 0.5 and out == "up\n"
+    assert (codes, tails) == ({0}, {True})
+    assert grew <= 2 and running == 0
+    assert refused is not None
+    stats = modal_env.statistics()
+    assert stats.execs_started == 101 and stats.execs_running == 0
+
+
+def test_accepted_connections_do_not_wait_for_delayed_acks(modal_env: LocalModal) -> None:
+    """Both servers' accepted sockets have TCP_NODELAY (else every request/answer exchange waits
+    ~40 ms for a delayed ACK): 30 execs run and waited for one after another take < 25 ms each."""
+    import socket
+
+    async def go() -> float:
+        sb = await create("sleep", "infinity")
+        await (await sb.exec.aio("true")).wait.aio()
+        started = time.monotonic()
+        for _ in range(30):
+            await (await sb.exec.aio("true")).wait.aio()
+        took = (time.monotonic() - started) / 30
+        await sb.terminate.aio()
+        await sb.detach.aio()
+        return took
+
+    each = run(go)
+    flags = [
+        protocol.transport.get_extra_info("socket").getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY
+        )
+        for server in modal_env._servers.values()
+        if server is not None
+        for protocol in server.protocols
+    ]
+    assert flags and all(flags), flags
+    assert each < 0.025, each
+
+
 # -- phase 2: Functions ------------------------------------------------------------------------
 
 
