@@ -241,6 +241,15 @@ def markdown(results: dict[str, Any]) -> str:
         from .modal_sandboxes import markdown as modal_markdown
 
         out += ["## 7. Modal sandboxes (local control plane)", "", modal_markdown(b["modal"]), ""]
+    if "modal_fn" in b:
+        from .modal_functions import markdown as modal_fn_markdown
+
+        out += [
+            "## 7b. Modal Functions (local control plane)",
+            "",
+            modal_fn_markdown(b["modal_fn"]),
+            "",
+        ]
     if "cli" in b:
         r = b["cli"]
         rows = [

@@ -865,6 +865,13 @@ def modal(ctx: Context) -> dict[str, Any]:
     )
 
 
+def modal_fn(ctx: Context) -> dict[str, Any]:
+    """The modal-fn: executor against the local control plane (see benchmarks/modal_functions.py)."""
+    from . import modal_functions
+
+    return modal_functions.run_all(ctx.db.dsn, quick=ctx.quick, log=ctx.log)
+
+
 def cli(ctx: Context) -> dict[str, Any]:
     """``python -m arcflow run FILE`` as a whole process against equal-work and minimal scripts."""
     from . import cli_job
@@ -987,6 +994,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "trickle": trickle,
     "outage": outage,
     "modal": modal,
+    "modal_fn": modal_fn,
     "cli": cli,
     "concurrency": concurrency,
     "fleet": fleet,

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 BENCHMARKS = [
-    "ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal", "cli",
+    "ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal", "modal_fn", "cli",
     "concurrency", "fleet",
 ]  # fmt: skip
 
