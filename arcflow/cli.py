@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "runs",
         help="list runs",
         description="List runs, newest first, with counts by status "
-        "(latest attempt of each scenario).",
+        "(each scenario's conclusion: its latest final attempt).",
     )
     runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
     runs.add_argument("--suite", help="only runs of this suite")

@@ -152,7 +152,7 @@ def _report_text(r: Report) -> str:
         )
         + f"; {totals['attempts']:,} attempts; {totals['dead_letters']:,} dead letters)",
         "",
-        "by status (latest attempt of each scenario)",
+        "by status (each scenario's conclusion: its latest final attempt)",
         _indent(text_table(("status", "scenarios"), list(r.by_status.items()))),
     ]
     if r.by_tag:
