@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .queries import STATUSES, Report, has_epochs, key_label
-from .text import cell, pairs, percent
+from .text import FLEET_HEADERS, cell, fleet_rows, pairs, percent
 
 STATUS_COLOURS = {
     "passed": "#2e7d32",
@@ -427,22 +427,7 @@ def render_html(
             "<h2>Workers</h2>",
             f"<p>A shared run (lease {r.fleet['lease_s']:g} s); claims: "
             f"{e(', '.join(f'{n:,} {k}' for k, n in r.fleet['claims'].items()) or 'none')}.</p>",
-            _html_table(
-                ("worker", "host", "pid", "state", "claimed", "done", "done/s", "last heartbeat"),
-                [
-                    (
-                        w["worker_id"],
-                        w["host"],
-                        w["pid"],
-                        w["state"],
-                        w["claimed"],
-                        w["done"],
-                        "-" if w["rate_per_s"] is None else f"{w['rate_per_s']:.1f}",
-                        f"{w['heartbeat_age_s']:.1f} s ago",
-                    )
-                    for w in r.fleet["workers"]
-                ],
-            ),
+            _html_table(FLEET_HEADERS, fleet_rows(r.fleet)),
         ]
     usage = r.usage
     if usage.get("input_tokens") or usage.get("output_tokens") or usage.get("cost_usd"):

@@ -227,28 +227,31 @@ def _report_text(r: Report) -> str:
     return "\n".join(out) + "\n"
 
 
-def _fleet_text(f: Mapping[str, Any]) -> list[str]:
-    claims = f["claims"]
+#: The columns of a shared run's workers table (text and HTML).
+FLEET_HEADERS = ("worker", "host", "pid", "state", "claimed", "done", "done/s", "last heartbeat")
+
+
+def fleet_rows(fleet: Mapping[str, Any]) -> list[list[Any]]:
+    """A shared run's workers (``Report.fleet``) as rows under :data:`FLEET_HEADERS`."""
     return [
-        f"workers (shared run; lease {f['lease_s']:g}s; claims: {pairs(claims)})",
-        _indent(
-            text_table(
-                ("worker", "host", "pid", "state", "claimed", "done", "done/s", "heartbeat"),
-                [
-                    [
-                        w["worker_id"],
-                        w["host"],
-                        w["pid"],
-                        w["state"],
-                        w["claimed"],
-                        w["done"],
-                        "-" if w["rate_per_s"] is None else f"{w['rate_per_s']:.1f}",
-                        f"{w['heartbeat_age_s']:.1f}s ago",
-                    ]
-                    for w in f["workers"]
-                ],
-            )
-        ),
+        [
+            w["worker_id"],
+            w["host"],
+            w["pid"],
+            w["state"],
+            w["claimed"],
+            w["done"],
+            "-" if w["rate_per_s"] is None else f"{w['rate_per_s']:.1f}",
+            f"{w['heartbeat_age_s']:.1f}s ago",
+        ]
+        for w in fleet["workers"]
+    ]
+
+
+def _fleet_text(f: Mapping[str, Any]) -> list[str]:
+    return [
+        f"workers (shared run; lease {f['lease_s']:g}s; claims: {pairs(f['claims'])})",
+        _indent(text_table(FLEET_HEADERS, fleet_rows(f))),
     ]
 
 
