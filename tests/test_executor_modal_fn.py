@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -26,9 +27,16 @@ import trio
 modal = pytest.importorskip("modal")
 
 import arcflow  # noqa: E402
-from arcflow.executors import parse_executor  # noqa: E402
-from arcflow.executors.modal_fn import ModalFnConfig, ModalFnExecutor  # noqa: E402
-from arcflow.models import Scenario  # noqa: E402
+from arcflow.executors import ExecutionContext, parse_executor  # noqa: E402
+from arcflow.executors.modal_fn import (  # noqa: E402
+    CallRefused,
+    CallReport,
+    CallRequest,
+    CallUnavailable,
+    ModalFnConfig,
+    ModalFnExecutor,
+)
+from arcflow.models import Scenario, Status  # noqa: E402
 from arcflow.settings import load_settings  # noqa: E402
 from arcflow.testing.modal_server import LocalModal  # noqa: E402
 from arcflow.testing.modal_server import Status as GrpcStatus  # noqa: E402
@@ -342,6 +350,92 @@ async def test_the_example_app_runs_the_bundled_scenarios(
     assert {row["status"] for row in got.values()} <= {"passed", "failed"}
     assert got["word-0001"]["status"] == "passed"  # madam
     assert got["word-0003"]["status"] == "failed"  # arcflow
+
+
+# -- the executor's retries, on trio's mock clock (a stand-in for Modal) ----------------------------
+
+
+class StandIn:
+    """A FunctionRunner: ``call`` raises the exceptions of ``spawns`` in turn (then spawns
+    ``fc-1``), ``wait`` those of ``waits`` (then the call returns ``value``)."""
+
+    def __init__(
+        self, spawns: list[Exception] = (), waits: list[Exception] = (), value: Any = None
+    ):  # type: ignore[assignment]
+        self.spawns, self.waits, self.value = list(spawns or ()), list(waits or ()), value
+        self.spawn_times: list[float] = []
+        self.cancelled: list[str] = []
+
+    async def call(self, request: CallRequest, report: CallReport) -> None:
+        self.spawn_times.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        if self.spawns:
+            raise self.spawns.pop(0)
+        report.call_id = "fc-1"
+        await self.wait("fc-1", report)
+
+    async def wait(self, call_id: str, report: CallReport, key: Any = None) -> None:
+        await trio.sleep(0.01)
+        if self.waits:
+            raise self.waits.pop(0)
+        report.value, report.returned = self.value, True
+
+    async def cancel(self, call_id: str) -> bool:
+        self.cancelled.append(call_id)
+        return True
+
+
+def ctx() -> ExecutionContext:
+    return ExecutionContext(run_id="r", attempt=1, worker="w")
+
+
+async def test_refused_spawns_are_retried_until_spawn_retry_s_then_throttled(
+    autojump_clock: Any,
+) -> None:
+    """Spawns refused without a hint are retried with backoff for spawn_retry_s, then the attempt
+    is an error FunctionCallThrottled that says how often and how long."""
+    runner = StandIn(spawns=[CallRefused("RESOURCE_EXHAUSTED: rate limit")] * 1000)
+    cfg = ModalFnConfig(spawn_retry_s=30, backoff_s=0.5, backoff_max_s=4)
+    executor = ModalFnExecutor(APP, FN, cfg, runner=runner, rng=random.Random(1))
+    result = await executor.run(Scenario(id="a"), ctx())
+    assert result.status is Status.ERROR
+    assert result.error_type == "FunctionCallThrottled"
+    assert 30 <= runner.spawn_times[-1] - runner.spawn_times[0] <= 35
+    assert 8 <= len(runner.spawn_times) < 200  # backed off, not a busy loop
+    assert executor.statistics()["modal_fn_spawn_refusals"] == len(runner.spawn_times)
+
+
+async def test_a_retry_after_hint_holds_every_producers_spawns(autojump_clock: Any) -> None:
+    """A refusal with Modal's 5 s hint holds the next spawns of every attempt until it has passed."""
+    runner = StandIn(spawns=[CallRefused("slow down", retry_after=5.0)], value={"score": 1})
+    executor = ModalFnExecutor(APP, FN, runner=runner)
+    results = []
+
+    async def one(i: int) -> None:
+        await trio.sleep(0.1 * i)  # the first is refused; the others start within the hint
+        results.append(await executor.run(Scenario(id=str(i)), ctx()))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(one, i)
+    assert [r.status for r in results] == [Status.PASSED] * 3
+    first, *later = runner.spawn_times
+    assert len(later) == 3  # the refused one again, and the two that started within the hint
+    assert all(t >= first + 5 for t in later)
+
+
+async def test_a_wait_that_loses_the_control_plane_is_retried_not_respawned(
+    autojump_clock: Any,
+) -> None:
+    """The wait for a spawned call failing (control plane unreachable) is retried with backoff for
+    the same call; the call is not spawned again."""
+    runner = StandIn(waits=[CallUnavailable("connection reset")] * 3, value={"score": 0.5})
+    executor = ModalFnExecutor(APP, FN, ModalFnConfig(backoff_s=0.5), runner=runner)
+    result = await executor.run(Scenario(id="a"), ctx())
+    assert (result.status, result.score) == (Status.PASSED, 0.5)
+    assert len(runner.spawn_times) == 1
+    assert result.executor["function_call_id"] == "fc-1"
+    assert executor.stats.wait_retries == 3
 
 
 # -- statistics and settings --------------------------------------------------------------------

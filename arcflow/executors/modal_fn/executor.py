@@ -89,6 +89,13 @@ def parse_target(rest: str) -> tuple[str, str]:
 class ModalFnExecutor(Executor):
     """Calls the deployed function ``function_name`` of app ``app_name`` once per scenario.
 
+    Retries, within one attempt: spawns Modal refuses (after its hint, else with backoff,
+    for ``spawn_retry_s``), spawns and waits while the control plane is unreachable (with
+    backoff, for ``outage_retry_s``).  Escalates: past those budgets, an ``error``
+    outcome (``FunctionCallThrottled``, ``ModalUnavailable``, ``ModalContactLost``) for
+    the producer's ``--attempts``; at start, a :class:`ConfigError` (exit 2) for missing
+    credentials or a function Modal does not have.
+
     ``runner`` replaces Modal itself (tests): when given, :meth:`start` checks no Modal
     credentials and imports nothing.  ``rng`` is the random source of the backoffs' jitter.
     """
@@ -327,6 +334,7 @@ class ModalFnExecutor(Executor):
                 logger.debug("scenario %r: spawn refused (%s)", request.scenario_id, exc)
             except CallUnavailable as exc:
                 if report.call_id is not None:
+                    stats.wait_retries += 1
                     return None  # the call exists, its wait failed: the caller waits again
                 stats.unavailable += 1
                 unavailable += 1
