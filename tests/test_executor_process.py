@@ -210,7 +210,7 @@ async def test_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path
 
 
 async def test_env_is_merged_and_cwd_is_used(tmp_path: Path) -> None:
-    """env entries are added to the inherited environment and cwd sets the working directory."""
+    """env entries join the minimal child environment (PATH passes through); cwd is used."""
     executor = ProcessExecutor.from_spec(SPEC, env={"ARCFLOW_TEST_VALUE": "42"}, cwd=tmp_path)
     result = await run_mode("env", executor, name="ARCFLOW_TEST_VALUE")
     assert result.status is Status.PASSED

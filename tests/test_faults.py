@@ -168,7 +168,7 @@ async def test_poison_record_is_dead_lettered(dsn: str, run_id: str, tmp_path: P
     assert stats.written == 49 and stats.dead_lettered == 1
     assert stats.breaker_transitions == {} and stats.breaker_state == "closed"
     good = await query(dsn, "SELECT scenario_id FROM arcflow.outcomes WHERE run_id = $1", run_id)
-    assert len(good) == 49 and "s17" not in {r["scenario_id"] for r in good}
+    assert sorted(r["scenario_id"] for r in good) == [f"s{i:02d}" for i in range(50) if i != 17]
     dead = await query(dsn, "SELECT * FROM arcflow.dead_letters WHERE run_id = $1", run_id)
     assert len(dead) == 1
     assert dead[0]["scenario_id"] == "s17" and dead[0]["sqlstate"] == "22P05"
@@ -443,11 +443,26 @@ async def test_journal_cap_turns_into_backpressure(
     assert rt.statistics().journal_batches == 0
 
 
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        ("ENOSPC", "No space left on device"),
+        ("EROFS", "Read-only file system"),
+        ("EIO", "Input/output error"),
+        ("EDQUOT", "Disk quota exceeded"),
+    ],
+)
 async def test_a_journal_that_refuses_writes_turns_into_backpressure(
-    own_pg: TemporaryPostgres, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    own_pg: TemporaryPostgres,
+    run_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+    text: str,
 ) -> None:
-    """Database down and the journal's disk full: the writer holds its batches, intake waits, the
-    first partial write is cut back, and once space returns every outcome is kept and written."""
+    """Database down and the journal's disk refusing writes (full, read-only, I/O error, quota):
+    the writer holds its batches, intake waits, the first partial write is cut back, and once
+    the disk takes writes again every outcome is kept and written."""
     import errno
 
     from arcflow.journal import SpillJournal
@@ -455,12 +470,18 @@ async def test_a_journal_that_refuses_writes_turns_into_backpressure(
     real_write = os.write
     disk = {"full": False, "partial": 0}
 
+    def journal_fd(fd: int) -> bool:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
+        except OSError:
+            return False
+
     def write(fd: int, data: Any) -> int:
-        if disk["full"] and len(data) > 16:
+        if disk["full"] and len(data) > 16 and journal_fd(fd):
             if disk["partial"] == 0:  # the first failing append gets half its bytes out
                 disk["partial"] = real_write(fd, bytes(data)[: len(data) // 2])
                 return disk["partial"]
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(getattr(errno, code), text)
         return real_write(fd, data)
 
     monkeypatch.setattr("arcflow.journal.os.write", write)
@@ -486,7 +507,8 @@ async def test_a_journal_that_refuses_writes_turns_into_backpressure(
                 await rt.submit(Scenario(id=f"s{accepted:04d}", input={"sleep": 0.001}))
                 accepted += 1
         stats = rt.statistics()
-        assert stats.journal_write_errors >= 2 and "No space left" in (stats.journal_error or "")
+        assert stats.journal_write_errors >= 2 and text in (stats.journal_error or "")
+        assert disk["partial"] > 0  # an append was cut short before the refusals
         assert stats.batch_queue == 1 and stats.work_queue == 4  # backpressure, not loss
         with pytest.raises(trio.WouldBlock):
             rt.submit_nowait(Scenario(id="one-more"))
@@ -502,3 +524,4 @@ async def test_a_journal_that_refuses_writes_turns_into_backpressure(
     counts = await final_counts(own_pg.dsn, run_id)
     assert len(counts) == accepted and set(counts.values()) == {1}
     assert rt.statistics().journal_batches == 0 and rt.statistics().journal_error is None
+    assert rt.statistics().dead_lettered == 0
