@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import query
 
 import arcflow
 from arcflow.errors import RunInUse
@@ -116,6 +117,15 @@ async def test_resume_while_the_run_still_runs_is_refused(
     finally:
         _out, err = await trio.to_thread.run_sync(first.communicate)
     assert first.returncode == 0, err
+    # The refused resume wrote nothing: the run holds the first process's one outcome.
+    rows = await query(
+        dsn, "SELECT scenario_id, final FROM arcflow.outcomes WHERE run_id = $1", run_id
+    )
+    assert [(r["scenario_id"], r["final"]) for r in rows] == [("s0", True)]
+    dead = await query(
+        dsn, "SELECT count(*) AS n FROM arcflow.dead_letters WHERE run_id = $1", run_id
+    )
+    assert dead[0]["n"] == 0
 
 
 async def test_a_refused_resume_leaves_the_old_row_as_it_was(
