@@ -250,6 +250,15 @@ def markdown(results: dict[str, Any]) -> str:
             modal_fn_markdown(b["modal_fn"]),
             "",
         ]
+    if "modal_paths" in b:
+        from .modal_paths import markdown as modal_paths_markdown
+
+        out += [
+            "## 7c. Modal paths: sandbox per scenario, warm pool, function (local control plane)",
+            "",
+            modal_paths_markdown(b["modal_paths"]),
+            "",
+        ]
     if "cli" in b:
         r = b["cli"]
         rows = [

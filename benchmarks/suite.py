@@ -872,6 +872,13 @@ def modal_fn(ctx: Context) -> dict[str, Any]:
     return modal_functions.run_all(ctx.db.dsn, quick=ctx.quick, log=ctx.log)
 
 
+def modal_paths(ctx: Context) -> dict[str, Any]:
+    """The three Modal paths with a 1 s container start (see benchmarks/modal_paths.py)."""
+    from . import modal_paths
+
+    return modal_paths.run_all(ctx.db.dsn, quick=ctx.quick, log=ctx.log)
+
+
 def cli(ctx: Context) -> dict[str, Any]:
     """``python -m arcflow run FILE`` as a whole process against equal-work and minimal scripts."""
     from . import cli_job
@@ -995,6 +1002,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "outage": outage,
     "modal": modal,
     "modal_fn": modal_fn,
+    "modal_paths": modal_paths,
     "cli": cli,
     "concurrency": concurrency,
     "fleet": fleet,

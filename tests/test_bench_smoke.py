@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 BENCHMARKS = [
-    "ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal", "modal_fn", "cli",
-    "concurrency", "fleet",
+    "ingest", "roundtrips", "latency", "memory", "trickle", "outage", "modal", "modal_fn",
+    "modal_paths", "cli", "concurrency", "fleet",
 ]  # fmt: skip
 
 

@@ -372,7 +372,8 @@ class ModalExecutor(Executor):
                 self.stats.terminated += 1
             details.update(report.details())
             context.details.update(details)
-            await pool.release(got, recycle)
+            with trio.move_on_after(cfg.terminate_timeout_s + _RETIRE_MARGIN_S, shield=True):
+                await pool.release(got, recycle)
 
     async def _create(
         self, request: SandboxRequest, details: dict[str, Any]
