@@ -32,6 +32,7 @@ from arcflow.executors import ExecutionContext  # noqa: E402
 from arcflow.executors.modal import ModalConfig, ModalExecutor  # noqa: E402
 from arcflow.models import ExecutionResult, Scenario, Status  # noqa: E402
 from arcflow.testing.modal_server import LocalModal  # noqa: E402
+from arcflow.testing.modal_server import Status as GrpcStatus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -287,6 +288,29 @@ async def test_a_sandbox_that_died_is_replaced(modal_env: LocalModal) -> None:
     assert healed.status is Status.PASSED
     assert healed.executor["sandbox_id"] != first.executor["sandbox_id"]
     assert recycled(executor) == {"died": 1}
+
+
+async def test_a_command_that_cannot_start_is_an_error_and_recycles(modal_env: LocalModal) -> None:
+    """An exec that does not start within create_timeout_s (a 5 s container start), or that Modal
+    refuses, is a SandboxExecFailed error naming its sandbox, which is replaced each time."""
+    modal_env.configure(start_delay=5)
+    executor = ModalExecutor(COMMAND, config(pool=1, create_timeout_s=1))
+    async with running(executor):
+        slow = await run_one(executor, Scenario(id="slow"))
+        modal_env.configure(start_delay=0)
+        modal_env.fail_next(
+            "TaskCommandRouter/TaskExecStart", GrpcStatus.FAILED_PRECONDITION, message="no exec"
+        )
+        refused = await run_one(executor, Scenario(id="refused"))
+        ok = await run_one(executor, Scenario(id="ok"))
+    assert (slow.status, slow.error_type) == (Status.ERROR, "SandboxExecFailed")
+    assert "within 1s (ModalConfig.create_timeout_s)" in slow.error_message
+    assert slow.executor["sandbox_id"] in slow.error_message
+    assert (refused.error_type, ok.status) == ("SandboxExecFailed", Status.PASSED)
+    assert "no exec" in refused.error_message
+    ids = {r.executor["sandbox_id"] for r in (slow, refused, ok)}
+    assert len(ids) == 3
+    assert recycled(executor) == {"error": 2}
 
 
 async def test_timeout_kills_the_command_and_recycles_its_sandbox(modal_env: LocalModal) -> None:

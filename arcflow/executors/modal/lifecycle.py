@@ -319,13 +319,21 @@ class SandboxOps:
         terminating: asyncio.Task[None] | None = None
         try:
             try:
-                process = await sandbox.exec.aio(*command, text=False)
+                # Bounded like a creation: the first exec also waits for the container start.
+                async with asyncio.timeout(self.config.create_timeout_s):
+                    process = await sandbox.exec.aio(*command, text=False)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                why = (
+                    f"Modal did not start it within {self.config.create_timeout_s:g}s "
+                    "(ModalConfig.create_timeout_s)"
+                    if isinstance(exc, TimeoutError)
+                    else describe(exc)
+                )
                 report.error = (
                     "SandboxExecFailed",
-                    f"could not start the command in sandbox {opened.object_id}: {describe(exc)}",
+                    f"could not start the command in sandbox {opened.object_id}: {why}",
                 )
                 await self._note_finished(opened, report)
                 return

@@ -110,7 +110,8 @@ class PoolStats:
             "modal_pool_uses": self.uses,
             "modal_pool_recycled": sum(self.recycled.values()),
         }
-        out.update({f"modal_pool_recycled_{k}": v for k, v in self.recycled.items()})
+        # By reason once it happened (the live display shows every key on one line).
+        out.update({f"modal_pool_recycled_{k}": v for k, v in self.recycled.items() if v})
         return out
 
 
