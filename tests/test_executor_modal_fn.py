@@ -234,9 +234,54 @@ async def test_stop_at_concurrency_1000_cancels_every_call_promptly(
                 stopped_at = trio.current_time()
                 rt.request_stop()
         took = trio.current_time() - stopped_at
-        assert took <= grace + 15, took
-        assert env.wait_idle(10), env.left_running()
+        # Bounded by the grace period and one cancel timeout (10 s), plus slack for a loaded
+        # machine; a cancel that took longer is retried in the background, never dropped.
+        assert took <= grace + 10 + 10, took
+        assert env.wait_idle(20), env.left_running()
         assert env.statistics().functions.calls_cancelled == 1000
+    found = await db_query(
+        "SELECT status, count(*) AS n FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1", run_id
+    )
+    assert {r["status"]: r["n"] for r in found} == {"cancelled": 1000}
+
+
+async def test_ctrl_c_twice_at_concurrency_1000_cancels_every_call_and_exits(
+    modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path, db_query: Any
+) -> None:
+    """The CLI with 1,000 calls running gets Ctrl-C twice: it exits 130 within seconds, every
+    scenario recorded cancelled, every call cancelled on Modal's side, nothing left running."""
+    register(modal_env, hang, max_containers=None)
+    scenarios = tmp_path / "s.jsonl"
+    scenarios.write_text("".join(json.dumps({"id": f"s{i}"}) + "\n" for i in range(1000)))
+    log = tmp_path / "cli.log"
+    with log.open("wb") as stderr:
+        proc = await trio.lowlevel.open_process(
+            cli(dsn, run_id, tmp_path, scenarios=scenarios, extra=("--concurrency", "1000")),
+            cwd=ROOT,
+            env={**os.environ, **modal_env.env},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        with trio.fail_after(120):
+            while modal_env.statistics().functions.calls_running < 1000:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                await trio.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        await trio.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stopped_at = trio.current_time()
+        with trio.fail_after(30):
+            code = await proc.wait()
+        took = trio.current_time() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 130, log.read_text()[-3000:]
+    assert took < 15, took
+    assert modal_env.wait_idle(10), modal_env.left_running()
+    assert modal_env.statistics().functions.calls_cancelled == 1000
     found = await db_query(
         "SELECT status, count(*) AS n FROM arcflow.outcomes WHERE run_id = $1 GROUP BY 1", run_id
     )

@@ -33,6 +33,7 @@ import trio
 
 from ...errors import ExecutorSpecError
 from ...models import ExecutionResult, Scenario, Status
+from ...retry import Tries
 from ..base import ExecutionContext, Executor, result_from_mapping
 from .calls import CallRefused, CallReport, CallRequest, CallUnavailable, FunctionRunner
 from .config import ModalFnConfig
@@ -124,6 +125,8 @@ class ModalFnExecutor(Executor):
             runner = self.backend
         self._runner: FunctionRunner = runner
         self._rng = rng or random.Random()
+        self._refusal_policy = cfg.refusal_backoff()
+        self._outage_policy = cfg.outage_backoff()
         self.stats = ModalFnStats()
         #: Calls a previous process had in flight, by attempt (filled on resume).
         self._in_flight: dict[CallKey, str] = {}
@@ -301,8 +304,9 @@ class ModalFnExecutor(Executor):
         how the call ended, or that its wait is to be retried)."""
         cfg = self.config
         stats = self.stats
-        refusals = cfg.refusal_backoff().start(rng=self._rng)
-        outage = cfg.outage_backoff().start(rng=self._rng)
+        # Started at the first refusal / outage only: most attempts need neither.
+        refusals: Tries | None = None
+        outage: Tries | None = None
         refused = unavailable = 0
         details["spawn_attempts"] = 0
         while True:
@@ -317,6 +321,8 @@ class ModalFnExecutor(Executor):
                 stats.refused += 1
                 refused += 1
                 details["spawn_refusals"] = refused
+                if refusals is None:
+                    refusals = self._refusal_policy.start(rng=self._rng)
                 if refusals.elapsed >= cfg.spawn_retry_s:
                     stats.spawn_failures += 1
                     return _error(
@@ -339,6 +345,8 @@ class ModalFnExecutor(Executor):
                 stats.unavailable += 1
                 unavailable += 1
                 details["spawn_unavailable"] = unavailable
+                if outage is None:
+                    outage = self._outage_policy.start(rng=self._rng)
                 delay = outage.next_delay()
                 if delay is None:
                     stats.spawn_failures += 1
@@ -374,12 +382,14 @@ class ModalFnExecutor(Executor):
         plane is unreachable; an error result when it gives up."""
         call_id = report.call_id
         assert call_id is not None
-        outage = self.config.outage_backoff().start(rng=self._rng)
+        outage: Tries | None = None
         while True:
             try:
                 await self._runner.wait(call_id, report, (run_id, key))
             except CallUnavailable as exc:
                 self.stats.wait_retries += 1
+                if outage is None:
+                    outage = self._outage_policy.start(rng=self._rng)
                 delay = outage.next_delay()
                 if delay is None:
                     await self._give_up(report)
