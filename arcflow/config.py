@@ -83,7 +83,8 @@ class RuntimeConfig:
     batch_size: int = attrs.field(default=100, validator=whole(1, 100_000))
     #: ...or when its oldest outcome has waited this many seconds.
     flush_interval: float = attrs.field(default=30.0, validator=positive)
-    #: Bound of the scenario channel (source -> producers); default min(2 x concurrency, 32).
+    #: Bound of the scenario channel (source -> producers); default
+    #: min(2 x concurrency, max(32, concurrency / 10)).
     work_buffer: int | None = attrs.field(default=None, validator=optional(whole(1)))
     #: Bound of the outcome channel (producers -> batcher); default batch_size.
     outcome_buffer: int | None = attrs.field(default=None, validator=optional(whole(0)))
@@ -132,14 +133,18 @@ class RuntimeConfig:
 
     @property
     def effective_work_buffer(self) -> int:
-        """Scenarios queued for the producers: ``work_buffer``, else 2 x concurrency, at most 32.
+        """Scenarios queued for the producers: ``work_buffer``, else 2 x concurrency, at most
+        the larger of 32 and a tenth of the concurrency.
 
-        Producers pull as soon as they are free, so a deep queue adds nothing but
-        scenarios read early; 32 keeps the source ahead of even 1,000 producers.
+        Producers pull as soon as they are free, so a deep queue mostly means scenarios
+        read early; 32 keeps the source ahead of 1,000 producers.  Past that, attempts end
+        in bursts (a scheduler round at 10,000 concurrent sleeps ends dozens at once), and
+        a queue that holds a burst lets the source refill it in one step instead of one
+        step per scenario: at 10,000 concurrent, 3.8 -> 2.9 task steps per scenario.
         """
         if self.work_buffer is not None:
             return self.work_buffer
-        return min(2 * self.concurrency, 32)
+        return min(2 * self.concurrency, max(32, self.concurrency // 10))
 
     @property
     def effective_outcome_buffer(self) -> int:

@@ -408,3 +408,16 @@ def test_make_executor_passes_the_modal_options(tmp_path: Path) -> None:
     assert executor.config.max_starting == 3
     with pytest.raises(ConfigError, match="no executor"):
         load_settings({}, environ=NO_ENV, cwd=tmp_path).make_executor()
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "expected"), [(1, 2), (8, 16), (1_000, 100), (10_000, 1_000), (20_000, 2_000)]
+)
+def test_the_work_queue_holds_a_burst_of_endings_at_high_concurrency(
+    concurrency: int, expected: int
+) -> None:
+    """The default scenario queue is 2 x concurrency up to 32, then a tenth of the concurrency."""
+    from arcflow.config import RuntimeConfig
+
+    assert RuntimeConfig(concurrency=concurrency).effective_work_buffer == expected
+    assert RuntimeConfig(concurrency=concurrency, work_buffer=3).effective_work_buffer == 3
