@@ -489,22 +489,32 @@ async def test_a_wait_that_loses_the_control_plane_is_retried_not_respawned(
 async def test_statistics_show_modals_backlog_and_running_inputs(
     modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path
 ) -> None:
-    """While calls wait for a container, statistics() shows Modal's backlog and running inputs."""
+    """While calls wait for a container, Modal's backlog and running inputs reach statistics(),
+    the live display's executor line and the arcflow_executor_* metrics."""
+    from arcflow.metrics import stats_families
+    from arcflow.progress import ProgressModel
+
     register(modal_env, max_containers=1, max_inputs=2)
     executor = ModalFnExecutor(APP, FN, ModalFnConfig(stats_interval_s=0.1))
-    seen: dict[str, float] = {}
     async with arcflow.Runtime(
         executor, dsn, run_id=run_id, concurrency=10, data_dir=tmp_path
     ) as rt:
         for i in range(10):
             await rt.submit(Scenario(id=str(i), input={"sleep": 0.5}))
         with trio.fail_after(20):
-            while seen.get("modal_fn_backlog", 0) == 0:
+            while rt.statistics().executor.get("modal_fn_backlog", 0) == 0:
                 await trio.sleep(0.05)
-                seen = dict(rt.statistics().executor)
+        stats = rt.statistics()
+    seen = stats.executor
     assert seen["modal_fn_running_inputs"] == 2
     assert seen["modal_fn_backlog"] >= 1
     assert seen["modal_fn_calls_running"] >= 3
+    line = {f.label: f.text for f in ProgressModel(total=10).fields(stats)}["executor"]
+    assert "modal fn backlog" in line and "modal fn running inputs" in line
+    families = {f.name: f for f in stats_families(stats)}
+    assert (
+        families["arcflow_executor_modal_fn_backlog"].samples[0].value == seen["modal_fn_backlog"]
+    )
 
 
 def test_settings_build_the_executor_with_its_options(tmp_path: Path) -> None:
