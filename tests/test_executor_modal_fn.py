@@ -307,6 +307,34 @@ async def test_resource_exhausted_spawns_are_retried(
     assert rt.statistics().executor["modal_fn_spawn_refusals"] == 3
 
 
+async def test_unavailable_control_plane_is_retried_with_backoff(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """Spawns failing with UNAVAILABLE past the SDK's own retries are retried by arcflow with
+    backoff; the scenario passes with one call, the failures counted."""
+    register(modal_env)
+    modal_env.fail_next("ModalClient/FunctionMap", GrpcStatus.UNAVAILABLE, count=6)
+    executor = ModalFnExecutor(APP, FN, ModalFnConfig(backoff_s=0.05, backoff_max_s=0.1))
+    await run_scenarios(executor, dsn, run_id, tmp_path, [Scenario(id="a")], attempts=1)
+    row = (await rows(db_query, run_id))["a"]
+    assert row["status"] == "passed", row
+    assert row["executor"]["spawn_unavailable"] >= 1
+    assert executor.statistics()["modal_fn_spawn_unavailable"] >= 1
+    assert modal_env.statistics().functions.calls_started == {FN: 1}
+
+
+async def test_the_functions_own_timeout_is_a_timeout_outcome(
+    modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
+) -> None:
+    """A call past the function's Modal-side timeout is a timeout outcome (FunctionTimeoutError)."""
+    register(modal_env, hang, timeout=0.3)
+    await run_scenarios(
+        f"modal-fn:{APP}/{FN}", dsn, run_id, tmp_path, [Scenario(id="t")], attempts=1
+    )
+    row = (await rows(db_query, run_id))["t"]
+    assert (row["status"], row["error_type"]) == ("timeout", "FunctionTimeoutError"), row
+
+
 async def test_unknown_function_exits_2_saying_what_to_deploy(
     modal_env: LocalModal, dsn: str, run_id: str, tmp_path: Path
 ) -> None:
