@@ -126,7 +126,8 @@ async def run_scenarios(
 async def test_scenarios_pass_through_the_deployed_function(
     modal_env: LocalModal, dsn: str, run_id: str, db_query: Any, tmp_path: Path
 ) -> None:
-    """Each scenario is one spawned call given the scenario dict; its result is stored with its fc- id."""
+    """Each scenario is one spawned call given the scenario dict; its result is stored with its fc- id;
+    the run's call ids are deleted when it ends normally."""
     register(modal_env)
     scenarios = [Scenario(id=f"s{i}", input={"n": i}, tags=("t",)) for i in range(30)]
     await run_scenarios(f"modal-fn:{APP}/{FN}", dsn, run_id, tmp_path, scenarios)
@@ -141,6 +142,8 @@ async def test_scenarios_pass_through_the_deployed_function(
         ids.add(row["executor"]["function_call_id"])
     assert len(ids) == 30
     assert modal_env.statistics().functions.calls_started == {FN: 30}
+    # A run that ended normally leaves nothing in flight: its call ids are gone.
+    assert not await db_query("SELECT 1 FROM arcflow.modal_calls WHERE run_id = $1", run_id)
 
 
 async def test_results_map_like_a_python_function(
@@ -643,6 +646,7 @@ async def test_resume_reattaches_to_calls_in_flight_when_the_process_died(
     assert all(row["status"] == "passed" and row["attempt"] == 1 for row in got.values())
     assert sorted(row["executor"]["function_call_id"] for row in got.values()) == ids
     assert all(row["executor"]["reattached"] is True for row in got.values())
+    assert not await db_query("SELECT 1 FROM arcflow.modal_calls WHERE run_id = $1", run_id)
 
 
 async def test_resume_runs_again_calls_whose_output_expired(

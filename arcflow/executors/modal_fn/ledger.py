@@ -17,6 +17,10 @@ ledger's own on the SDK's event loop, where the spawn returned the id (so noting
 is a list append, no thread hop and no database round trip per call).  A process that
 dies in those milliseconds re-runs the calls whose ids were not written yet.
 
+When the process ends normally its rows are deleted, and those of a dead process it
+re-attached to (all those attempts have ended by then); only a process that died leaves
+rows, which its resume reads.
+
 It fails soft: a database that does not answer leaves the ids pending (at most
 ``max_pending``, the oldest dropped beyond that) and retries with backoff; an id that
 never reached the table only means that its call runs again on resume.  Its counters are
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,16 +65,24 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     function     text NOT NULL,
     state        text NOT NULL CHECK (state IN ('spawned', 'cancelled')),
     updated_at   timestamptz NOT NULL DEFAULT now(),
+    client       text,
     PRIMARY KEY (run_id, scenario_id, epoch, attempt)
 )
 """
 
 _SPAWNED = f"""
-INSERT INTO {TABLE} (run_id, scenario_id, epoch, attempt, call_id, function, state)
-VALUES ($1, $2, $3, $4, $5, $6, 'spawned')
+INSERT INTO {TABLE} (run_id, scenario_id, epoch, attempt, call_id, function, state, client)
+VALUES ($1, $2, $3, $4, $5, $6, 'spawned', $7)
 ON CONFLICT (run_id, scenario_id, epoch, attempt) DO UPDATE
 SET call_id = EXCLUDED.call_id, function = EXCLUDED.function, state = 'spawned',
-    updated_at = now()
+    updated_at = now(), client = EXCLUDED.client
+"""
+
+#: The rows a process wrote, deleted when it ends normally: every attempt of it has ended
+#: then (its outcome written or spilled), so nothing of it is in flight any more.
+_FORGET = f"""
+DELETE FROM {TABLE}
+WHERE run_id = ANY($1::text[]) AND (client = $2 OR call_id = ANY($3::text[]))
 """
 
 _CANCELLED = f"""
@@ -124,6 +137,11 @@ class CallLedger:
         max_pending: int = 100_000,
     ) -> None:
         self.function = function
+        #: This process's mark on its rows (deleted when it ends normally).
+        self.client = uuid.uuid4().hex[:16]
+        self._runs: set[str] = set()
+        #: Calls of a process that died, read on resume (deleted with this process's rows).
+        self._adopted: list[str] = []
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.max_pending = max_pending
@@ -156,6 +174,7 @@ class CallLedger:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK)
             await conn.execute(_CREATE)
+            await conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS client text")
         self._wake = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
 
@@ -164,6 +183,9 @@ class CallLedger:
         outcome: the calls a process that died had in flight."""
         conn = await self._connection()
         rows: list[Mapping[str, Any]] = await conn.fetch(_IN_FLIGHT, run_id, self.function)
+        if rows:
+            self._runs.add(run_id)
+            self._adopted = [r["call_id"] for r in rows]
         return {(r["scenario_id"], r["epoch"], r["attempt"]): r["call_id"] for r in rows}
 
     # -- noting ----------------------------------------------------------------------------
@@ -218,7 +240,7 @@ class CallLedger:
         if not rows:
             return True
         spawned = [
-            (run, *key, call_id, self.function)
+            (run, *key, call_id, self.function, self.client)
             for kind, run, key, call_id in rows
             if kind == "spawned"
         ]
@@ -254,6 +276,7 @@ class CallLedger:
                     len(self._pending),
                 )
             return False
+        self._runs.update(run for _, run, _, _ in rows)
         self.stats.batches += 1
         self.stats.written += len(rows)
         self.stats.pending = len(self._pending)
@@ -268,7 +291,8 @@ class CallLedger:
             conn.terminate()
 
     async def close(self, deadline_s: float) -> None:
-        """Write what is pending (within ``deadline_s``), then close the connection."""
+        """Write what is pending (within ``deadline_s``), forget this process's rows (its
+        attempts have all ended), then close the connection."""
         self._closing = True
         task = self._task
         if task is not None and self._wake is not None:
@@ -284,6 +308,13 @@ class CallLedger:
                 "those calls",
                 len(self._pending),
             )
+        elif self._runs:
+            try:
+                async with asyncio.timeout(min(deadline_s, self.timeout_s)):
+                    conn = await self._connection()
+                    await conn.execute(_FORGET, sorted(self._runs), self.client, self._adopted)
+            except Exception as exc:  # the rows only take room; a resume ignores ended attempts
+                log.debug("modal-fn: could not delete this run's call ids: %s", exc)
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
