@@ -313,6 +313,17 @@ async def test_a_command_that_cannot_start_is_an_error_and_recycles(modal_env: L
     assert recycled(executor) == {"error": 2}
 
 
+async def test_an_entrypoint_that_exits_is_named_in_the_error(modal_env: LocalModal) -> None:
+    """A pool_entrypoint that does not keep running (the image lacks it, it exits) makes each
+    scenario an error saying so, naming ModalConfig.pool_entrypoint."""
+    executor = ModalExecutor(COMMAND, config(pool=1, pool_entrypoint=["/no/such/sleep"]))
+    async with running(executor):
+        result = await run_one(executor, Scenario(id="s"))
+    assert result.status is Status.ERROR
+    assert "ModalConfig.pool_entrypoint" in result.error_message, result.error_message
+    assert recycled(executor) == {"died": 1}
+
+
 async def test_timeout_kills_the_command_and_recycles_its_sandbox(modal_env: LocalModal) -> None:
     """A scenario past its timeout: its command is killed (its sandbox terminated at once), the
     sandbox replaced, and the next scenario passes in a new one."""

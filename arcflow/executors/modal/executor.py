@@ -362,6 +362,12 @@ class ModalExecutor(Executor):
             details.update(report.details())
             result = self._result(report, details, sandbox_id)
             recycle = _recycle_reason(report, result)
+            if report.sandbox_finished and got.uses == 0 and not report.lifetime_exceeded:
+                note = (
+                    f" (the sandbox had ended before its first scenario: its entrypoint "
+                    f"{list(cfg.pool_entrypoint)} must keep running; ModalConfig.pool_entrypoint)"
+                )
+                result = attrs.evolve(result, error_message=f"{result.error_message}{note}")
             return result
         except trio.Cancelled:
             if trio.current_time() >= deadline:
