@@ -140,3 +140,76 @@ async def test_threads_caps_sync_calls_at_once() -> None:
     assert peak == 3
     with pytest.raises(ExecutorSpecError, match="invalid threads=0"):
         PythonExecutor(count, threads=0)
+
+
+async def test_sync_functions_see_the_callers_context() -> None:
+    """A sync function runs in a copy of the caller's context (the log context reaches it)."""
+    import contextvars
+
+    import sniffio
+
+    from arcflow.executors import ExecutionContext
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[Any] = []
+
+    def look(scenario: Scenario) -> None:
+        try:
+            library: str | None = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            library = None
+        seen.append((var.get(), library))
+        var.set("changed in the thread")
+
+    var.set("the caller's")
+    result = await PythonExecutor(look).run(
+        Scenario(id="a"), ExecutionContext(run_id="r", attempt=1, worker="w")
+    )
+    assert result.status.value == "passed"
+    assert seen == [("the caller's", None)]  # and the thread is not taken for trio's
+    assert var.get() == "the caller's"  # a copy: the caller's own context is untouched
+
+
+async def test_cancelled_sync_call_is_abandoned_but_keeps_its_thread_slot() -> None:
+    """Cancellation returns at once; with threads=N the abandoned call holds its slot until done."""
+    import threading
+
+    import trio
+
+    from arcflow.executors import ExecutionContext
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def block(scenario: Scenario) -> None:
+        calls.append(scenario.id)
+        if scenario.id == "first":
+            release.wait(20)
+
+    executor = PythonExecutor(block, threads=1)
+    context = ExecutionContext(run_id="r", attempt=1, worker="w")
+    with trio.fail_after(10):
+        with trio.move_on_after(0.2) as scope:
+            await executor.run(Scenario(id="first"), context)
+        assert scope.cancelled_caught  # abandoned: the thread still blocks in release.wait
+        with trio.move_on_after(0.3) as waiting:
+            await executor.run(Scenario(id="second"), context)
+        assert waiting.cancelled_caught and calls == ["first"]  # the one slot is still taken
+        release.set()
+        result = await executor.run(Scenario(id="third"), context)
+    assert result.status.value == "passed"
+    assert calls == ["first", "third"]
+
+
+async def test_sync_function_returning_a_coroutine_is_an_error() -> None:
+    """A sync callable that returns a coroutine is refused (an error outcome), as trio does."""
+    from arcflow.executors import ExecutionContext
+
+    executor = PythonExecutor(lambda scenario: _async_score(scenario))
+    assert not executor.is_async
+    result = await executor.run(
+        Scenario(id="a"), ExecutionContext(run_id="r", attempt=1, worker="w")
+    )
+    assert result.status.value == "error"
+    assert result.error_type == "TypeError"
+    assert "appears to be asynchronous" in (result.error_message or "")

@@ -26,6 +26,7 @@ import trio
 
 from ..errors import ExecutorSpecError
 from ..models import ExecutionResult, Scenario, Status
+from ._handoff import run_in_thread
 from .base import ExecutionContext, Executor, result_from_mapping
 
 
@@ -50,6 +51,8 @@ class PythonExecutor(Executor):
         #: Worker threads sync calls may use at once (None: one per running scenario).
         self.threads = threads
         self._limiter = trio.CapacityLimiter(threads if threads is not None else math.inf)
+        #: The limiter sync calls take (none when unlimited: the runtime bounds the calls).
+        self._thread_limiter = self._limiter if threads is not None else None
         self._passed: ExecutionResult | None = None
         target = function.func if isinstance(function, functools.partial) else function
         self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
@@ -96,9 +99,7 @@ class PythonExecutor(Executor):
             if self.is_async:
                 value = await self.function(scenario)
             else:
-                value = await trio.to_thread.run_sync(
-                    self.function, scenario, abandon_on_cancel=True, limiter=self._limiter
-                )
+                value = await run_in_thread(self.function, scenario, limiter=self._thread_limiter)
         except Exception as exc:
             return ExecutionResult(
                 status=Status.ERROR,
