@@ -5,7 +5,7 @@
   ``.aio`` methods directly, with no thread hop per call.  arcflow runs each attempt's
   sandbox lifecycle there as one coroutine (:mod:`.bridge`).
 * **Raw output bytes.**  ``sandbox.stdout`` decodes strict UTF-8 and raises on a bad
-  byte; arcflow reads the bytes underneath (the reader the SDK uses for
+  byte; arcflow reads the bytes underneath (of a sandbox and of an exec; the reader the SDK uses for
   ``exec(..., text=False)``) and decodes with replacement, as the ``process:`` executor.
 * **Retry-after hints.**  Read from a RESOURCE_EXHAUSTED error the way the SDK reads them.
 

@@ -226,6 +226,7 @@ class SandboxOps:
             await self.detach(opened)
 
     async def _read(self, sandbox: Any, stream: str, capture: Any) -> None:
+        """(a sandbox's or an exec's) ``stream`` read as raw bytes into ``capture``."""
         async for chunk in _internals.raw_output(sandbox, stream):
             capture.feed(chunk)
 
@@ -339,8 +340,10 @@ class SandboxOps:
                 return
             label = f"sandbox {opened.object_id} exec"
             readers = [
-                asyncio.ensure_future(self._read_exec(process.stdout, report.stdout)),
-                asyncio.ensure_future(self._read_exec(process.stderr, report.stderr)),
+                # The raw reader under the SDK's (as for a sandbox's own output): no
+                # synchronicity step per chunk, which cost about a sixth of the client's CPU.
+                asyncio.ensure_future(self._read(process, "stdout", report.stdout)),
+                asyncio.ensure_future(self._read(process, "stderr", report.stderr)),
             ]
             # The exit is asked for at once, beside the reads: one round trip less per scenario.
             waiter = asyncio.ensure_future(self._wait_exec(opened, process, report))
@@ -373,11 +376,6 @@ class SandboxOps:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if terminating is not None:
                 await terminating
-
-    @staticmethod
-    async def _read_exec(stream: Any, capture: Any) -> None:
-        async for chunk in stream:
-            capture.feed(chunk)
 
     async def _wait_exec(self, opened: Opened, process: Any, report: SandboxReport) -> None:
         """The exec's exit code; the SDK retries a lost router by itself, bounded here."""
