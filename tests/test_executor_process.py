@@ -313,3 +313,16 @@ async def test_what_a_finished_command_leaves_behind_is_killed(tmp_path: Path) -
     assert result.status is Status.PASSED
     _leader, helper = (int(p) for p in pid_file.read_text().split())
     assert await wait_gone(helper)
+
+
+async def test_run_entered_already_cancelled_returns_at_once(tmp_path: Path) -> None:
+    """Cancelled before the child starts, run raises Cancelled at once and starts nothing."""
+    executor = ProcessExecutor.from_spec(SPEC)
+    pid_file = tmp_path / "pid"
+    with trio.fail_after(10):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await run_mode("sleep", executor, pid_file=str(pid_file), seconds=60)
+    assert scope.cancelled_caught
+    await trio.sleep(0.2)
+    assert not pid_file.exists()

@@ -27,13 +27,13 @@ echo into its output) the database password.
 from __future__ import annotations
 
 import json
-import math
 import os
 import selectors
 import shlex
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +41,7 @@ import trio
 
 from ..errors import ExecutorSpecError
 from ..models import ExecutionResult, Scenario
+from ._handoff import run_in_thread
 from .base import ExecutionContext, Executor
 from .output import (
     DEFAULT_STDERR_LIMIT,
@@ -165,8 +166,6 @@ class ProcessExecutor(Executor):
         self.stdout_limit = stdout_limit
         self.stderr_limit = stderr_limit
         self.kill_grace_s = float(kill_grace_s)
-        #: Worker threads at once: one per running scenario (the runtime bounds those).
-        self._limiter = trio.CapacityLimiter(math.inf)
 
     @classmethod
     def from_spec(cls, rest: str, **options: Any) -> ProcessExecutor:
@@ -199,12 +198,12 @@ class ProcessExecutor(Executor):
             "exit_code": None,
         }
         # The whole life of the child (spawn, stdin, stdout and stderr, exit) runs in a worker
-        # thread, as a thread pool calling subprocess.run would: the event loop only waits for
-        # it.  A cancellation (timeout, shutdown) kills the child's group from here and waits,
+        # thread (one per running scenario: the runtime bounds those), as a thread pool calling
+        # subprocess.run would: the event loop only waits for it.  A cancellation (timeout, shutdown) kills the child's group from here and waits,
         # bounded, for the thread to see it go.
         child = _Child(self, json.dumps(scenario.to_json()).encode(), context.details, details)
         try:
-            await trio.to_thread.run_sync(child.run, abandon_on_cancel=True, limiter=self._limiter)
+            await run_in_thread(child.run, on_exit=child.finished)
         except BaseException:
             # Shielded and bounded inside (kill_grace_s, then _REAP_TIMEOUT_S after SIGKILL).
             await self._kill(child)  # noqa: ASYNC102 - shielded, bounded inside
@@ -225,15 +224,19 @@ class ProcessExecutor(Executor):
     async def _kill(self, child: _Child) -> None:
         """SIGTERM to the child's group, SIGKILL after ``kill_grace_s``; wait for its thread."""
         with trio.CancelScope(shield=True):
-            child.stopping = True
-            await child.started.wait()
-            if child.popen is None:
-                return
-            _signal_group(child.popen.pid, signal.SIGTERM)
+            with child.lock:
+                child.stopping = True
+                popen = child.popen
+            if popen is None:
+                await child.started.wait()
+                popen = child.popen
+                if popen is None:
+                    return
+            _signal_group(popen.pid, signal.SIGTERM)
             with trio.move_on_after(self.kill_grace_s):
                 await child.done.wait()
             if not child.done.is_set():
-                _signal_group(child.popen.pid, signal.SIGKILL)
+                _signal_group(popen.pid, signal.SIGKILL)
                 with trio.move_on_after(_REAP_TIMEOUT_S):
                     await child.done.wait()
 
@@ -241,9 +244,13 @@ class ProcessExecutor(Executor):
 class _Child:
     """One child process, driven to its end in a worker thread by :meth:`run`.
 
-    ``started`` and ``done`` are trio events the thread sets (through the trio
-    token), so the trio side can kill the child and wait for the thread even
-    after it abandoned the thread on cancellation.
+    ``started`` and ``done`` are trio events, so the trio side can kill the
+    child and wait for the thread even after it abandoned the thread on
+    cancellation.  Both are set when the thread has finished (:meth:`finished`,
+    called in the trio thread with the thread's result, so it costs no extra
+    wake-up); ``started`` is also set by the thread, through the trio token,
+    once the child exists, but only if the trio side is waiting for it
+    (``stopping``, under ``lock``): on the common path nothing is woken for it.
     """
 
     def __init__(
@@ -264,6 +271,8 @@ class _Child:
         self.start_error: str | None = None
         #: Set by the trio side when the attempt is cancelled: do not start a child any more.
         self.stopping = False
+        #: Guards ``stopping`` and ``popen`` between the trio side and the thread.
+        self.lock = threading.Lock()
         self.started = trio.Event()
         self.done = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
@@ -274,15 +283,13 @@ class _Child:
         except trio.RunFinishedError:  # pragma: no cover - the run outlives its scenarios
             pass
 
+    def finished(self) -> None:
+        """(trio thread) The worker thread is done with the child (or never started it)."""
+        self.started.set()
+        self.done.set()
+
     def run(self) -> None:
         """(worker thread) Start the child, feed it, drain it, wait for it, kill its leftovers."""
-        try:
-            self._run()
-        finally:
-            self._set(self.started)
-            self._set(self.done)
-
-    def _run(self) -> None:
         ex = self.executor
         if self.stopping:
             return
@@ -299,10 +306,13 @@ class _Child:
         except OSError as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
             return
-        self.popen = popen
         self.details["pid"] = popen.pid
         self.known.update(self.details)  # a timed-out or cancelled attempt still shows its pid
-        self._set(self.started)
+        with self.lock:
+            self.popen = popen
+            waited_for = self.stopping
+        if waited_for:
+            self._set(self.started)
         try:
             _exchange(popen, self.payload, self.stdout, self.stderr)
         finally:
