@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import select
 import shlex
 import shutil
 import signal
@@ -199,8 +199,9 @@ class ProcessExecutor(Executor):
         }
         # The whole life of the child (spawn, stdin, stdout and stderr, exit) runs in a worker
         # thread (one per running scenario: the runtime bounds those), as a thread pool calling
-        # subprocess.run would: the event loop only waits for it.  A cancellation (timeout, shutdown) kills the child's group from here and waits,
-        # bounded, for the thread to see it go.
+        # subprocess.run would: the event loop only waits for it.  A cancellation (timeout,
+        # shutdown) kills the child's group from here and waits, bounded, for the thread to see
+        # it go.
         child = _Child(self, json.dumps(scenario.to_json()).encode(), context.details, details)
         try:
             await run_in_thread(child.run, on_exit=child.finished)
@@ -333,56 +334,53 @@ def _exchange(
     When the child exits, its process group is killed at once, so the pipes
     reach EOF even if something it left behind held them open.  The exit is
     seen through a pidfd (no polling), or by polling where there is none.
+
+    One ``poll`` object, no ``selectors``: an epoll selector costs a file
+    descriptor and a system call per registration for a handful of pipes.
     """
     assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
-    sel = selectors.DefaultSelector()
+    poller = select.poll()
     view = memoryview(payload)
     stdin_fd = popen.stdin.fileno()
     os.set_blocking(stdin_fd, False)
-    sel.register(stdin_fd, selectors.EVENT_WRITE, _STDIN)
-    sel.register(popen.stdout.fileno(), selectors.EVENT_READ, stdout)
-    sel.register(popen.stderr.fileno(), selectors.EVENT_READ, stderr)
+    poller.register(stdin_fd, select.POLLOUT)
+    readers = {popen.stdout.fileno(): stdout, popen.stderr.fileno(): stderr}
+    for fd in readers:
+        poller.register(fd, select.POLLIN)
     pidfd = _pidfd(popen.pid)
     if pidfd is not None:
-        sel.register(pidfd, selectors.EVENT_READ, _EXITED)
-    readers = 2
+        poller.register(pidfd, select.POLLIN)
     exited = False
     try:
         while readers:
-            events = sel.select(timeout=None if pidfd is not None or exited else _POLL_S)
+            events = poller.poll(None if pidfd is not None or exited else _POLL_S * 1000)
             if not exited and pidfd is None and popen.poll() is not None:
                 exited = True
                 _signal_group(popen.pid, signal.SIGKILL)
-            for key, _mask in events:
-                what = key.data
-                if what is _EXITED:
+            for fd, _mask in events:
+                if fd == pidfd:
                     exited = True
-                    sel.unregister(key.fd)
+                    poller.unregister(fd)
                     _signal_group(popen.pid, signal.SIGKILL)
-                elif what is _STDIN:
+                elif fd == stdin_fd:
                     try:
                         view = view[os.write(stdin_fd, view[:_WRITE_CHUNK]) :]
                     except OSError:  # the child stopped reading: its exit code tells
                         view = view[:0]
                     if not view:
-                        sel.unregister(stdin_fd)
+                        poller.unregister(stdin_fd)
                         popen.stdin.close()
+                        stdin_fd = -1
                 else:
-                    chunk = os.read(key.fd, _READ_CHUNK)
+                    chunk = os.read(fd, _READ_CHUNK)
                     if chunk:
-                        what.feed(chunk)
+                        readers[fd].feed(chunk)
                     else:
-                        sel.unregister(key.fd)
-                        readers -= 1
+                        poller.unregister(fd)
+                        del readers[fd]
     finally:
-        sel.close()
         if pidfd is not None:
             os.close(pidfd)
-
-
-#: Markers of the selector's non-output registrations.
-_STDIN = object()
-_EXITED = object()
 
 
 def _pidfd(pid: int) -> int | None:
