@@ -298,8 +298,9 @@ async def test_creation_does_not_stall_behind_waits() -> None:
 
 
 async def test_default_settings_find_the_servers_creation_rate() -> None:
-    """Default settings against a server allowing 30 creations/s: 200 instant scenarios run at
-    well over the old fixed 4/s, nothing fails, and the refusals are counted."""
+    """Default settings against a server allowing 30 creations/s: the creation rate climbs past
+    the old fixed 4/s (slow start doubles it while demand waits), nothing fails, and the
+    refusals are counted.  (How fast is the benchmark's business: `benchmarks.modal_sandboxes`.)"""
     with LocalModal(creation_rate=30) as env, env.environ():
         async with running(ModalExecutor(COMMAND, config())) as executor:
             start = time.monotonic()
@@ -310,7 +311,8 @@ async def test_default_settings_find_the_servers_creation_rate() -> None:
             elapsed = time.monotonic() - start
             stats = executor.statistics()
         assert all(r.status is Status.PASSED for r in results.values())
-        assert 200 / elapsed >= 15, elapsed
+        # 5/s at the start, doubled at least twice: 20/s or more was reached.
+        assert executor.rate.increases >= 2, (executor.rate.increases, elapsed)
         server = env.statistics()
         assert stats["modal_creations"] == 200 == server.creates
         assert stats["modal_creation_refusals"] == server.creates_refused.get("rate_limit", 0)
