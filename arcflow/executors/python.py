@@ -9,6 +9,12 @@ Sync functions have a thread limiter of their own, not trio's default of 40
 threads: by default as many threads as scenarios run at once
 (``--concurrency``), or ``threads`` (``--threads``) if that is smaller, say
 for a function that is not thread-safe beyond a few callers.
+
+The worker thread runs the function in a copy of the caller's context (the
+log context and other ``contextvars`` are seen there), through
+:func:`arcflow.executors._handoff.run_in_thread`, which costs much less per
+call than ``trio.to_thread.run_sync``; a function that calls back into trio
+with ``trio.from_thread`` must pass ``trio_token`` explicitly.
 """
 
 from __future__ import annotations
