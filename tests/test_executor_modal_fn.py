@@ -514,6 +514,32 @@ async def test_a_wait_that_loses_the_control_plane_is_retried_not_respawned(
     assert executor.stats.wait_retries == 3
 
 
+async def test_a_retry_after_hint_longer_than_the_spawn_budget_ends_the_attempt_in_budget(
+    autojump_clock: Any,
+) -> None:
+    """Modal's retry-after hint of 100 s with a spawn budget of 30 s: the attempt gives up
+    (FunctionCallThrottled) once its 30 s are spent, not after sitting out the whole hint."""
+    runner = StandIn(spawns=[CallRefused("RESOURCE_EXHAUSTED", retry_after=100)] * 10)
+    executor = ModalFnExecutor(APP, FN, ModalFnConfig(spawn_retry_s=30), runner=runner)
+    start = trio.current_time()
+    result = await executor.run(Scenario(id="a"), ctx())
+    assert result.error_type == "FunctionCallThrottled"
+    assert trio.current_time() - start <= 31
+
+
+async def test_a_timeout_between_two_waits_cancels_the_call(autojump_clock: Any) -> None:
+    """Cancelled while backing off between two failed waits (a timeout, Ctrl-C), the attempt
+    cancels its call on Modal's side before it ends: nothing is left running and billing."""
+    runner = StandIn(waits=[CallUnavailable("connection reset")] * 1000)
+    cfg = ModalFnConfig(backoff_s=2, backoff_max_s=8, outage_retry_s=3600)
+    executor = ModalFnExecutor(APP, FN, cfg, runner=runner, rng=random.Random(3))
+    with trio.move_on_after(30) as scope:
+        await executor.run(Scenario(id="a"), ctx())
+    assert scope.cancelled_caught
+    assert executor.stats.wait_retries >= 2  # it was between waits, not in the first one
+    assert runner.cancelled == ["fc-1"]
+
+
 # -- statistics and settings --------------------------------------------------------------------
 
 

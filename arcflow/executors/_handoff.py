@@ -125,6 +125,7 @@ def _abandon(call: _Call) -> Callable[[Any], trio.lowlevel.Abort]:
     return abort
 
 
+@trio.lowlevel.enable_ki_protection  # as trio's to_thread: no KeyboardInterrupt half-way
 async def run_in_thread(
     fn: Callable[..., T],
     *args: Any,

@@ -132,7 +132,13 @@ class LoopBridge:
             if self._start_scheduled:
                 return
             self._start_scheduled = True
-        self.loop.call_soon_threadsafe(self._start_batch)
+        try:
+            self.loop.call_soon_threadsafe(self._start_batch)
+        except RuntimeError:  # the loop is closed: nothing of this batch will start
+            with self._lock:
+                self._starts.clear()
+                self._start_scheduled = False
+            raise
 
     def _start_batch(self) -> None:
         """(on the loop) Start the calls handed over since the last wake-up."""
@@ -187,7 +193,14 @@ class LoopBridge:
         try:
             await done.wait()
         except trio.Cancelled:
-            self.loop.call_soon_threadsafe(call.cancel)
+            try:
+                self.loop.call_soon_threadsafe(call.cancel)
+            except RuntimeError:  # the loop is closed: the call went with it
+                closed = True
+            else:
+                closed = False
+            if closed:
+                raise
             with trio.move_on_after(unwind_s, shield=True) as waited:
                 await done.wait()
             if waited.cancelled_caught:

@@ -311,7 +311,11 @@ class ModalFnExecutor(Executor):
         details["spawn_attempts"] = 0
         while True:
             if trio.current_time() < self._hold_until:
-                await trio.sleep_until(self._hold_until)
+                until = self._hold_until
+                if refusals is not None:  # no longer than this attempt's spawn budget has left
+                    left = max(cfg.spawn_retry_s - refusals.elapsed, 0.0)
+                    until = min(until, trio.current_time() + left)
+                await trio.sleep_until(until)
             delay: float | None = None
             details["spawn_attempts"] += 1
             stats.spawn_calls += 1
@@ -401,7 +405,12 @@ class ModalFnExecutor(Executor):
                         "call is cancelled once Modal answers again",
                     )
                 logger.info("call %s: waiting failed (%s); retry in %.1fs", call_id, exc, delay)
-                await trio.sleep(delay)
+                try:
+                    await trio.sleep(delay)
+                except trio.Cancelled:
+                    # A timeout or Ctrl-C between two waits: nobody waits for the call now.
+                    await self._give_up(report)  # noqa: ASYNC102 - shielded and bounded inside
+                    raise
                 continue
             return None
 

@@ -411,6 +411,7 @@ class FunctionOps:
             async with asyncio.timeout(deadline_s):
                 await self.canceller.drain()
         except TimeoutError:
+            self.canceller.stop()  # its task must not outlive the run on the SDK's loop
             left = sorted(self.canceller.ids)
             logger.warning(
                 "modal-fn: %d call(s) could not be cancelled (Modal did not answer in time): "
@@ -450,6 +451,11 @@ class Canceller:
             self._idle.clear()
             self._task = asyncio.ensure_future(self._run())
         await self._idle.wait()
+
+    def stop(self) -> None:
+        """Stop retrying (the run is over); the ids left stay in ``ids`` for the warning."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     async def _run(self) -> None:
         cfg = self.ops.config
