@@ -70,21 +70,7 @@ class ModalBackend:
         """
         if self._bridge is not None:
             return
-        self._source = await trio.to_thread.run_sync(find_modal_credentials)
-        try:
-            modal_ = await trio.to_thread.run_sync(importlib.import_module, "modal")
-        except ImportError as exc:
-            raise ConfigError(
-                "the modal: executor needs the modal package: pip install 'arcflow[modal]'"
-            ) from exc
-        try:
-            _internals.check(modal_)
-        except RuntimeError as exc:
-            raise ConfigError(str(exc)) from None
-        _own_throttling()
-        _raise_open_files_limit()
-        loop = await trio.to_thread.run_sync(_internals.sdk_loop)
-        bridge = LoopBridge(loop)
+        self._source, modal_, bridge = await open_sdk("modal:", _internals.check)
         self._modal = modal_
         await self._call(bridge, lambda: self.ops.connect(modal_), "looking up the app")
         self._bridge = bridge
@@ -203,6 +189,32 @@ class ModalBackend:
     @property
     def reaper_stats(self) -> ReaperStats:
         return self.ops.reaper.stats
+
+
+async def open_sdk(kind: str, check: Callable[[Any], None]) -> tuple[str, Any, LoopBridge]:
+    """What both Modal executors start with: the credentials, ``import modal``, ``check``
+    of the SDK internals arcflow reads, Modal's throttling handed to arcflow, the open
+    files limit raised, and a bridge to the SDK's own event loop.
+
+    Returns where the credentials came from, the ``modal`` module and the bridge.
+    Raises :class:`ConfigError` naming ``kind`` (``"modal:"``) for missing credentials,
+    modal not installed, or a modal release whose internals arcflow does not know.
+    """
+    source = await trio.to_thread.run_sync(find_modal_credentials)
+    try:
+        modal_ = await trio.to_thread.run_sync(importlib.import_module, "modal")
+    except ImportError as exc:
+        raise ConfigError(
+            f"the {kind} executor needs the modal package: pip install 'arcflow[modal]'"
+        ) from exc
+    try:
+        check(modal_)
+    except RuntimeError as exc:
+        raise ConfigError(str(exc)) from None
+    _own_throttling()
+    _raise_open_files_limit()
+    loop = await trio.to_thread.run_sync(_internals.sdk_loop)
+    return source, modal_, LoopBridge(loop)
 
 
 def _own_throttling() -> None:

@@ -96,8 +96,3 @@ async def output_value(client: Any, item: Any) -> Any:
 def retry_after(exc: BaseException) -> float | None:
     """Modal's retry-after hint of a refusal, if any."""
     return sandbox_internals.retry_after(exc)
-
-
-def sdk_loop() -> Any:
-    """The SDK's event loop (started if needed); call it in a thread."""
-    return sandbox_internals.sdk_loop()

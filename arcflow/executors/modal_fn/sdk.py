@@ -13,7 +13,6 @@ Neither ``modal`` nor ``trio_asyncio`` is imported before :meth:`FunctionBackend
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -23,8 +22,8 @@ import trio
 
 from ...errors import ConfigError
 from ..modal.bridge import LoopBridge
-from ..modal.credentials import MISSING_CREDENTIALS_HELP, find_modal_credentials
-from ..modal.sdk import _own_throttling, _raise_open_files_limit
+from ..modal.credentials import MISSING_CREDENTIALS_HELP
+from ..modal.sdk import open_sdk
 from . import _internals
 from .calls import CallReport, CallRequest
 from .config import ModalFnConfig
@@ -79,21 +78,7 @@ class FunctionBackend:
         async with self._lock:
             if self._bridge is not None:
                 return
-            self._source = await trio.to_thread.run_sync(find_modal_credentials)
-            try:
-                modal_ = await trio.to_thread.run_sync(importlib.import_module, "modal")
-            except ImportError as exc:
-                raise ConfigError(
-                    "the modal-fn: executor needs the modal package: pip install 'arcflow[modal]'"
-                ) from exc
-            try:
-                _internals.check(modal_)
-            except RuntimeError as exc:
-                raise ConfigError(str(exc)) from None
-            _own_throttling()
-            _raise_open_files_limit()
-            loop = await trio.to_thread.run_sync(_internals.sdk_loop)
-            bridge = LoopBridge(loop)
+            self._source, modal_, bridge = await open_sdk("modal-fn:", _internals.check)
             self._modal = modal_
             await self._start_call(bridge, lambda: self.ops.connect(modal_))
             self._bridge = bridge
