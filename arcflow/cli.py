@@ -1030,10 +1030,8 @@ def _add_fail_under(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_report_commands(sub: Any) -> None:
-    from .report.diff import CSV_COLUMNS
-    from .report.export import FORMATS as EXPORT_FORMATS
     from .report.gate import EXIT_GATE, parse_regression_limit
-    from .report.view import DEFAULT_PORT
+    from .report.options import DEFAULT_PORT, EXPORT_FORMATS
 
     diff = sub.add_parser(
         "diff",
@@ -1049,7 +1047,8 @@ def _add_report_commands(sub: Any) -> None:
         "--format",
         choices=("table", "json", "csv"),
         default="table",
-        help=f"output format (default table; csv: one line per scenario, {', '.join(CSV_COLUMNS[:4])}, ...)",
+        help="output format (default table; csv: one line per scenario, its key, change, "
+        "both statuses and scores, ...)",
     )
     diff.add_argument(
         "--all", action="store_true", help="list unchanged scenarios too (default: changes only)"

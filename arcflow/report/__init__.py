@@ -12,20 +12,60 @@ attempt (what went wrong on the way).  Formats: ``table`` (aligned text),
 self-contained HTML page (inline CSS, SVG and script, nothing fetched).
 """
 
-from .html import render_html
-from .queries import (
-    CONCLUSION_KEY,
-    STATUSES,
-    Report,
-    build_report,
-    concluded,
-    list_runs,
-    open_report_store,
-    scenario_attempts,
-    scenario_rows,
-    throughput_series,
-)
-from .text import FORMATS, format_report, format_runs, report_rows, text_table
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .html import render_html
+    from .queries import (
+        CONCLUSION_KEY,
+        STATUSES,
+        Report,
+        build_report,
+        concluded,
+        list_runs,
+        open_report_store,
+        scenario_attempts,
+        scenario_rows,
+        throughput_series,
+    )
+    from .text import FORMATS, format_report, format_runs, report_rows, text_table
+
+#: Where each public name lives: loaded on first use, so that importing a light module of
+#: the package (``gate``, ``options``: what the command line's parser needs) does not load
+#: the SQL, HTML and text modules.
+_HOMES = {
+    "render_html": "html",
+    **dict.fromkeys(
+        (
+            "CONCLUSION_KEY",
+            "STATUSES",
+            "Report",
+            "build_report",
+            "concluded",
+            "list_runs",
+            "open_report_store",
+            "scenario_attempts",
+            "scenario_rows",
+            "throughput_series",
+        ),
+        "queries",
+    ),
+    **dict.fromkeys(
+        ("FORMATS", "format_report", "format_runs", "report_rows", "text_table"), "text"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CONCLUSION_KEY",

@@ -28,9 +28,10 @@ import trio
 
 from ..errors import ConfigError
 from .html import split_stderr
+from .options import EXPORT_FORMATS
 from .queries import CONCLUSION_KEY, concluded, key_label
 
-FORMATS = ("jsonl", "csv", "junit", "parquet")
+FORMATS = EXPORT_FORMATS
 
 #: Rows per cursor fetch (one round trip each).
 PAGE_ROWS = 2000

@@ -32,11 +32,11 @@ import trio
 from ..errors import ConfigError
 from .diff import build_diff
 from .html import render_diff_html, render_html, render_outcome_html, render_runs_html
+from .options import DEFAULT_PORT
 from .queries import build_report, list_runs, scenario_attempts, scenario_rows
 
 log = logging.getLogger("arcflow.view")
 
-DEFAULT_PORT = 8765
 #: Scenario rows on a run's page unless ``?limit=`` says otherwise.
 DEFAULT_ROWS = 2000
 
