@@ -27,6 +27,16 @@ pytest_plugins = ["arcflow.pytest_plugin"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def import_or_skip(name: str) -> Any:
+    """``pytest.importorskip``, except under CI=true, where the dev extra installs every
+    optional dependency: there a missing one fails the module instead of skipping it."""
+    if IN_CI:
+        import importlib
+
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
 @pytest.fixture(scope="session")
 def pg_server(arcflow_postgres: TemporaryPostgres | None) -> TemporaryPostgres | None:
     """The session's PostgreSQL server (None when ARCFLOW_TEST_DB points elsewhere)."""

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import import_or_skip
 
-modal = pytest.importorskip("modal")
+modal = import_or_skip("modal")
 
 import arcflow  # noqa: E402
 from arcflow.executors import ExecutionContext, parse_executor  # noqa: E402

@@ -21,8 +21,9 @@ import attrs
 import pytest
 import trio
 import trio_asyncio
+from conftest import import_or_skip
 
-modal = pytest.importorskip("modal")
+modal = import_or_skip("modal")
 
 import arcflow  # noqa: E402
 from arcflow.executors import ExecutionContext  # noqa: E402

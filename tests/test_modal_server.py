@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
+from conftest import import_or_skip
 
-modal = pytest.importorskip("modal")
+modal = import_or_skip("modal")
 
 from modal.exception import (  # noqa: E402
     AuthError,

@@ -10,9 +10,9 @@ import asyncio
 import sys
 from typing import Any
 
-import pytest
+from conftest import import_or_skip
 
-modal = pytest.importorskip("modal")
+modal = import_or_skip("modal")
 
 from arcflow.testing.modal_server import LocalModal  # noqa: E402
 
