@@ -200,11 +200,15 @@ def arcflow_run(
 
 
 class Server:
-    """The local control plane in a child process."""
+    """The local control plane in a child process (``python -m MODULE serve SETTINGS``; a
+    benchmark with a control plane of its own, functions deployed, sets ``module``)."""
+
+    #: The module whose ``serve`` command starts the control plane.
+    module = "benchmarks.modal_sandboxes"
 
     def __init__(self, **settings: Any) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "serve", json.dumps(settings)],
+            [sys.executable, "-m", self.module, "serve", json.dumps(settings)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=ROOT,
