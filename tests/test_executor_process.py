@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from arcflow.errors import ExecutorSpecError
-from arcflow.executors import ExecutionContext, parse_executor
+from arcflow.executors import ExecutionContext, parse_executor, process
 from arcflow.executors.output import OutputCapture
 from arcflow.executors.process import ProcessExecutor
 from arcflow.models import ExecutionResult, Scenario, Status
@@ -21,6 +21,20 @@ from arcflow.models import ExecutionResult, Scenario, Status
 SCRIPT = Path(__file__).parent / "scripts" / "scenario_proc.py"
 SPEC = shlex.join([sys.executable, str(SCRIPT)])
 CONTEXT = ExecutionContext(run_id="r", attempt=1, worker="w")
+
+
+@pytest.fixture(autouse=True, params=["loop", "thread", "thread-polling"])
+def watcher(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs each way a child is watched: from the event loop (pidfd + epoll), from a
+    worker thread with a pidfd, and from a worker thread polling for the exit (no pidfd: macOS)."""
+    if request.param == "loop" and not process.WATCH_IN_LOOP:
+        if os.environ.get("CI") == "true" and sys.platform == "linux":
+            pytest.fail("no pidfd on this Linux: the event-loop path is untested")
+        pytest.skip("this kernel has no pidfd: children are watched from threads only")
+    monkeypatch.setattr(process, "WATCH_IN_LOOP", request.param == "loop")
+    if request.param == "thread-polling":
+        monkeypatch.setattr(process, "_pidfd", lambda pid: None)
+    return str(request.param)
 
 
 async def run_mode(
@@ -326,3 +340,36 @@ async def test_run_entered_already_cancelled_returns_at_once(tmp_path: Path) -> 
     assert scope.cancelled_caught
     await trio.sleep(0.2)
     assert not pid_file.exists()
+
+
+async def test_input_larger_than_a_pipe_arrives_whole() -> None:
+    """A scenario bigger than the pipe's buffer reaches stdin whole while stdout is drained."""
+    blob = "x" * (3 * 1024 * 1024)
+    result = await run_mode("input_size", blob=blob)
+    assert result.status is Status.PASSED
+    sent = json.dumps(Scenario(id="a", input={"mode": "input_size", "blob": blob}).to_json())
+    assert result.output == {"bytes": len(sent.encode())}
+
+
+async def test_exit_code_decides_when_a_child_outlives_its_pipes() -> None:
+    """A child that closes stdout and stderr and fails later is judged by its exit, not its EOF."""
+    result = await run_mode("close_and_linger", seconds=0.3)
+    assert result.error_type == "ProcessExitError"
+    assert result.executor["exit_code"] == 5
+    assert is_gone(result.executor["pid"])
+
+
+@pytest.mark.parametrize("watcher", ["loop"], indirect=True)  # the thread path polls instead
+async def test_a_child_that_cannot_be_watched_is_killed_and_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Out of file descriptors for its pidfd, the started child is killed and the error named."""
+
+    def no_fds(pid: int) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(process.os, "pidfd_open", no_fds)
+    result = await run_mode("sleep", pid_file=str(tmp_path / "pid"), seconds=60)
+    assert result.error_type == "ProcessStartError"
+    assert "cannot watch it: OSError: [Errno 24] Too many open files" in result.error_message
+    assert await wait_gone(result.executor["pid"])

@@ -9,6 +9,17 @@ kept for error messages.  The outcome mapping is
 :func:`arcflow.executors.output.result_from_output`, shared with the sandbox
 executors.
 
+Where the kernel can say when a child exits (a pidfd, Linux 5.3+), the
+child is started and watched from the event loop itself, without a thread:
+``subprocess.Popen`` in the trio thread (it returns once the command is
+exec'd, well under a millisecond for a small program), then one epoll set
+per child holding its pipes and its pidfd, which the loop waits on.  That
+takes half the CPU per child of driving it from a worker thread (no thread
+wake-ups, no contention with the loop for the interpreter lock), which is
+what keeps ``process:`` level with a thread pool calling ``subprocess.run``
+(docs/benchmarks.md).  Elsewhere (macOS, older kernels) a worker thread
+drives each child to its end, seeing its exit by polling.
+
 The child runs in its own session (process group), so a Ctrl-C at the
 terminal reaches the runtime, which decides what to do, not the scenario.
 When the child exits, whatever it left in its group (a background helper, a
@@ -35,7 +46,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -197,30 +208,116 @@ class ProcessExecutor(Executor):
             "pid": None,
             "exit_code": None,
         }
-        # The whole life of the child (spawn, stdin, stdout and stderr, exit) runs in a worker
-        # thread (one per running scenario: the runtime bounds those), as a thread pool calling
-        # subprocess.run would: the event loop only waits for it.  A cancellation (timeout,
-        # shutdown) kills the child's group from here and waits, bounded, for the thread to see
-        # it go.
-        child = _Child(self, json.dumps(scenario.to_json()).encode(), context.details, details)
+        payload = json.dumps(scenario.to_json()).encode()
+        if WATCH_IN_LOOP:
+            return await self._run_in_loop(payload, context, details)
+        return await self._run_in_thread(payload, context, details)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._child_env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+
+    def _result(
+        self,
+        details: dict[str, Any],
+        exit_code: int | None,
+        stdout: OutputCapture,
+        stderr: OutputCapture,
+        start_error: str | None = None,
+    ) -> ExecutionResult:
+        if start_error is not None:
+            return error_result(
+                "ProcessStartError",
+                f"cannot start {shlex.join(self.command)}: {start_error}",
+                details,
+            )
+        return result_from_output(
+            exit_code=exit_code if exit_code is not None else -1,
+            stdout=stdout,
+            stderr=stderr,
+            details=details,
+        )
+
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C waits for the next checkpoint: no stray child
+    async def _run_in_loop(
+        self, payload: bytes, context: ExecutionContext, details: dict[str, Any]
+    ) -> ExecutionResult:
+        """Start the child from the event loop and watch its pipes and its pidfd from there."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        stdout = OutputCapture(self.stdout_limit, keep="head")
+        stderr = OutputCapture(self.stderr_limit, keep="tail")
+        try:
+            popen = self._spawn()
+        except OSError as exc:
+            return self._result(details, None, stdout, stderr, f"{type(exc).__name__}: {exc}")
+        details["pid"] = popen.pid
+        context.details.update(details)  # a timed-out or cancelled attempt still shows its pid
+        pidfd = watch = None
+        try:
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+                watch = select.epoll()
+            except OSError as exc:  # out of file descriptors: the child cannot be watched
+                _signal_group(popen.pid, signal.SIGKILL)
+                return self._result(
+                    details, None, stdout, stderr, f"cannot watch it: {type(exc).__name__}: {exc}"
+                )
+            pipes = _Pipes(popen, payload, stdout, stderr, watch, pidfd)
+            while pipes.readers:
+                await trio.lowlevel.wait_readable(watch.fileno())
+                pipes.handle(watch.poll(0))
+            if not pipes.exited:  # it closed its stdout and stderr but runs on
+                await trio.lowlevel.wait_readable(pidfd)
+        except BaseException:
+            if pidfd is not None:
+                await self._stop_watched(popen.pid, pidfd)  # noqa: ASYNC102 - shielded, bounded
+            raise
+        finally:
+            # What the command left in its group (a helper holding stdout open) goes with it.
+            _signal_group(popen.pid, signal.SIGKILL)
+            for stream in (popen.stdin, popen.stdout, popen.stderr):
+                if stream is not None:
+                    stream.close()
+            if watch is not None:
+                watch.close()
+            if pidfd is not None:
+                os.close(pidfd)
+            # It has exited (or, after a failed stop, is left to subprocess to reap later).
+            details["exit_code"] = popen.poll()
+        return self._result(details, details["exit_code"], stdout, stderr)
+
+    async def _stop_watched(self, pid: int, pidfd: int) -> None:
+        """SIGTERM to the child's group, SIGKILL after ``kill_grace_s``; wait for its exit."""
+        with trio.CancelScope(shield=True):
+            _signal_group(pid, signal.SIGTERM)
+            with trio.move_on_after(self.kill_grace_s):
+                await trio.lowlevel.wait_readable(pidfd)
+                return
+            _signal_group(pid, signal.SIGKILL)
+            with trio.move_on_after(_REAP_TIMEOUT_S):
+                await trio.lowlevel.wait_readable(pidfd)
+
+    async def _run_in_thread(
+        self, payload: bytes, context: ExecutionContext, details: dict[str, Any]
+    ) -> ExecutionResult:
+        """Drive the child from a worker thread (no pidfd): the loop only waits for it."""
+        # A cancellation (timeout, shutdown) kills the child's group from here and waits,
+        # bounded, for the thread to see it go.
+        child = _Child(self, payload, context.details, details)
         try:
             await run_in_thread(child.run, on_exit=child.finished)
         except BaseException:
             # Shielded and bounded inside (kill_grace_s, then _REAP_TIMEOUT_S after SIGKILL).
             await self._kill(child)  # noqa: ASYNC102 - shielded, bounded inside
             raise
-        if child.start_error is not None:
-            return error_result(
-                "ProcessStartError",
-                f"cannot start {shlex.join(self.command)}: {child.start_error}",
-                details,
-            )
-        return result_from_output(
-            exit_code=child.exit_code if child.exit_code is not None else -1,
-            stdout=child.stdout,
-            stderr=child.stderr,
-            details=details,
-        )
+        return self._result(details, child.exit_code, child.stdout, child.stderr, child.start_error)
 
     async def _kill(self, child: _Child) -> None:
         """SIGTERM to the child's group, SIGKILL after ``kill_grace_s``; wait for its thread."""
@@ -295,15 +392,7 @@ class _Child:
         if self.stopping:
             return
         try:
-            popen = subprocess.Popen(
-                ex.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=ex._child_env,
-                cwd=ex.cwd,
-                start_new_session=True,
-            )
+            popen = ex._spawn()
         except OSError as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
             return
@@ -329,58 +418,107 @@ class _Child:
 def _exchange(
     popen: subprocess.Popen[bytes], payload: bytes, stdout: OutputCapture, stderr: OutputCapture
 ) -> None:
-    """(worker thread) Write ``payload`` to stdin and close it, read stdout and stderr to EOF.
+    """(worker thread) Write ``payload`` to stdin and close it, read stdout and stderr to EOF,
+    wait for the child's exit.
 
-    When the child exits, its process group is killed at once, so the pipes
-    reach EOF even if something it left behind held them open.  The exit is
-    seen through a pidfd (no polling), or by polling where there is none.
-
-    One ``poll`` object, no ``selectors``: an epoll selector costs a file
+    The exit is seen through a pidfd where there is one, or by polling.  One
+    ``poll`` object, no ``selectors``: an epoll selector costs a file
     descriptor and a system call per registration for a handful of pipes.
     """
-    assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
     poller = select.poll()
-    view = memoryview(payload)
-    stdin_fd = popen.stdin.fileno()
-    os.set_blocking(stdin_fd, False)
-    poller.register(stdin_fd, select.POLLOUT)
-    readers = {popen.stdout.fileno(): stdout, popen.stderr.fileno(): stderr}
-    for fd in readers:
-        poller.register(fd, select.POLLIN)
     pidfd = _pidfd(popen.pid)
-    if pidfd is not None:
-        poller.register(pidfd, select.POLLIN)
-    exited = False
     try:
-        while readers:
-            events = poller.poll(None if pidfd is not None or exited else _POLL_S * 1000)
-            if not exited and pidfd is None and popen.poll() is not None:
-                exited = True
+        pipes = _Pipes(popen, payload, stdout, stderr, poller, pidfd)
+        while pipes.readers:
+            events = poller.poll(None if pidfd is not None or pipes.exited else _POLL_S * 1000)
+            if not pipes.exited and pidfd is None and popen.poll() is not None:
+                pipes.exited = True
                 _signal_group(popen.pid, signal.SIGKILL)
-            for fd, _mask in events:
-                if fd == pidfd:
-                    exited = True
-                    poller.unregister(fd)
-                    _signal_group(popen.pid, signal.SIGKILL)
-                elif fd == stdin_fd:
-                    try:
-                        view = view[os.write(stdin_fd, view[:_WRITE_CHUNK]) :]
-                    except OSError:  # the child stopped reading: its exit code tells
-                        view = view[:0]
-                    if not view:
-                        poller.unregister(stdin_fd)
-                        popen.stdin.close()
-                        stdin_fd = -1
-                else:
-                    chunk = os.read(fd, _READ_CHUNK)
-                    if chunk:
-                        readers[fd].feed(chunk)
-                    else:
-                        poller.unregister(fd)
-                        del readers[fd]
+            pipes.handle(events)
+        if not pipes.exited:  # it closed its stdout and stderr but runs on
+            popen.wait()
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+class _Poller(Protocol):
+    def register(self, fd: int, eventmask: int = ..., /) -> None: ...
+    def unregister(self, fd: int, /) -> None: ...
+
+
+class _Pipes:
+    """A child's pipes as one exchange: ``payload`` into stdin, stdout and stderr drained to EOF.
+
+    Driven by whoever waits on ``poller`` (a ``poll`` object in a worker
+    thread, an ``epoll`` set the event loop waits on) and hands its events to
+    :meth:`handle`; done when ``readers`` is empty.  The payload is written
+    at once as far as the pipe takes it, and stdin closed, so a small payload
+    costs no wake-up.  When the child exits (``pidfd`` readable), its process
+    group is killed at once, so the pipes reach EOF even if something it left
+    behind holds them open.
+    """
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        payload: bytes,
+        stdout: OutputCapture,
+        stderr: OutputCapture,
+        poller: _Poller,
+        pidfd: int | None,
+    ) -> None:
+        assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+        self.popen = popen
+        self.poller = poller
+        self.pidfd = pidfd
+        self.exited = False
+        self.stdin_fd = popen.stdin.fileno()
+        os.set_blocking(self.stdin_fd, False)
+        self.pending = memoryview(payload)
+        self.readers = {popen.stdout.fileno(): stdout, popen.stderr.fileno(): stderr}
+        for fd in self.readers:
+            poller.register(fd, select.POLLIN)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        if self._write():
+            poller.register(self.stdin_fd, select.POLLOUT)
+        else:
+            self._close_stdin()
+
+    def _write(self) -> bool:
+        """Write what stdin takes of the payload now; is there more?"""
+        try:
+            self.pending = self.pending[os.write(self.stdin_fd, self.pending[:_WRITE_CHUNK]) :]
+        except BlockingIOError:
+            pass
+        except OSError:  # the child stopped reading: its exit code tells
+            self.pending = self.pending[:0]
+        return bool(self.pending)
+
+    def _close_stdin(self) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.close()
+        self.stdin_fd = -1
+
+    def handle(self, events: list[tuple[int, int]]) -> None:
+        """Act on the poller's ``(fd, mask)`` events."""
+        for fd, _mask in events:
+            if fd == self.pidfd:
+                self.exited = True
+                self.poller.unregister(fd)
+                _signal_group(self.popen.pid, signal.SIGKILL)
+            elif fd == self.stdin_fd:
+                if not self._write():
+                    self.poller.unregister(fd)
+                    self._close_stdin()
+            elif fd in self.readers:
+                chunk = os.read(fd, _READ_CHUNK)
+                if chunk:
+                    self.readers[fd].feed(chunk)
+                else:
+                    self.poller.unregister(fd)
+                    del self.readers[fd]
 
 
 def _pidfd(pid: int) -> int | None:
@@ -393,6 +531,22 @@ def _pidfd(pid: int) -> int | None:
         return fd
     except OSError:
         return None
+
+
+def _can_watch_in_loop() -> bool:
+    """Whether this kernel gives pidfds (and epoll): then children are watched from the loop."""
+    if not hasattr(select, "epoll"):
+        return False
+    fd = _pidfd(os.getpid())
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+#: Whether ``process:`` children are started and watched from the event loop (see the module
+#: docstring); otherwise each is driven by a worker thread.
+WATCH_IN_LOOP = _can_watch_in_loop()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -20,7 +20,8 @@ def write_pids(path: str, *pids: int) -> None:
 
 
 def main() -> int:
-    scenario = json.load(sys.stdin)
+    raw = sys.stdin.read()
+    scenario = json.loads(raw)
     data = scenario["input"]
     mode = data.get("mode", "pass")
     if mode == "pass":
@@ -75,6 +76,15 @@ def main() -> int:
             sys.stderr.write(block)
         sys.stderr.write("\nlast words on stderr\n")
         print(json.dumps({"status": "passed"}))
+    elif mode == "input_size":
+        print(json.dumps({"output": {"bytes": len(raw.encode())}}))
+    elif mode == "close_and_linger":
+        # Done with its pipes, but it runs on and then fails: its exit code decides.
+        print("null", flush=True)
+        os.close(1)
+        os.close(2)
+        time.sleep(data.get("seconds", 0.5))
+        return 5
     elif mode == "echo_input":
         print(json.dumps({"output": scenario}))
     else:
