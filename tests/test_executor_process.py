@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import sys
 from pathlib import Path
@@ -373,3 +374,17 @@ async def test_a_child_that_cannot_be_watched_is_killed_and_reported(
     assert result.error_type == "ProcessStartError"
     assert "cannot watch it: OSError: [Errno 24] Too many open files" in result.error_message
     assert await wait_gone(result.executor["pid"])
+
+
+async def test_start_raises_the_soft_open_files_limit() -> None:
+    """start() lifts a low soft open-files limit, so hundreds of children do not fail on EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        await ProcessExecutor.from_spec(SPEC).start()
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        assert raised == max(low, wanted)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -14,13 +14,20 @@ The producer that calls it owns timing, timeouts, attempts and cancellation:
 from __future__ import annotations
 
 import abc
+import logging
 import math
+import resource
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
 
 from ..models import ExecutionResult, Scenario, Status
+
+logger = logging.getLogger("arcflow.executors")
+
+#: Open files an executor asks for at most (see :func:`raise_open_files_limit`).
+OPEN_FILES_WANTED = 65536
 
 
 @attrs.frozen
@@ -186,3 +193,22 @@ def _usage_problem(usage: Any) -> str | None:
         ):
             return f"result usage {key!r} must be a finite number >= 0, got {number!r}"
     return None
+
+
+def raise_open_files_limit(kind: str, why: str) -> None:
+    """Raise the soft open-files limit to the hard one (at most :data:`OPEN_FILES_WANTED`).
+
+    For executors whose running scenarios each hold file descriptors (a
+    process's pipes, a sandbox's connection): the common soft limit of 1,024
+    would otherwise fail scenarios with EMFILE from a few hundred at once.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = (
+            OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+        )
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            logger.info("%s: open files limit raised from %d to %d (%s)", kind, soft, wanted, why)
+    except (ValueError, OSError) as exc:  # pragma: no cover - platform dependent
+        logger.debug("%s: cannot raise the open files limit: %s", kind, exc)

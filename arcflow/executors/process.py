@@ -53,7 +53,7 @@ import trio
 from ..errors import ExecutorSpecError
 from ..models import ExecutionResult, Scenario
 from ._handoff import run_in_thread
-from .base import ExecutionContext, Executor
+from .base import ExecutionContext, Executor, raise_open_files_limit
 from .output import (
     DEFAULT_STDERR_LIMIT,
     DEFAULT_STDOUT_LIMIT,
@@ -189,6 +189,9 @@ class ProcessExecutor(Executor):
         except ValueError as exc:
             raise ExecutorSpecError(f"cannot parse executor 'process:{rest}': {exc}") from None
         return cls(argv, _spec=rest, **options)
+
+    async def start(self) -> None:
+        raise_open_files_limit(self.kind, "each running scenario holds its pipes and a pidfd")
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -15,13 +15,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import resource
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import trio
 
 from ...errors import ConfigError
+from ..base import raise_open_files_limit
 from . import _internals
 from .bridge import LoopBridge
 from .config import ModalConfig
@@ -40,8 +40,6 @@ THROTTLE_ENV = "MODAL_MAX_THROTTLE_WAIT"
 CLOSE_TIMEOUT_S = 8.0
 #: Extra seconds a cancelled call gets beyond its own bounded clean-up.
 _UNWIND_MARGIN_S = 5.0
-#: Open files wanted at most (each running sandbox holds one connection).
-_NOFILE_WANTED = 65536
 
 
 class ModalBackend:
@@ -212,7 +210,7 @@ async def open_sdk(kind: str, check: Callable[[Any], None]) -> tuple[str, Any, L
     except RuntimeError as exc:
         raise ConfigError(str(exc)) from None
     _own_throttling()
-    _raise_open_files_limit()
+    raise_open_files_limit("modal", "each running sandbox holds a connection")
     loop = await trio.to_thread.run_sync(_internals.sdk_loop)
     return source, modal_, LoopBridge(loop)
 
@@ -229,15 +227,3 @@ def _own_throttling() -> None:
             THROTTLE_ENV,
             value,
         )
-
-
-def _raise_open_files_limit() -> None:
-    """Each running sandbox holds a connection: raise the soft open-files limit to the hard one."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = _NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_WANTED)
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            logger.info("modal: open files limit raised from %d to %d", soft, wanted)
-    except (ValueError, OSError) as exc:  # pragma: no cover - platform dependent
-        logger.debug("modal: cannot raise the open files limit: %s", exc)
