@@ -25,8 +25,11 @@ import gc
 
 __all__ = ["tune_gc"]
 
-#: Allocations (net) between young-generation collections; CPython's default is 700.
-GC_THRESHOLD = (50_000, 20, 100)
+#: Allocations (net) between young-generation collections (CPython's default is 700), and
+#: young collections between middle-generation ones (default 10): at 20,000 concurrent
+#: scenarios a middle collection walks every running scenario's objects, 56 ms each; with 100
+#: instead of 20 they took 0.01 s of a 9.5 s run instead of 0.39 s, at the same peak RSS.
+GC_THRESHOLD = (50_000, 100, 100)
 
 
 def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> tuple[int, int, int]:
