@@ -86,7 +86,10 @@ class RuntimeConfig:
     #: Bound of the scenario channel (source -> producers); default
     #: min(2 x concurrency, max(32, concurrency / 10)).
     work_buffer: int | None = attrs.field(default=None, validator=optional(whole(1)))
-    #: Bound of the outcome channel (producers -> batcher); default batch_size.
+    #: Bound of the outcome channel (producers -> batcher); default 4 x batch_size (at most
+    #: batch_size + 20,000): room for what producers finish while the writer takes a batch,
+    #: so that they do not wait on it (at 20,000 concurrent scenarios and batches of 1,000, a
+    #: buffer of one batch had producers blocked on it for 70% of their attempts).
     outcome_buffer: int | None = attrs.field(default=None, validator=optional(whole(0)))
     #: Batches waiting for the writer (batcher -> writer).
     batch_buffer: int = attrs.field(default=1, validator=whole(0, 16))
@@ -148,7 +151,9 @@ class RuntimeConfig:
 
     @property
     def effective_outcome_buffer(self) -> int:
-        return self.outcome_buffer if self.outcome_buffer is not None else self.batch_size
+        if self.outcome_buffer is not None:
+            return self.outcome_buffer
+        return min(4 * self.batch_size, self.batch_size + 20_000)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-safe dict of every value (stored with the run)."""

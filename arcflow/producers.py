@@ -313,6 +313,7 @@ class Producer:
         stats = self.stats
         executor = self.executor
         config_timeout = self.config.timeout
+        task = trio.lowlevel.current_task()
         step_started = _perf_counter()
         while True:
             scenario = state.current
@@ -383,6 +384,7 @@ class Producer:
             if timeout is not None:
                 scope.deadline = trio.current_time() + timeout
             pool.attempting += 1
+            yields = _yields(task)
             try:
                 result = await executor.run(scenario, context)
             except Exception as exc:
@@ -395,6 +397,8 @@ class Producer:
             finally:
                 pool.attempting -= 1
                 control.active.pop(key, None)
+            if _yields(task) != yields:  # it waited (a sleep, a child, a sandbox): a fresh slice
+                step_started = _perf_counter()
             stale = False
             if timeout is not None:
                 scope.deadline = math.inf
@@ -612,6 +616,21 @@ _perf_counter = time.perf_counter
 _SLICE_S = 0.0003
 #: Producers waiting on the work channel before others rest instead (see ProducerPool).
 _RECEIVERS = 2
+
+
+def _yields(task: trio.lowlevel.Task) -> int:
+    """How often ``task`` has given the thread back to trio's scheduler, or -1 if unknown.
+
+    The producer yields after ``_SLICE_S`` of running without a break; an
+    attempt that waited (most do) was such a break, and yielding again after
+    it would cost a task step per scenario.  trio counts a task's yields in
+    ``Task._schedule_points`` (what ``trio.testing.assert_checkpoints``
+    reads); without it every attempt counts as running on.
+    """
+    points: int = getattr(task, "_schedule_points", -1)
+    return points
+
+
 _STATUS_VALUE = {status: status.value for status in Status}
 #: Outputs that are JSON as they are, with no check.
 _SCALARS = frozenset({str, int, float, bool})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -615,3 +616,63 @@ async def test_resting_producers_leave_at_the_end(
     got = [out_recv.receive_nowait(), out_recv.receive_nowait()]
     assert sorted(o.scenario_id for o in got) == ["a", "b"]
     work_send.close()
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the steps of tasks whose name ends with ``suffix``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+async def test_an_attempt_that_waited_costs_no_extra_step() -> None:
+    """After an attempt that waited (the common case) the producer goes on without yielding again."""
+    counter = StepCounter("producer")
+    trio.lowlevel.add_instrument(counter)
+    try:
+        got, _ = await run_producers(Scripted({f"s{i}": [sleeps(0.002)] for i in range(30)}),
+                                     [f"s{i}" for i in range(30)])  # fmt: skip
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert len(got) == 30
+    # One step per attempt (waking from its sleep) and a few to start and end; yielding after
+    # each attempt as well made it 2 per attempt.
+    assert counter.steps <= 30 + 5
+
+
+async def test_scenarios_that_never_wait_still_let_other_tasks_run() -> None:
+    """A producer whose attempts never yield still gives the thread back every _SLICE_S."""
+    ticks = 0
+    seen_by_attempts: list[int] = []
+
+    def busy(seconds: float) -> Any:
+        async def step() -> ExecutionResult:
+            seen_by_attempts.append(ticks)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:  # CPU work, no await
+                pass
+            return ExecutionResult(status=Status.PASSED)
+
+        return step
+
+    async def ticker(stop: trio.Event) -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    ids = [f"s{i}" for i in range(50)]
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker, stop)
+        got, _ = await run_producers(Scripted({sid: [busy(0.001)] for sid in ids}), ids)
+        stop.set()
+    assert len(got) == 50
+    # The ticker ran between the attempts (about once per 1 ms attempt), not only after all
+    # 50 ms of work.
+    assert seen_by_attempts[-1] - seen_by_attempts[0] >= 10

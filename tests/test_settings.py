@@ -421,3 +421,14 @@ def test_the_work_queue_holds_a_burst_of_endings_at_high_concurrency(
 
     assert RuntimeConfig(concurrency=concurrency).effective_work_buffer == expected
     assert RuntimeConfig(concurrency=concurrency, work_buffer=3).effective_work_buffer == 3
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "expected"), [(1, 4), (100, 400), (1_000, 4_000), (100_000, 120_000)]
+)
+def test_the_outcome_queue_holds_several_batches(batch_size: int, expected: int) -> None:
+    """The default outcome queue is 4 batches (at most one batch + 20,000); a set value wins."""
+    from arcflow.config import RuntimeConfig
+
+    assert RuntimeConfig(batch_size=batch_size).effective_outcome_buffer == expected
+    assert RuntimeConfig(batch_size=batch_size, outcome_buffer=3).effective_outcome_buffer == 3
