@@ -212,6 +212,11 @@ def test_diff_formats_carry_the_same_numbers(dsn: str, two_runs: tuple[str, str]
     assert "2 regressed · 2 fixed · 1 new · 1 missing · 3 unchanged" in table
     assert "exact McNemar p = 1" in table and "regressed (2)" in table
     assert "ProcessExitError: exit 3" in table and "unchanged (" not in table
+    # the by-tag table has the page's columns, McNemar's p per tag included
+    by_tag = table.split("by tag", 1)[1].splitlines()
+    assert by_tag[1].split() == ["tag", "scenarios", "A", "B", "change", "regressed", "fixed",
+                                 "new", "missing", "p"]  # fmt: skip
+    assert any(line.split()[:1] == ["y"] and line.split()[-1] == "0.5" for line in by_tag)
     data = json.loads(format_diff(d, "json"))
     assert data["summary"]["regressed"] == 2 and data["paired"]["b"] == 2
     assert [r["scenario_id"] for r in data["scenarios"]] == [r["scenario_id"] for r in d.scenarios]

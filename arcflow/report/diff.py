@@ -32,7 +32,7 @@ from .queries import (
     key_label,
     run_fleet,
 )
-from .text import _indent, _json_default, cell, text_table
+from .text import _indent, _json_default, cell, percent, text_table
 
 #: The kinds of change, in the order they are shown.
 CHANGES = ("regressed", "fixed", "new", "missing", "unchanged")
@@ -292,12 +292,42 @@ def points(delta: float | None) -> str:
     return "-" if delta is None else f"{delta * 100:+.1f} pts"
 
 
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}%"
-
-
 def p_text(p: float) -> str:
     return f"{p:.3g}" if p >= 0.001 else f"{p:.2e}"
+
+
+#: Columns of the by-tag table, in the text diff and on its HTML page.
+BY_TAG_HEADERS = (
+    "tag",
+    "scenarios",
+    "A",
+    "B",
+    "change",
+    "regressed",
+    "fixed",
+    "new",
+    "missing",
+    "p",
+)
+
+
+def by_tag_rows(by_tag: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """The by-tag table's rows: pass rates, their change, the counts and McNemar's p."""
+    return [
+        [
+            t["tag"],
+            t["scenarios"],
+            percent(t["pass_rate_a"]),
+            percent(t["pass_rate_b"]),
+            points(t["delta"]),
+            t["regressed"],
+            t["fixed"],
+            t["new"],
+            t["missing"],
+            p_text(t["p_value"]),
+        ]
+        for t in by_tag
+    ]
 
 
 def _shared(run: dict[str, Any]) -> str:
@@ -312,12 +342,12 @@ def _diff_text(d: Diff) -> str:
     out = [
         f"diff {a['run_id']} -> {b['run_id']}",
         f"  A  {a['run_id']}  ({a['status']}{_shared(a)}, suite {a['suite'] or '-'}): "
-        f"pass rate {_pct(pr['a'])} ({s['passed_a']:,} of {s['scenarios_a']:,})",
+        f"pass rate {percent(pr['a'])} ({s['passed_a']:,} of {s['scenarios_a']:,})",
         f"  B  {b['run_id']}  ({b['status']}{_shared(b)}, suite {b['suite'] or '-'}): "
-        f"pass rate {_pct(pr['b'])} ({s['passed_b']:,} of {s['scenarios_b']:,})",
+        f"pass rate {percent(pr['b'])} ({s['passed_b']:,} of {s['scenarios_b']:,})",
         f"  change      {points(pr['delta'])}",
-        f"  paired      {pa['scenarios']:,} scenarios in both: {_pct(pa['pass_rate_a'])} -> "
-        f"{_pct(pa['pass_rate_b'])} ({points(pa['delta'])}); {pa['b']:,} regressed, {pa['c']:,} fixed; "
+        f"  paired      {pa['scenarios']:,} scenarios in both: {percent(pa['pass_rate_a'])} -> "
+        f"{percent(pa['pass_rate_b'])} ({points(pa['delta'])}); {pa['b']:,} regressed, {pa['c']:,} fixed; "
         f"exact McNemar p = {p_text(pa['p_value'])}",
         "  scenarios   " + " · ".join(f"{s[c]:,} {c}" for c in CHANGES),
     ]
@@ -335,39 +365,7 @@ def _diff_text(d: Diff) -> str:
             continue
         out += ["", f"{change} ({len(rows):,})", _indent(_rows_table(rows, epochs))]
     if d.by_tag:
-        out += [
-            "",
-            "by tag",
-            _indent(
-                text_table(
-                    (
-                        "tag",
-                        "scenarios",
-                        "A",
-                        "B",
-                        "change",
-                        "regressed",
-                        "fixed",
-                        "new",
-                        "missing",
-                    ),
-                    [
-                        [
-                            t["tag"],
-                            t["scenarios"],
-                            _pct(t["pass_rate_a"]),
-                            _pct(t["pass_rate_b"]),
-                            points(t["delta"]),
-                            t["regressed"],
-                            t["fixed"],
-                            t["new"],
-                            t["missing"],
-                        ]
-                        for t in d.by_tag
-                    ],
-                )
-            ),
-        ]
+        out += ["", "by tag", _indent(text_table(BY_TAG_HEADERS, by_tag_rows(d.by_tag)))]
     if d.score_changes:
         out += [
             "",

@@ -536,7 +536,7 @@ def render_diff_html(
     With ``link`` (the viewer) each row links to both sides' outcome pages;
     without (a written file) both sides' details are embedded in the page.
     """
-    from .diff import CHANGES, p_text, points
+    from .diff import BY_TAG_HEADERS, CHANGES, by_tag_rows, p_text, points
 
     e = html.escape
     s, pr, pa = diff.summary, diff.pass_rate, diff.paired
@@ -574,35 +574,7 @@ def render_diff_html(
     if diff.by_tag:
         parts += [
             "<h2>By tag</h2>",
-            _html_table(
-                (
-                    "tag",
-                    "scenarios",
-                    "A",
-                    "B",
-                    "change",
-                    "regressed",
-                    "fixed",
-                    "new",
-                    "missing",
-                    "p",
-                ),
-                [
-                    [
-                        t["tag"],
-                        t["scenarios"],
-                        percent(t["pass_rate_a"]),
-                        percent(t["pass_rate_b"]),
-                        points(t["delta"]),
-                        t["regressed"],
-                        t["fixed"],
-                        t["new"],
-                        t["missing"],
-                        p_text(t["p_value"]),
-                    ]
-                    for t in diff.by_tag
-                ],
-            ),
+            _html_table(BY_TAG_HEADERS, by_tag_rows(diff.by_tag)),
         ]
     rows, details = [], []
     epochs = has_epochs(diff.scenarios)

@@ -200,11 +200,8 @@ class SandboxOps:
                 asyncio.ensure_future(self._read(sandbox, "stderr", report.stderr)),
             ]
             tasks = [*readers, asyncio.ensure_future(self._write(sandbox, stdin, report))]
-            await asyncio.wait(readers)
-            failed = [t.exception() for t in readers if t.exception() is not None]
-            if failed:
-                exc = failed[0]
-                assert exc is not None
+            exc = await _first_failure(readers)
+            if exc is not None:
                 report.error = (
                     "SandboxOutputLost",
                     f"lost the output of sandbox {opened.object_id}: {describe(exc)}",
@@ -217,12 +214,7 @@ class SandboxOps:
             terminating = asyncio.ensure_future(self.terminate(opened, report))
             raise
         finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            if terminating is not None:
-                await terminating
+            await _unwind(tasks, terminating)
             await self.detach(opened)
 
     async def _read(self, sandbox: Any, stream: str, capture: Any) -> None:
@@ -352,11 +344,8 @@ class SandboxOps:
                 asyncio.ensure_future(self._feed(process.stdin, stdin, report, label)),
                 waiter,
             ]
-            await asyncio.wait(readers)
-            lost = [t.exception() for t in readers if t.exception() is not None]
-            if lost:
-                first = lost[0]
-                assert first is not None
+            first = await _first_failure(readers)
+            if first is not None:
                 report.error = (
                     "SandboxOutputLost",
                     f"lost the output of the command in sandbox {opened.object_id}: "
@@ -370,12 +359,7 @@ class SandboxOps:
             terminating = asyncio.ensure_future(self.terminate(opened, report))
             raise
         finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            if terminating is not None:
-                await terminating
+            await _unwind(tasks, terminating)
 
     async def _wait_exec(self, opened: Opened, process: Any, report: SandboxReport) -> None:
         """The exec's exit code; the SDK retries a lost router by itself, bounded here."""
@@ -656,3 +640,23 @@ def _null_capture() -> Any:
     from ..output import OutputCapture
 
     return OutputCapture(0, keep="head")
+
+
+async def _first_failure(readers: list[asyncio.Task[None]]) -> BaseException | None:
+    """Wait for a command's output readers to end; the first one's error, if one failed."""
+    await asyncio.wait(readers)
+    for reader in readers:
+        exc = reader.exception()
+        if exc is not None:
+            return exc
+    return None
+
+
+async def _unwind(tasks: list[asyncio.Task[None]], terminating: asyncio.Task[None] | None) -> None:
+    """Cancel what is left of a command's tasks, wait for them and for a terminate under way."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if terminating is not None:
+        await terminating
