@@ -388,3 +388,22 @@ async def test_start_raises_the_soft_open_files_limit() -> None:
         assert raised == max(low, wanted)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_out_of_file_descriptors_is_explained_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE at spawn ends the scenario as ProcessStartError and warns once with the fix."""
+    executor = ProcessExecutor.from_spec(SPEC)
+
+    def out_of_files() -> Any:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(executor, "_spawn", out_of_files)
+    with caplog.at_level("WARNING", logger="arcflow.executors.process"):
+        results = [await run_mode("pass", executor) for _ in range(3)]
+    assert {r.error_type for r in results} == {"ProcessStartError"}
+    assert "Too many open files" in results[0].error_message
+    warnings = [r.getMessage() for r in caplog.records if r.name == "arcflow.executors.process"]
+    assert len(warnings) == 1
+    assert "out of file descriptors" in warnings[0] and "Lower --concurrency" in warnings[0]

@@ -37,8 +37,11 @@ echo into its output) the database password.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import resource
 import select
 import shlex
 import shutil
@@ -61,6 +64,8 @@ from .output import (
     error_result,
     result_from_output,
 )
+
+log = logging.getLogger("arcflow.executors.process")
 
 #: Variables a child gets from arcflow's environment without being named (and every ``LC_*``).
 BASE_ENV = (
@@ -177,6 +182,7 @@ class ProcessExecutor(Executor):
         self.stdout_limit = stdout_limit
         self.stderr_limit = stderr_limit
         self.kill_grace_s = float(kill_grace_s)
+        self._told_out_of_files = False
 
     @classmethod
     def from_spec(cls, rest: str, **options: Any) -> ProcessExecutor:
@@ -227,6 +233,21 @@ class ProcessExecutor(Executor):
             start_new_session=True,
         )
 
+    def _start_failed(self, exc: OSError) -> str:
+        """What to record for a child that could not be started; out of files, say why once."""
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and not self._told_out_of_files:
+            self._told_out_of_files = True
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.warning(
+                "process: out of file descriptors (open files limit %s, hard %s): each running "
+                "scenario holds 4-5 (its pipes, a pidfd, an epoll set); such scenarios end as "
+                "ProcessStartError. Lower --concurrency, or raise the limit (ulimit -Hn, "
+                "LimitNOFILE= for a systemd service)",
+                "unlimited" if soft == resource.RLIM_INFINITY else soft,
+                "unlimited" if hard == resource.RLIM_INFINITY else hard,
+            )
+        return f"{type(exc).__name__}: {exc}"
+
     def _result(
         self,
         details: dict[str, Any],
@@ -259,7 +280,7 @@ class ProcessExecutor(Executor):
         try:
             popen = self._spawn()
         except OSError as exc:
-            return self._result(details, None, stdout, stderr, f"{type(exc).__name__}: {exc}")
+            return self._result(details, None, stdout, stderr, self._start_failed(exc))
         details["pid"] = popen.pid
         context.details.update(details)  # a timed-out or cancelled attempt still shows its pid
         pidfd = watch = None
@@ -270,7 +291,7 @@ class ProcessExecutor(Executor):
             except OSError as exc:  # out of file descriptors: the child cannot be watched
                 _signal_group(popen.pid, signal.SIGKILL)
                 return self._result(
-                    details, None, stdout, stderr, f"cannot watch it: {type(exc).__name__}: {exc}"
+                    details, None, stdout, stderr, f"cannot watch it: {self._start_failed(exc)}"
                 )
             pipes = _Pipes(popen, payload, stdout, stderr, watch, pidfd)
             while pipes.readers:
@@ -397,7 +418,7 @@ class _Child:
         try:
             popen = ex._spawn()
         except OSError as exc:
-            self.start_error = f"{type(exc).__name__}: {exc}"
+            self.start_error = ex._start_failed(exc)
             return
         self.details["pid"] = popen.pid
         self.known.update(self.details)  # a timed-out or cancelled attempt still shows its pid
