@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .modal_sandboxes import Server, _raise_nofile, _target
+from .modal_sandboxes import Server, _raise_nofile, _target, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "benchmarks.modal_functions"
@@ -144,37 +143,13 @@ class FunctionServer(Server):
 
     def measure_calls(self, args: list[str]) -> dict[str, Any]:
         before = self.cpu_s()
-        m = _child(args, self.env)
+        m = self.run_child(args)
         m["calls_per_s"] = round(m["scenarios"] / m["elapsed_s"], 1)
         m["cpu_ms_per_call"] = round(1000 * m["cpu_s"] / m["scenarios"], 3)
         m["server_cpu_ms_per_call"] = round(1000 * (self.cpu_s() - before) / m["scenarios"], 3)
         for key in ("elapsed_s", "cpu_s"):
             m[key] = round(m[key], 2)
         return m
-
-
-def _child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", MODULE, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        timeout=3600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
-def _load() -> str:
-    """The machine's load averages (1, 5, 15 min), for the report: the cores are shared."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def run_all(dsn: str, *, quick: bool, rounds: int = 1, log: Any = print) -> dict[str, Any]:
@@ -185,11 +160,11 @@ def run_all(dsn: str, *, quick: bool, rounds: int = 1, log: Any = print) -> dict
         ("arcflow modal-fn:", ["arcflow", str(n), str(c), dsn]),
     ]
     measured: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in runs}
-    load_before = _load()
+    load_before = load_average()
     for r in range(rounds):
         k = r % len(runs)
         for name, args in runs[k:] + runs[:k]:
-            log(f"  modal-fn round {r + 1}/{rounds}: {name} (load {_load()}) ...")
+            log(f"  modal-fn round {r + 1}/{rounds}: {name} (load {load_average()}) ...")
             with FunctionServer(max_concurrent_streams=100) as server:
                 m = server.measure_calls(args)
             measured[name].append(m)
@@ -211,7 +186,7 @@ def run_all(dsn: str, *, quick: bool, rounds: int = 1, log: Any = print) -> dict
         "max_inputs": INPUTS,
         "rounds": rounds,
         "load_before": load_before,
-        "load_after": _load(),
+        "load_after": load_average(),
         "cpus": os.cpu_count(),
         "systems": systems,
         "cpu_of_sdk_loop": cpu_ratio,

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .modal_sandboxes import Server, _raise_nofile, _target
+from .modal_sandboxes import Server, _raise_nofile, _target, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "benchmarks.modal_paths"
@@ -145,33 +143,9 @@ class PathsServer(Server):
 
     def measure_path(self, args: list[str]) -> dict[str, Any]:
         before = self.cpu_s()
-        m = _child(args, self.env)
+        m = self.run_child(args)
         m["server_cpu_ms_per_scenario"] = round(1000 * (self.cpu_s() - before) / m["scenarios"], 2)
         return m
-
-
-def _child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", MODULE, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        timeout=3600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
-def _load() -> str:
-    """The machine's load averages (1, 5, 15 min): the cores may be shared."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def _fn_available() -> str | None:
@@ -233,7 +207,7 @@ def run_all(
         median["of_seed"] = round(median["scenarios_per_s"] / SEED_PER_S, 1)
         systems[name] = median
     results: dict[str, Any] = {
-        "load_average": _load(),
+        "load_average": load_average(),
         "scenarios": n,
         "concurrency": c,
         "scenario_s": SCENARIO_S,

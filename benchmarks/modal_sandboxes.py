@@ -233,6 +233,22 @@ class Server:
         m["server_cpu_ms_per_sandbox"] = round(1000 * (self.cpu_s() - before) / m["scenarios"], 2)
         return m
 
+    def run_child(self, args: list[str]) -> dict[str, Any]:
+        """``python -m MODULE ARGS`` against this server: the JSON its last line prints."""
+        proc = subprocess.run(
+            [sys.executable, "-m", self.module, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
+            timeout=3600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr[-3000:]}")
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result
+
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -246,6 +262,14 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def load_average() -> str:
+    """The machine's load averages (1, 5, 15 min), for the report: the cores may be shared."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def _child(args: list[str], env: dict[str, str], pythonpath: Path = ROOT) -> dict[str, Any]:
